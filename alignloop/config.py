@@ -1,0 +1,179 @@
+"""Typed stage configs: pydantic models loadable from YAML, overridable with ``--set a.b=value``.
+
+Every validation problem becomes one ``ConfigError`` line naming the file and the dotted key,
+never a pydantic traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from alignloop.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    train: str | None = Field(None, description="Training records (JSONL, Parquet, HF datasets dir, or bundled:NAME).")
+    eval: str | None = Field(None, description="Held-out records; if absent, `eval_fraction` of train is held out.")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of train held out when `eval` is absent.")
+    max_length: int = Field(512, gt=8, description="Maximum tokens per sequence (prompt + completion).")
+    skip_invalid: bool = Field(False, description="Drop bad records (counted and logged) instead of failing.")
+
+
+class TrainConfig(Section):
+    max_steps: int = Field(100, description="Optimizer steps; -1 means run `epochs` epochs.")
+    epochs: float = Field(1.0, gt=0, description="Epochs when max_steps is -1.")
+    batch_size: int = Field(8, gt=0, description="Global batch (examples per optimizer step, all processes).")
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="Examples per forward pass; batch_size/micro_batch_size is gradient accumulation."
+    )
+    lr: float = Field(2e-5, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm (null disables).")
+    seed: int = 0
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16 autocast (fp32 master weights) or fp32.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = Field(1, gt=0)
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
+    save_every: int = Field(50, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = Field(2, gt=0)
+    resume: Literal["auto", "never"] = Field("auto", description="auto: continue from the run dir's last checkpoint.")
+    max_bad_steps: int = Field(5, gt=0, description="Stop after this many consecutive NaN/inf steps.")
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> "TrainConfig":
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )
+        return self
+
+
+class LoraSettings(Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = Field("all-linear", description="Module names, or 'all-linear'.")
+
+
+class StageConfig(Section):
+    """Keys shared by every stage (DESIGN.md contract)."""
+
+    model: str = Field("smollm2-135m-instruct", description="Bundled name, local HF dir, or a run/stage dir.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    lora: LoraSettings | None = Field(None, description="Absent means full fine-tuning.")
+    out: str | None = Field(None, description="Output directory (default runs/<stage>).")
+
+
+class SFTOptions(Section):
+    packing: bool = Field(True, description="Pack several examples per row (no attention across them).")
+    loss_on: Literal["assistant", "all"] = Field("assistant", description="Which tokens are trained.")
+
+
+class SFTConfig(StageConfig):
+    stage: Literal["sft"] = "sft"
+    data: DataConfig = Field(
+        default_factory=lambda: DataConfig(train="bundled:sft_demo_train.jsonl", eval="bundled:sft_demo_eval.jsonl")
+    )
+    sft: SFTOptions = Field(default_factory=SFTOptions)
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected dotted.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+    return data
+
+
+def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
+    model: Any = cls
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError, cls: type[BaseModel], source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        key = ".".join(loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(loc[-1], _fields_at(cls, loc), n=1)
+            hint = f" (did you mean '{'.'.join(loc[:-1] + (near[0],))}'?)" if near else ""
+            lines.append(f"{source}: {key}: unknown key{hint}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+            lines.append(f"{source}: {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return data
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
+    """Load ``cls`` from a YAML file (optional) plus ``--set`` overrides, with friendly errors."""
+    data = read_yaml(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    source = str(path) if path else "--set"
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, cls, source)) from None
+
+
+def dump_config(cfg: BaseModel, path: str | Path) -> None:
+    from alignloop.utils.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,279 @@
+"""The one training loop. Every stage (SFT, RM, DPO, PPO, GRPO, ...) runs through ``train(stage)``.
+
+It owns: devices and accelerate (DDP/FSDP/DeepSpeed under ``accelerate launch``), gradient
+accumulation with loss scaling over the whole effective batch, bf16 autocast, gradient clipping,
+the LR schedule, periodic evaluation, atomic checkpoints and exact resume, metrics and progress,
+NaN/inf step skipping, and a clean stop on Ctrl-C / SIGTERM that saves a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from alignloop.config import StageConfig, dump_config
+from alignloop.errors import AlignloopError
+from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from alignloop.train.metrics import MetricsWriter, Progress, peak_rss_mb
+from alignloop.train.schedule import make_scheduler
+from alignloop.train.stage import Stage, StepOutput
+from alignloop.utils.io import atomic_write_json
+
+log = logging.getLogger("alignloop")
+
+
+class Interrupted(AlignloopError):
+    exit_code = 130
+
+
+class Run:
+    """What a stage sees of the loop: config, output dir, device, accelerator, autocast."""
+
+    def __init__(self, config: StageConfig, out_dir: Path):
+        self.config = config
+        self.out_dir = out_dir
+        tc = config.train
+        cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
+        if tc.device == "cuda" and not torch.cuda.is_available():
+            raise AlignloopError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+        self.accelerator = Accelerator(cpu=cpu)
+        self.device = self.accelerator.device
+        self.rank = self.accelerator.process_index
+        self.world_size = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+
+    def autocast(self):
+        if self.config.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def reduce_sum(self, values: list[float]) -> list[float]:
+        if self.world_size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.accelerator.reduce(t, reduction="sum").tolist()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _StopFlag:
+    """First Ctrl-C / SIGTERM asks for a clean stop at the end of the step; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: finishing the current step and saving a checkpoint (Ctrl-C again to abort)")
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _total_steps(cfg: StageConfig, source: Any, accum: int) -> int:
+    if cfg.train.max_steps >= 0:
+        return cfg.train.max_steps
+    per_epoch = getattr(source, "batches_per_epoch", None)
+    if per_epoch is None:
+        raise AlignloopError("train.max_steps: -1 (epochs) needs a dataset of known size; set max_steps")
+    return max(1, math.ceil(cfg.train.epochs * per_epoch / accum))
+
+
+def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
+    """Run ``stage`` to completion (or resume it) in ``out_dir``; return the summary."""
+    cfg = stage.config
+    tc = cfg.train
+    out_dir = Path(out_dir)
+    run = Run(cfg, out_dir)
+    stage.run = run
+    seed_everything(tc.seed + run.rank)
+    t_start = time.time()
+    if run.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out_dir / "config.yaml")
+
+    stage.setup(run)
+    micro = tc.micro_batch_size or tc.batch_size
+    if tc.batch_size % (micro * run.world_size):
+        raise AlignloopError(
+            f"train.batch_size ({tc.batch_size}) must be a multiple of micro_batch_size × processes ({micro}×{run.world_size})"
+        )
+    accum = tc.batch_size // (micro * run.world_size)
+    source = stage.batches()
+    total = _total_steps(cfg, source, accum)
+
+    names = list(stage.models)
+    groups = stage.param_groups()
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = make_scheduler(optimizer, tc.lr_schedule, tc.warmup_steps, total)
+    prepared = run.accelerator.prepare(*[stage.models[n] for n in names], optimizer)
+    *wrapped, optimizer = prepared if isinstance(prepared, (tuple, list)) else (prepared,)
+    stage.models = dict(zip(names, wrapped))
+    unwrapped = lambda: {n: run.accelerator.unwrap_model(m) for n, m in stage.models.items()}  # noqa: E731
+
+    step = 0
+    writer = MetricsWriter(out_dir / "metrics.jsonl", enabled=run.is_main)
+    ckpt = latest_checkpoint(out_dir) if tc.resume == "auto" else None
+    if ckpt is not None:
+        meta, stage_state = load_checkpoint(ckpt, unwrapped(), optimizer, scheduler)
+        step = int(meta["step"])
+        source.load_state_dict(meta["data"])
+        stage.load_state_dict(stage_state)
+        writer.truncate_after(step)
+        if run.is_main:
+            log.info("resumed from %s (step %d)", ckpt, step)
+
+    def checkpoint() -> None:
+        run.accelerator.wait_for_everyone()
+        if run.is_main:
+            save_checkpoint(
+                out_dir, step, unwrapped(), optimizer, scheduler,
+                meta={"data": source.state_dict(), "total_steps": total},
+                stage_state=stage.state_dict(), keep=tc.keep_checkpoints,
+            )
+        run.accelerator.wait_for_everyone()
+
+    for m in stage.models.values():
+        m.train()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    bad_streak = 0
+    last_saved = step
+    progress = Progress(stage.name, total, enabled=run.is_main)
+    progress.start(step)
+    with _StopFlag() as stop:
+        try:
+            while step < total and not stage.should_stop():
+                t0 = time.perf_counter()
+                batches = [source.next_batch() for _ in range(accum)]
+                units_local = [float(stage.units(b)) for b in batches]
+                total_units = run.reduce_sum([sum(units_local)])[0]
+                optimizer.zero_grad(set_to_none=True)
+                outs: list[StepOutput] = []
+                finite = True
+                for i, batch in enumerate(batches):
+                    last = i == len(batches) - 1
+                    sync = contextlib.nullcontext() if last else _no_sync(run, stage)
+                    with sync:
+                        with run.autocast():
+                            out = stage.step(batch)
+                        if not torch.isfinite(out.loss.detach()).all():
+                            finite = False
+                            break
+                        scale = run.world_size / max(total_units, 1e-12)
+                        run.accelerator.backward(out.loss * scale)
+                    outs.append(out)
+                grad_norm = float("nan")
+                if finite:
+                    if tc.max_grad_norm:
+                        grad_norm = float(run.accelerator.clip_grad_norm_(params, tc.max_grad_norm))
+                    else:
+                        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+                    finite = math.isfinite(grad_norm)
+                if finite:
+                    optimizer.step()
+                    bad_streak = 0
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    bad_streak += 1
+                    log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", step + 1, bad_streak)
+                    if bad_streak >= tc.max_bad_steps:
+                        raise AlignloopError(
+                            f"{bad_streak} consecutive steps had NaN/inf loss or gradients (train.max_bad_steps); "
+                            "lower train.lr or check the data"
+                        )
+                scheduler.step()
+                step += 1
+                metrics = _step_metrics(run, outs, total_units, time.perf_counter() - t0)
+                metrics.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=source.epoch)
+                if not finite:
+                    metrics["skipped"] = 1.0
+                stage.on_step_end(step, metrics)
+                if tc.eval_every and step % tc.eval_every == 0 and step < total:
+                    metrics.update(stage.evaluate())
+                if step % tc.log_every == 0 or step == total:
+                    writer.write(step, metrics)
+                progress.update(step, metrics)
+                if tc.save_every and step % tc.save_every == 0:
+                    checkpoint()
+                    last_saved = step
+                if stop.requested:
+                    break
+        except KeyboardInterrupt:
+            stop.requested = True
+        finally:
+            progress.stop()
+        if stop.requested:
+            if step > last_saved:
+                checkpoint()
+            raise Interrupted(f"interrupted at step {step}/{total}; checkpoint saved — run the same command to resume")
+
+    final_eval = stage.evaluate()
+    if final_eval:
+        writer.write(step, final_eval)
+    if step > last_saved or latest_checkpoint(out_dir) is None:
+        checkpoint()
+    run.accelerator.wait_for_everyone()
+    summary: dict[str, Any] = {"stage": stage.name, "steps": step, **writer.last_values(), **final_eval, **stage.summary()}
+    summary["wall_seconds"] = round(time.time() - t_start, 2)
+    summary["peak_rss_mb"] = peak_rss_mb()
+    if torch.cuda.is_available():
+        summary["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if run.is_main:
+        stage.save(out_dir)
+        atomic_write_json(out_dir / "summary.json", summary)
+    run.accelerator.wait_for_everyone()
+    writer.close()
+    return summary
+
+
+def _no_sync(run: Run, stage: Stage):
+    if run.world_size == 1:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for m in stage.models.values():
+        stack.enter_context(run.accelerator.no_sync(m))
+    return stack
+
+
+def _step_metrics(run: Run, outs: list[StepOutput], total_units: float, seconds: float) -> dict[str, float]:
+    keys = sorted({k for o in outs for k in o.metrics})
+    stat_keys = sorted({k for o in outs for k in o.stats})
+    local = [sum(float(o.loss.detach()) for o in outs), float(sum(o.n_tokens for o in outs))]
+    local += [sum(float(o.metrics.get(k, 0.0)) for o in outs) for k in keys]
+    local += [sum(float(o.stats.get(k, 0.0)) for o in outs) / max(len(outs), 1) for k in stat_keys]
+    summed = run.reduce_sum(local)
+    denom = max(total_units, 1e-12)
+    metrics = {"loss": summed[0] / denom}
+    for i, k in enumerate(keys):
+        metrics[k] = summed[2 + i] / denom
+    for i, k in enumerate(stat_keys):
+        metrics[k] = summed[2 + len(keys) + i] / run.world_size
+    metrics["tokens_per_second"] = summed[1] / max(seconds, 1e-9)
+    metrics["step_time"] = seconds
+    return metrics
