@@ -147,6 +147,19 @@ def format_validation_error(err: ValidationError, cls: type[BaseModel], source: 
     return "\n".join(lines)
 
 
+def _merge_defaults(cls: type[BaseModel], data: dict) -> dict:
+    """A partial section (``data: {max_length: 256}``) keeps the stage's other defaults for that section."""
+    try:
+        defaults = cls().model_dump()
+    except ValidationError:
+        return data
+    merged = dict(data)
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            merged[key] = {**defaults[key], **value}
+    return merged
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -166,6 +179,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     """Load ``cls`` from a YAML file (optional) plus ``--set`` overrides, with friendly errors."""
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides or [])
+    data = _merge_defaults(cls, data)
     source = str(path) if path else "--set"
     try:
         return cls.model_validate(data)

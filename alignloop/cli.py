@@ -1,0 +1,149 @@
+"""The ``alignloop`` command line. It only parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from alignloop.errors import AlignloopError
+
+app = typer.Typer(
+    help="alignloop: the whole RLHF loop — feedback, SFT, reward models, PPO/DPO/GRPO, best-of-N, evaluation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+CONFIG_ARG = typer.Argument(None, help="Stage config YAML (optional: defaults run on a laptop).", show_default=False)
+SET_OPT = typer.Option([], "--set", "-s", help="Override a config key: --set train.lr=1e-4 (repeatable).")
+OUT_OPT = typer.Option(None, "--out", "-o", help="Output run directory (default: config 'out' or runs/<stage>).")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
+    )
+    logging.getLogger("alignloop").setLevel(logging.DEBUG if verbose else logging.INFO)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except Exception:
+        pass
+
+
+def _fail(err: BaseException) -> None:
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(getattr(err, "exit_code", 1))
+
+
+def run_stage_command(stage: str, config: Optional[Path], overrides: list[str], out: Optional[Path]) -> dict:
+    from alignloop.train.registry import run_stage
+
+    _setup_logging()
+    try:
+        summary = run_stage(stage, config, overrides, out)
+    except AlignloopError as e:
+        _fail(e)
+    _print_summary(stage, summary)
+    return summary
+
+
+def _print_summary(stage: str, summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{stage} finished", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in summary.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        table.add_row(k, str(v))
+    Console().print(table)
+
+
+@app.command()
+def sft(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """Supervised fine-tuning on demonstrations (messages or prompt/completion records)."""
+    run_stage_command("sft", config, set, out)
+
+
+@app.command()
+def models() -> None:
+    """List bundled and cached models."""
+    from rich.table import Table
+
+    from alignloop.models import list_models
+
+    _setup_logging()
+    table = Table(title="models")
+    rows = list_models()
+    cols = list(rows[0]) if rows else ["name"]
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[str(r.get(c, "")) for c in cols])
+    Console().print(table)
+
+
+@app.command()
+def generate(
+    model: str = typer.Argument(..., help="Bundled name, local HF dir, or a run/stage dir."),
+    prompt: list[str] = typer.Argument(..., help="One or more prompts."),
+    max_new_tokens: int = typer.Option(128, help="Tokens to generate."),
+    temperature: float = typer.Option(0.0, help="0 means greedy."),
+    top_p: float = typer.Option(1.0),
+    n: int = typer.Option(1, help="Samples per prompt."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Chat with any model to look at its outputs."""
+    from alignloop.models import load_causal_lm, load_tokenizer
+    from alignloop.rollout.hf import HFSampler
+
+    _setup_logging()
+    try:
+        tok = load_tokenizer(model)
+        lm = load_causal_lm(model, trainable=False)
+        sampler = HFSampler(lm, tok)
+        greedy = temperature <= 0
+        ro = sampler.generate(
+            prompt, n=n, max_new_tokens=max_new_tokens, temperature=1.0 if greedy else temperature,
+            top_k=1 if greedy else 0, top_p=top_p, seed=seed,
+        )
+    except AlignloopError as e:
+        _fail(e)
+    out = Console()
+    for i, text in enumerate(ro.responses):
+        out.rule(f"[bold]{ro.prompts[i] if isinstance(ro.prompts[i], str) else ro.prompts[i]}")
+        out.print(text, highlight=False, markup=False)
+
+
+def _mount_optional() -> None:
+    try:
+        from alignloop.feedback.cli import annotate_app
+    except ImportError:
+        return
+    app.add_typer(annotate_app, name="annotate", help="Human feedback web app: init, serve, export.")
+
+
+def main() -> None:
+    _mount_optional()
+    try:
+        app()
+    except AlignloopError as e:  # errors raised outside a command body
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(getattr(e, "exit_code", 1))
+
+
+if __name__ == "__main__":
+    main()

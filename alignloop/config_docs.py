@@ -1,0 +1,61 @@
+"""Generate docs/configuration.md from the pydantic config models (so the reference never drifts)."""
+
+from __future__ import annotations
+
+import typing
+
+from pydantic import BaseModel
+
+
+def _type_name(ann) -> str:
+    text = repr(ann) if not isinstance(ann, type) else ann.__name__
+    return text.replace("typing.", "").replace("NoneType", "None")
+
+
+def _submodel(ann) -> type[BaseModel] | None:
+    for cand in (ann, *typing.get_args(ann)):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+    return None
+
+
+def describe(model: type[BaseModel], prefix: str = "") -> list[str]:
+    rows, nested = [], []
+    for name, field in model.model_fields.items():
+        sub = _submodel(field.annotation)
+        key = f"{prefix}{name}"
+        if sub is not None:
+            nested.append((key, sub))
+            continue
+        default = field.get_default(call_default_factory=True)
+        rows.append(f"| `{key}` | `{_type_name(field.annotation)}` | `{default!r}` | {field.description or ''} |")
+    out = rows
+    for key, sub in nested:
+        out += describe(sub, key + ".")
+    return out
+
+
+def config_reference(stages: dict[str, type[BaseModel]]) -> str:
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the pydantic models in `alignloop/config.py` and the stage modules by",
+        "`python -m alignloop.config_docs > docs/configuration.md` (a test checks it is current).",
+        "Every key can be set in the YAML file or overridden with `--set dotted.key=value`.",
+        "",
+    ]
+    for stage, cls in stages.items():
+        lines += [f"## `{stage}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += describe(cls)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from alignloop.train.registry import STAGES, stage_classes
+
+    print(config_reference({name: stage_classes(name)[0] for name in STAGES}), end="")
+
+
+if __name__ == "__main__":
+    main()
