@@ -79,6 +79,36 @@ def sft(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Opti
 
 
 @app.command()
+def rm(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """Train a reward model on preference pairs or rankings (Bradley–Terry, K-wise, ensembles, multi-objective)."""
+    run_stage_command("rm", config, set, out)
+
+
+@app.command()
+def dpo(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """Direct preference optimisation (DPO, cDPO, robust, IPO, hinge, SimPO) on preference pairs."""
+    run_stage_command("dpo", config, set, out)
+
+
+@app.command()
+def ppo(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """PPO with a critic, GAE and a KL penalty to the reference (fixed, adaptive or uncertainty-adaptive)."""
+    run_stage_command("ppo", config, set, out)
+
+
+@app.command()
+def grpo(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """Critic-free RL: GRPO (group-normalised) or RLOO (leave-one-out) advantages."""
+    run_stage_command("grpo", config, set, out)
+
+
+@app.command()
+def bon(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """Best-of-N sampling (and rejection-sampling data for RSFT) with any reward source."""
+    run_stage_command("bon", config, set, out)
+
+
+@app.command()
 def models() -> None:
     """List bundled and cached models."""
     from rich.table import Table

@@ -12,6 +12,11 @@ from alignloop.errors import AlignloopError
 # name -> "module:ConfigClass:StageClass"; imported lazily so `alignloop --help` stays fast
 STAGES: dict[str, str] = {
     "sft": "alignloop.train.sft:SFTConfig:SFTStage",
+    "rm": "alignloop.train.rm:RMConfig:RMStage",
+    "dpo": "alignloop.train.dpo:DPOConfig:DPOStage",
+    "ppo": "alignloop.train.ppo:PPOConfig:PPOStage",
+    "grpo": "alignloop.train.grpo:GRPOConfig:GRPOStage",
+    "bon": "alignloop.train.bon:BoNConfig:BoNStage",
 }
 
 
