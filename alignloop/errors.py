@@ -27,7 +27,7 @@ class DataError(AlignloopError):
         if self.total > 1:
             shown = "\n  ".join(self.problems)
             more = f"\n  ... and {self.total - len(self.problems)} more" if self.total > len(self.problems) else ""
-            msg = f"{self.total} bad records:\n  {shown}{more}"
+            msg = f"{self.total} problems in the data:\n  {shown}{more}"
         else:
             msg = head
         super().__init__(msg)

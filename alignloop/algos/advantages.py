@@ -1,0 +1,169 @@
+"""Token-level advantage estimators behind one signature, registered by name.
+
+Every estimator is
+
+    fn(rewards [B, T], mask [B, T], *, values=None, group_size=None,
+       gamma=1.0, lam=0.95, scale_by_std=True) -> (advantages [B, T], returns [B, T])
+
+``rewards`` are per-token rewards over the response (typically ``−β·KL_t`` on
+every token plus the sequence score on the last valid token). Masked
+positions are skipped: their rewards are ignored and their outputs are 0. A
+new estimator is one function added to ``ADVANTAGE_ESTIMATORS``. All run
+under ``no_grad``: advantages and returns are targets, not graph nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .group_advantages import grpo_advantages, rloo_advantages
+from .masked import masked_sum, masked_whiten
+
+__all__ = [
+    "AdvantageEstimator",
+    "ADVANTAGE_ESTIMATORS",
+    "gae",
+    "reinforce_returns",
+    "grpo_token_advantages",
+    "rloo_token_advantages",
+    "whiten_advantages",
+]
+
+AdvantageEstimator = Callable[..., tuple[Tensor, Tensor]]
+
+
+def _check_shapes(rewards: Tensor, mask: Tensor, values: Tensor | None = None) -> None:
+    if rewards.dim() != 2 or mask.shape != rewards.shape:
+        raise ValueError(f"rewards and mask must both be [B, T]; got {tuple(rewards.shape)} and {tuple(mask.shape)}")
+    if values is not None and values.shape != rewards.shape:
+        raise ValueError(f"values must be [B, T] like rewards; got {tuple(values.shape)} and {tuple(rewards.shape)}")
+
+
+@torch.no_grad()
+def gae(
+    rewards: Tensor,
+    mask: Tensor,
+    *,
+    values: Tensor | None = None,
+    group_size: int | None = None,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    scale_by_std: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016).
+
+    Over the valid tokens t of a row (masked positions are skipped, so a
+    gap inside the response is transparent):
+
+        δ_t = r_t + γ V_{t'} − V_t          t' = next valid token
+        A_t = δ_t + γλ A_{t'}
+        returns_t = A_t + V_t               (the value-function target)
+
+    After the last valid token the episode ends: ``V = 0`` and ``A = 0`` there,
+    whatever ``values`` holds at padded positions. ``group_size`` and
+    ``scale_by_std`` are unused.
+    """
+    if values is None:
+        raise ValueError("gae needs values from a value model")
+    _check_shapes(rewards, mask, values)
+    valid = mask.bool()
+    rewards, values = rewards.float(), values.float()
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros_like(rewards[:, 0])
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        m = valid[:, t]
+        advantages[:, t] = torch.where(m, advantage, torch.zeros_like(advantage))
+        next_value = torch.where(m, values[:, t], next_value)
+        next_advantage = torch.where(m, advantage, next_advantage)
+    returns = torch.where(valid, advantages + values, torch.zeros_like(advantages))
+    return advantages, returns
+
+
+@torch.no_grad()
+def reinforce_returns(
+    rewards: Tensor,
+    mask: Tensor,
+    *,
+    values: Tensor | None = None,
+    group_size: int | None = None,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    scale_by_std: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """REINFORCE (Williams 1992) without a baseline: ``A_t = G_t = Σ_{k≥t} γ^(k−t) r_k`` over valid tokens.
+
+    Equal to ``gae`` with V ≡ 0 and λ = 1. Whiten the result (REINFORCE++) to
+    reduce variance. ``values``, ``group_size``, ``lam`` and ``scale_by_std``
+    are unused.
+    """
+    return gae(rewards, mask, values=torch.zeros_like(rewards, dtype=torch.float32), gamma=gamma, lam=1.0)
+
+
+def _sequence_to_tokens(sequence_values: Tensor, mask: Tensor) -> Tensor:
+    """Broadcast ``[B]`` onto every valid token of ``[B, T]``; 0 elsewhere."""
+    spread = sequence_values.unsqueeze(1).expand(mask.shape)
+    return torch.where(mask.bool(), spread, torch.zeros_like(spread))
+
+
+@torch.no_grad()
+def grpo_token_advantages(
+    rewards: Tensor,
+    mask: Tensor,
+    *,
+    values: Tensor | None = None,
+    group_size: int | None = None,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    scale_by_std: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """GRPO / Dr. GRPO: the group-normalised sequence return on every valid token.
+
+    The sequence return is ``Σ_t r_t`` over valid tokens (undiscounted);
+    ``returns`` holds it on every valid token. See ``grpo_advantages``.
+    """
+    if group_size is None:
+        raise ValueError("grpo needs group_size (completions per prompt)")
+    _check_shapes(rewards, mask)
+    scores = masked_sum(rewards.float(), mask, dim=-1)
+    advantages = grpo_advantages(scores, group_size, scale_by_std=scale_by_std)
+    return _sequence_to_tokens(advantages, mask), _sequence_to_tokens(scores, mask)
+
+
+@torch.no_grad()
+def rloo_token_advantages(
+    rewards: Tensor,
+    mask: Tensor,
+    *,
+    values: Tensor | None = None,
+    group_size: int | None = None,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    scale_by_std: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """RLOO: the leave-one-out sequence advantage on every valid token. See ``rloo_advantages``."""
+    if group_size is None:
+        raise ValueError("rloo needs group_size (completions per prompt)")
+    _check_shapes(rewards, mask)
+    scores = masked_sum(rewards.float(), mask, dim=-1)
+    advantages = rloo_advantages(scores, group_size)
+    return _sequence_to_tokens(advantages, mask), _sequence_to_tokens(scores, mask)
+
+
+@torch.no_grad()
+def whiten_advantages(advantages: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """Normalise advantages to mean 0, std 1 over all valid tokens of the batch (masked positions 0)."""
+    return masked_whiten(advantages, mask, shift_mean=shift_mean, eps=eps)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
+    "gae": gae,
+    "reinforce": reinforce_returns,
+    "grpo": grpo_token_advantages,
+    "rloo": rloo_token_advantages,
+}

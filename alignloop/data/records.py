@@ -1,0 +1,196 @@
+"""Load records from JSONL / JSON / Parquet / a saved HF dataset, validate all of them, normalise them.
+
+Problems are reported as ``<file>:<line>: <field>: <what is wrong>`` (``<file>:row <n>`` for Parquet and
+HF datasets), and every bad record is reported, not only the first.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alignloop.data.schema import KINDS, validate_record
+from alignloop.errors import DataError
+
+logger = logging.getLogger("alignloop")
+
+BUNDLED_PREFIX = "bundled:"
+_JSON_SUFFIXES = (".jsonl", ".json")
+
+
+class Records(list):
+    """A list of normalised records that remembers where it came from and how many were skipped."""
+
+    def __init__(self, items: list[dict] = (), *, source: str = "", skipped: int = 0):
+        super().__init__(items)
+        self.source = source
+        self.skipped = skipped
+
+
+def _bundled_root():
+    return importlib.resources.files("alignloop.resources") / "data"
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """Turn ``bundled:NAME`` into the packaged file ``alignloop/resources/data/NAME``; check the path exists."""
+    text = str(path)
+    if text.startswith(BUNDLED_PREFIX):
+        name = text[len(BUNDLED_PREFIX) :]
+        resource = _bundled_root() / name
+        if not name or not resource.is_file():
+            available = sorted(p.name for p in _bundled_root().iterdir() if p.name.endswith(_JSON_SUFFIXES))
+            raise DataError(f"{text}: no such bundled data file (available: {', '.join(available)})")
+        # The package is installed as plain files (setuptools package-data), so the resource has a real path.
+        return Path(str(resource))
+    resolved = Path(text).expanduser()
+    if not resolved.exists():
+        raise DataError(f"{text}: no such file or directory")
+    return resolved
+
+
+def _iter_json_lines(path: Path, label: str) -> Iterator[tuple[str, Any, str | None]]:
+    """Yield ``(location, value, parse_error)``; blank lines are skipped, line numbers start at 1."""
+    with path.open(encoding="utf-8") as handle:
+        text = handle.read()
+    # A .json file may also be one JSON array of records (what pretty-printers and `json.dump` write).
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as err:
+            yield f"{label}:{err.lineno}", None, f"invalid JSON: {err.msg} (column {err.colno})"
+            return
+        for number, item in enumerate(items, start=1):
+            yield f"{label}:item {number}", item, None
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{label}:{number}", json.loads(line), None
+        except json.JSONDecodeError as err:
+            yield f"{label}:{number}", None, f"invalid JSON: {err.msg} (column {err.colno})"
+
+
+def _drop_nulls(row: dict) -> dict:
+    # Columnar formats store a missing optional field as null; treat it as absent.
+    return {key: value for key, value in row.items() if value is not None}
+
+
+def _iter_rows(rows: list[dict], label: str) -> Iterator[tuple[str, Any, str | None]]:
+    for number, row in enumerate(rows, start=1):
+        yield f"{label}:row {number}", _drop_nulls(row), None
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _read_hf_dataset(path: Path, label: str) -> list[dict]:
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except FileNotFoundError as err:
+        raise DataError(f"{label}: not a dataset saved with datasets' save_to_disk ({err})") from err
+    if isinstance(dataset, datasets.DatasetDict):
+        splits = ", ".join(dataset.keys())
+        raise DataError(f"{label}: holds several splits ({splits}); point to one split's folder, e.g. {label}/train")
+    return dataset.to_list()
+
+
+def _iter_source(path: Path, label: str) -> Iterator[tuple[str, Any, str | None]]:
+    if path.is_dir():
+        return _iter_rows(_read_hf_dataset(path, label), label)
+    suffix = path.suffix.lower()
+    if suffix in _JSON_SUFFIXES:
+        return _iter_json_lines(path, label)
+    if suffix == ".parquet":
+        return _iter_rows(_read_parquet(path), label)
+    raise DataError(
+        f"{label}: unsupported data file type {suffix or '(none)'!r}; "
+        "use .jsonl, .json, .parquet or a folder written by datasets' save_to_disk"
+    )
+
+
+def load_records(
+    path: str | Path, kind: str, *, max_errors: int = 20, skip_invalid: bool = False
+) -> Records:
+    """Read, validate and normalise every record of ``kind`` (one of sft, pair, ranking, prompt, process).
+
+    Raises ``DataError`` listing up to ``max_errors`` problems (and the total) when any record is bad,
+    unless ``skip_invalid`` is set: then bad records are dropped, counted in ``.skipped`` and logged.
+    """
+    if kind not in KINDS:
+        raise DataError(f"unknown record kind {kind!r}; expected one of {', '.join(KINDS)}")
+    label = str(path)
+    resolved = resolve_data_path(path)
+    records: list[dict] = []
+    problems: list[str] = []
+    total_problems = 0
+    bad_records = 0
+    first_problem = ""
+    for location, value, parse_error in _iter_source(resolved, label):
+        record, found = (None, [parse_error]) if parse_error else validate_record(value, kind)
+        if record is not None:
+            records.append(record)
+            continue
+        bad_records += 1
+        total_problems += len(found)
+        problems.extend(f"{location}: {p}" for p in found[: max(0, max_errors - len(problems))])
+        first_problem = first_problem or f"{location}: {found[0]}"
+    if bad_records and (not skip_invalid or not records):
+        raise DataError(problems or [first_problem], total_problems)
+    if not records:
+        raise DataError(f"{label}: no records")
+    if bad_records:
+        logger.warning("skipped %d invalid record(s) in %s; the first: %s", bad_records, label, first_problem)
+    return Records(records, source=label, skipped=bad_records)
+
+
+
+def _as_completion(value: str | list[dict]) -> list[dict]:
+    return [{"role": "assistant", "content": value}] if isinstance(value, str) else value
+
+
+def rankings_to_pairs(record: dict) -> list[dict]:
+    """Expand one ranking record into every (better, worse) preference pair; tied completions give no pair.
+
+    Other fields of the record (``source``, ...) are copied into each pair; identical texts ranked apart are
+    skipped because a pair needs two different completions.
+    """
+    groups = [entry if isinstance(entry, list) else [entry] for entry in record["ranking"]]
+    completions = [_as_completion(c) for c in record["completions"]]
+    prompt = record["prompt"]
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    extra = {k: v for k, v in record.items() if k not in ("prompt", "completions", "ranking")}
+    pairs = []
+    for better_rank, better_group in enumerate(groups):
+        for worse_group in groups[better_rank + 1 :]:
+            for better in better_group:
+                for worse in worse_group:
+                    if completions[better] != completions[worse]:
+                        pair = {"prompt": prompt, "chosen": completions[better], "rejected": completions[worse]}
+                        pairs.append({**pair, **extra})
+    return pairs
+
+
+def split_records(records: list[dict], eval_fraction: float, seed: int) -> tuple[Records, Records]:
+    """Deterministically hold out ``eval_fraction`` of the records; both parts keep the original order."""
+    if not 0.0 <= eval_fraction < 1.0:
+        raise DataError(f"eval_fraction: must be in [0, 1) (got {eval_fraction})")
+    n_eval = round(len(records) * eval_fraction)
+    if eval_fraction > 0 and n_eval == 0 and len(records) > 1:
+        n_eval = 1  # a requested eval split is never silently empty
+    held_out = set(random.Random(seed).sample(range(len(records)), n_eval))
+    source = getattr(records, "source", "")
+    train = Records([r for i, r in enumerate(records) if i not in held_out], source=source)
+    evaluation = Records([r for i, r in enumerate(records) if i in held_out], source=source)
+    return train, evaluation

@@ -1,0 +1,95 @@
+"""The FastAPI application: ``create_app(db_url)`` wires state, security headers, errors and routes."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from alignloop.errors import AlignloopError, DataError
+from alignloop.feedback.answers import AnswerError
+from alignloop.feedback.db import make_engine, migrate, normalise_url, session_factory
+from alignloop.feedback.jobs import resume_jobs
+from alignloop.feedback.routes_admin import router as admin_router
+from alignloop.feedback.routes_api import router as api_router
+from alignloop.feedback.routes_pages import router as pages_router
+from alignloop.feedback.security import Signer, get_or_create_secret
+from alignloop.feedback.store import Conflict, NotFound
+from alignloop.feedback.web import STATIC_DIR, AppState, LoginRequired, render
+
+SECURITY_HEADERS = {
+    # No inline script anywhere: even if escaping failed, injected script would not run.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def default_data_dir(db_url: str) -> Path:
+    """Uploads and server-side exports live beside a SQLite file, else in ./alignloop-annotate-data."""
+    url = normalise_url(db_url)
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///"):]).resolve().parent / "alignloop-annotate-data"
+    return Path("alignloop-annotate-data").resolve()
+
+
+def create_app(db_url: str, data_dir: str | Path | None = None, run_migrations: bool = True) -> FastAPI:
+    engine = make_engine(db_url)
+    if run_migrations:
+        migrate(engine)
+    factory = session_factory(engine)
+    with factory() as session:
+        secret = get_or_create_secret(session)
+        session.commit()
+    st = AppState(engine=engine, factory=factory, signer=Signer(secret),
+                  data_dir=Path(data_dir) if data_dir else default_data_dir(db_url))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        resume_jobs(st)
+        yield
+        engine.dispose()
+
+    # Swagger UI would load scripts from a CDN, which the CSP forbids; the schema itself is served.
+    app = FastAPI(title="alignloop annotate", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.alignloop = st
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response: Response = await call_next(request)
+        for k, v in SECURITY_HEADERS.items():
+            response.headers.setdefault(k, v)
+        if not request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    def error(request: Request, status: int, message: str) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": message}, status_code=status)
+        return render(request, "error.html", status_code=status, status=status, message=message)
+
+    @app.exception_handler(LoginRequired)
+    async def to_login(request: Request, _exc: LoginRequired) -> Response:
+        return RedirectResponse("/login", status_code=303)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        response = error(request, exc.status_code, str(exc.detail))
+        for k, v in (exc.headers or {}).items():
+            response.headers[k] = v
+        return response
+
+    for exc_type, status in ((NotFound, 404), (Conflict, 409), (AnswerError, 422), (DataError, 400),
+                             (AlignloopError, 400)):
+        app.add_exception_handler(exc_type, lambda request, exc, status=status: error(request, status, str(exc)))
+
+    app.include_router(api_router)
+    app.include_router(pages_router)
+    app.include_router(admin_router)
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    return app

@@ -1,0 +1,147 @@
+"""Shared web plumbing: app state, authentication and CSRF dependencies, safe Markdown, templates."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from alignloop.feedback.db import run_tx
+from alignloop.feedback.models import User
+from alignloop.feedback.security import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    LoginRateLimiter,
+    Signer,
+    user_for_session,
+    user_for_token,
+)
+
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
+
+# Raw HTML off (model text is untrusted: it is escaped, never executed); images off so a
+# response cannot make the annotator's browser fetch a remote URL. markdown-it also refuses
+# javascript:/vbscript:/data: link targets.
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).disable("image")
+
+
+def render_markdown(text: str) -> Markup:
+    return Markup(_markdown.render(text or ""))
+
+
+@dataclass
+class AppState:
+    engine: Engine
+    factory: sessionmaker[Session]
+    signer: Signer
+    data_dir: Path
+    limiter: LoginRateLimiter = field(default_factory=LoginRateLimiter)
+    rng: random.Random = field(default_factory=random.SystemRandom)
+
+    def tx(self, fn):  # type: ignore[no-untyped-def]
+        return run_tx(self.factory, fn)
+
+
+def state(request: Request) -> AppState:
+    return request.app.state.alignloop
+
+
+def bearer_token(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+def session_id(request: Request) -> str | None:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return state(request).signer.unsign_session(cookie) if cookie else None
+
+
+def optional_user(request: Request) -> User | None:
+    """The caller: an API token (scripts) or a signed session cookie (browsers)."""
+    st = state(request)
+    token = bearer_token(request)
+    if token is not None:
+        return st.tx(lambda s: user_for_token(s, token))
+    sid = session_id(request)
+    return st.tx(lambda s: user_for_session(s, sid)) if sid else None
+
+
+class LoginRequired(Exception):
+    """Raised by page dependencies; the app turns it into a redirect to /login."""
+
+
+def api_user(request: Request) -> User:
+    user = optional_user(request)
+    if user is None:
+        raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+def api_admin(user: User = Depends(api_user)) -> User:
+    if user.role != "admin":
+        raise HTTPException(403, "admin only")
+    return user
+
+
+def page_user(request: Request) -> User:
+    user = optional_user(request)
+    if user is None:
+        raise LoginRequired()
+    return user
+
+
+def page_admin(user: User = Depends(page_user)) -> User:
+    if user.role != "admin":
+        raise HTTPException(403, "admin only")
+    return user
+
+
+async def csrf_protect(request: Request) -> None:
+    """Every state-changing request from a browser carries the CSRF token (form field or
+    X-CSRF-Token header) matching its signed CSRF cookie. Token-authenticated scripts are exempt:
+    browsers never attach an Authorization header on their own."""
+    if request.method not in UNSAFE_METHODS or bearer_token(request) is not None:
+        return
+    submitted = request.headers.get("x-csrf-token")
+    if submitted is None and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        submitted = (await request.form()).get("csrf_token")
+    if not state(request).signer.csrf_ok(request.cookies.get(CSRF_COOKIE), submitted):
+        raise HTTPException(403, "CSRF token missing or invalid; reload the page and try again")
+
+
+def csrf_token(request: Request) -> str:
+    existing = request.cookies.get(CSRF_COOKIE)
+    if existing and state(request).signer.csrf_ok(existing, existing):
+        return existing
+    if not hasattr(request.state, "new_csrf"):
+        request.state.new_csrf = state(request).signer.new_csrf()
+    return request.state.new_csrf
+
+
+def set_cookie(response, request: Request, name: str, value: str, max_age: int | None = None) -> None:  # type: ignore[no-untyped-def]
+    response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
+
+
+templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+templates.env.filters["markdown"] = render_markdown
+
+
+def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
+    token = csrf_token(request)
+    response = templates.TemplateResponse(request, name, {"csrf_token": token, **context}, status_code=status_code)
+    if request.cookies.get(CSRF_COOKIE) != token:
+        set_cookie(response, request, CSRF_COOKIE, token)
+    return response

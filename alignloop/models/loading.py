@@ -1,0 +1,240 @@
+"""Loading and saving causal LMs and tokenizers: full models, LoRA adapters and tiny-llama.
+
+Every saved folder is plain HF: ``save_pretrained`` output plus the tokenizer, so it loads with
+``transformers`` / ``peft`` alone.  ``alignloop_model.json`` beside it records the base model in
+portable form (a bundled name stays a name), which is what ``load_causal_lm`` follows.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from alignloop.errors import ModelError
+from alignloop.models.bundled import BUNDLED_MODELS, ensure_bundled_tokenizer
+from alignloop.models.files import (
+    HEAD_META,
+    MODEL_NOTE,
+    adapter_base,
+    atomic_directory,
+    is_adapter_dir,
+    is_scalar_head_dir,
+    read_json,
+    write_json,
+)
+from alignloop.models.registry import (
+    TINY_MODEL,
+    TINY_TOKENIZER_SOURCE,
+    loadable_path,
+    origin_name,
+    resolve_model,
+)
+
+_ORIGIN_ATTR = "_alignloop_origin"
+
+
+def build_tiny_llama(seed: int = 0):
+    """A ~3.2M-parameter random Llama over the bundled 49152-token vocabulary; same seed, same weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,  # the bundled model's context, so the tokenizer limits agree
+        tie_word_embeddings=True,
+        # Special-token ids of the bundled tokenizer: <|im_start|>=1, <|im_end|>=2 (also pad).
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    # A private RNG stream: building the model must not shift the caller's random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.config._name_or_path = TINY_MODEL
+    model.eval()  # same mode as from_pretrained gives
+    setattr(model, _ORIGIN_ATTR, TINY_MODEL)
+    return model
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Hide peft's call of a deprecated transformers API: noise for our users, nothing to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def model_origin(model: nn.Module) -> str | None:
+    """The portable name of the model ``model`` was loaded from (its base, for a LoRA model)."""
+    from peft import PeftModel
+
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    origin = getattr(base, _ORIGIN_ATTR, None)
+    if origin is None and getattr(base, "config", None) is not None:
+        origin = getattr(base.config, "_name_or_path", None) or None
+    return origin
+
+
+def set_origin(model: nn.Module, origin: str) -> None:
+    setattr(model, _ORIGIN_ATTR, origin)
+
+
+def _tokenizer_folder(name_or_path: str | Path) -> Path:
+    name = str(name_or_path)
+    if name in BUNDLED_MODELS:
+        return ensure_bundled_tokenizer(name)
+    if name == TINY_MODEL:
+        return ensure_bundled_tokenizer(TINY_TOKENIZER_SOURCE)
+    folder = Path(resolve_model(name))
+    if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
+        return folder
+    # An adapter or head saved without a tokenizer uses its base model's.
+    if is_adapter_dir(folder):
+        return _tokenizer_folder(adapter_base(folder))
+    if is_scalar_head_dir(folder):
+        base = read_json(folder / HEAD_META).get("base_model")
+        if base and base != str(folder):
+            return _tokenizer_folder(base)
+    return folder
+
+
+def load_tokenizer(name_or_path: str | Path, *, padding_side: str | None = None):
+    """The tokenizer of a model, always with a pad token (eos when the model has none)."""
+    from transformers import AutoTokenizer
+
+    folder = _tokenizer_folder(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load a tokenizer from '{folder}': {_first_line(err)}") from err
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"tokenizer in '{folder}' has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if padding_side is not None:
+        if padding_side not in ("left", "right"):
+            raise ModelError(f"padding_side must be 'left' or 'right', not '{padding_side}'")
+        tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_causal_lm(
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    lora: Any = None,
+    trainable: bool = True,
+    merge: bool = False,
+) -> nn.Module:
+    """Load a causal LM by name or folder; ``lora`` adds a fresh trainable adapter.
+
+    An adapter folder loads its base and then the adapter.  The adapter is merged into the weights
+    when ``merge`` is set or when a new ``lora`` is requested (so the new adapter's reference, the
+    adapter-disabled model, is the loaded model itself).  ``trainable=False`` freezes everything
+    and switches to eval mode.
+    """
+    source = resolve_model(name_or_path)
+    if source == TINY_MODEL:
+        model = build_tiny_llama().to(dtype)
+    else:
+        folder = Path(source)
+        if is_scalar_head_dir(folder):
+            raise ModelError(
+                f"'{folder}' is a scalar-head (reward/value) model; load it with ScalarHeadModel.from_pretrained"
+            )
+        if is_adapter_dir(folder):
+            model = _load_adapter(folder, dtype, trainable=trainable and lora is None, merge=merge or lora is not None)
+        else:
+            model = _load_full(folder, dtype)
+            set_origin(model, origin_name(name_or_path, folder))
+    if lora is not None:
+        from alignloop.models.lora import apply_lora
+
+        model = apply_lora(model, lora)
+    if not trainable:
+        model.eval()
+        model.requires_grad_(False)
+    return model
+
+
+def _load_full(folder: Path, dtype: torch.dtype) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"cannot load a causal LM from '{folder}': {_first_line(err)}") from err
+
+
+def _load_adapter(folder: Path, dtype: torch.dtype, *, trainable: bool, merge: bool) -> nn.Module:
+    from peft import PeftModel
+
+    # A base that is itself an adapter (stacked LoRA runs) is merged into plain weights first.
+    base = load_causal_lm(adapter_base(folder), dtype=dtype, merge=True)
+    try:
+        with quiet_peft():
+            model = PeftModel.from_pretrained(base, folder, is_trainable=trainable and not merge)
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelError(f"cannot load the LoRA adapter in '{folder}': {_first_line(err)}") from err
+    if merge:
+        model = model.merge_and_unload()
+        # The merged weights are "base + this adapter": later saves must name this folder as base.
+        set_origin(model, str(folder.resolve()))
+    return model
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """Strip DDP-style wrappers (``.module``) that accelerate may add around a model."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def save_adapter(peft_model: nn.Module, folder: Path, origin: str) -> None:
+    """``peft_model.save_pretrained`` with the base recorded as a loadable path, fully offline."""
+    for config in peft_model.peft_config.values():
+        config.base_model_name_or_path = loadable_path(origin)
+    # peft's "auto" mode asks the Hub whether the vocabulary was resized unless the base folder
+    # has a config.json; alignloop never resizes it, so only a LoRA on the embeddings saves them.
+    adapts_embeddings = any(
+        isinstance(getattr(module, "base_layer", None), nn.Embedding) for module in peft_model.modules()
+    )
+    peft_model.save_pretrained(folder, save_embedding_layers="auto" if adapts_embeddings else False)
+
+
+def save_model(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
+    """Save a full model or a LoRA adapter (+ tokenizer) atomically in plain HF format."""
+    from peft import PeftModel
+
+    model = _unwrap(model)
+    out_dir = Path(out_dir)
+    origin = model_origin(model)
+    with atomic_directory(out_dir) as tmp:
+        if isinstance(model, PeftModel):
+            if origin is None:
+                raise ModelError("cannot save a LoRA adapter whose base model is unknown")
+            save_adapter(model, tmp, origin)
+            note = {"format": "lora", "base_model": origin}
+        else:
+            model.save_pretrained(tmp)
+            note = {"format": "full", "base_model": origin}
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(tmp / MODEL_NOTE, note)
+    return out_dir

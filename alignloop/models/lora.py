@@ -1,0 +1,135 @@
+"""LoRA adapters and the frozen reference model used for KL terms.
+
+With LoRA the reference is the policy itself with its adapter switched off, so the base weights
+are held once.  With full fine-tuning it is a frozen deep copy taken before training starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from alignloop.errors import ModelError
+from alignloop.models.loading import model_origin, quiet_peft
+from alignloop.models.registry import loadable_path
+
+
+def _field(lora: Any, key: str, default: Any) -> Any:
+    value = lora.get(key) if isinstance(lora, Mapping) else getattr(lora, key, None)
+    return default if value is None else value
+
+
+def lora_config(lora: Any, *, task_type: str | None):
+    """A ``peft.LoraConfig`` from any object or mapping with ``r``, ``alpha``, ``dropout``, ``target_modules``."""
+    from peft import LoraConfig
+
+    r = int(_field(lora, "r", 8))
+    target_modules = _field(lora, "target_modules", "all-linear")
+    if not isinstance(target_modules, str):
+        target_modules = list(target_modules)
+    return LoraConfig(
+        r=r,
+        lora_alpha=float(_field(lora, "alpha", 2 * r)),
+        lora_dropout=float(_field(lora, "dropout", 0.0)),
+        target_modules=target_modules,
+        task_type=task_type,
+    )
+
+
+def _is_causal_lm(model: nn.Module) -> bool:
+    from transformers import GenerationMixin
+
+    return isinstance(model, GenerationMixin)
+
+
+def apply_lora(model: nn.Module, lora: Any) -> nn.Module:
+    """Wrap ``model`` in a fresh trainable LoRA adapter (base weights frozen) and return the peft model.
+
+    Works for causal LMs (task ``CAUSAL_LM``, so ``AutoPeftModelForCausalLM`` can reload it) and for
+    bare transformer backbones (used by scalar-head models).
+    """
+    from peft import PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        raise ModelError("this model already has a LoRA adapter; load it with merge=True before adding a new one")
+    origin = model_origin(model)
+    config = lora_config(lora, task_type="CAUSAL_LM" if _is_causal_lm(model) else None)
+    try:
+        with quiet_peft():
+            peft_model = get_peft_model(model, config)
+    except ValueError as err:  # e.g. target_modules naming layers the model does not have
+        raise ModelError(f"cannot apply LoRA: {err}") from err
+    if origin is not None:
+        # get_peft_model records the in-memory name (None for tiny-llama); point it at a loadable base.
+        peft_model.peft_config["default"].base_model_name_or_path = loadable_path(origin)
+    return peft_model
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with every parameter frozen."""
+    frozen = copy.deepcopy(model)
+    frozen.eval()
+    frozen.requires_grad_(False)
+    return frozen
+
+
+@contextmanager
+def adapter_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` as its base: adapter off, eval mode (no LoRA dropout), no grad.
+
+    Each submodule's train/eval mode is restored afterwards, not just the top one's.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with model.disable_adapter(), torch.no_grad():
+            yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class Reference:
+    """The reference policy for KL terms; ``ref(**batch)`` or ``with ref.use() as model:``.
+
+    For a peft policy it shares the policy's weights and switches the adapter off; otherwise it
+    holds a frozen copy of the policy as it was when the ``Reference`` was made.
+    """
+
+    def __init__(self, policy: nn.Module):
+        from peft import PeftModel
+
+        self.policy = policy
+        self.shares_weights = isinstance(policy, PeftModel)
+        self.model: nn.Module | None = None if self.shares_weights else frozen_copy(policy)
+
+    @contextmanager
+    def use(self) -> Iterator[nn.Module]:
+        if self.shares_weights:
+            with adapter_disabled(self.policy) as base:
+                yield base
+        else:
+            with torch.no_grad():
+                yield self.model
+
+    def forward(self, **kwargs: Any) -> Any:
+        with self.use() as model:
+            return model(**kwargs)
+
+    __call__ = forward
+
+    def to(self, *args: Any, **kwargs: Any) -> Reference:
+        """Move the frozen copy (a shared-weight reference moves with its policy)."""
+        if self.model is not None:
+            self.model.to(*args, **kwargs)
+        return self
+
+
+def make_reference(policy: nn.Module) -> Reference:
+    """The right reference for ``policy``: adapter-disabled base with LoRA, a frozen copy without."""
+    return Reference(policy)

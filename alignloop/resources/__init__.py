@@ -1,0 +1,1 @@
+"""Files shipped inside the package (bundled demonstration data); read them with importlib.resources."""
