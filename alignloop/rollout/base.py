@@ -1,0 +1,113 @@
+"""The rollout record that every stage exchanges, and the sampler interface.
+
+A ``Rollout`` is plain data: tensors plus the matching texts. It holds no reference to the
+model or sampler that produced it, so it can be moved, sliced, pickled and logged freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, Sequence, Union, runtime_checkable
+
+import torch
+
+Message = dict[str, str]
+# A prompt is plain text (sent as one user message), a chat message list, or token ids.
+Prompt = Union[str, list[Message], list[int]]
+
+_TENSOR_FIELDS = (
+    "prompt_ids",
+    "prompt_mask",
+    "response_ids",
+    "response_mask",
+    "logprobs",
+    "ended_with_eos",
+    "ended_with_stop",
+    "group_index",
+)
+
+
+@dataclass
+class Rollout:
+    """``N`` sampled responses, ``N = len(prompts) * n`` rows in prompt-major order.
+
+    Row ``i`` is sample ``i % n`` of prompt ``group_index[i]``.
+    """
+
+    prompt_ids: torch.Tensor  # [N, P] long, LEFT padded with the pad id
+    prompt_mask: torch.Tensor  # [N, P] long, 1 on real prompt tokens
+    response_ids: torch.Tensor  # [N, R] long, RIGHT padded; tokens after the stop are pad
+    response_mask: torch.Tensor  # [N, R] long, 1 on generated tokens up to and including EOS / stop token
+    logprobs: torch.Tensor  # [N, R] float32 log-probs of the sampled tokens, 0 where response_mask is 0
+    ended_with_eos: torch.Tensor  # [N] bool: the last generated token is an EOS token
+    ended_with_stop: torch.Tensor  # [N] bool: generation stopped because a stop string appeared
+    prompts: list[Any]  # [N] the prompt as given (str or messages); token-id prompts decoded to text
+    responses: list[str]  # [N] decoded response, special tokens skipped, stop string removed
+    group_index: torch.Tensor  # [N] long: which input prompt the row belongs to
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    @property
+    def response_start(self) -> int:
+        """Column where the response begins in ``input_ids()``."""
+        return self.prompt_ids.shape[1]
+
+    @property
+    def finished(self) -> torch.Tensor:
+        """[N] bool: the response ended by itself (EOS or stop string), not by the length limit."""
+        return self.ended_with_eos | self.ended_with_stop
+
+    def response_lengths(self) -> torch.Tensor:
+        """[N] number of generated tokens per row (EOS / stop token included)."""
+        return self.response_mask.sum(dim=1)
+
+    def input_ids(self) -> torch.Tensor:
+        """[N, P + R] prompt followed by response (left pad, prompt, response, right pad)."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    def attention_mask(self) -> torch.Tensor:
+        """[N, P + R] 1 on real prompt and response tokens."""
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    def position_ids(self) -> torch.Tensor:
+        """[N, P + R] positions that ignore the left padding (the first real token is 0)."""
+        return position_ids_from_mask(self.attention_mask())
+
+    def to(self, device: torch.device | str) -> Rollout:
+        return replace(self, **{name: getattr(self, name).to(device) for name in _TENSOR_FIELDS})
+
+    def select(self, indices: Sequence[int] | torch.Tensor) -> Rollout:
+        """Rows ``indices`` in that order; padding columns are kept as they are."""
+        index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        rows = index.tolist()
+        tensors = {name: getattr(self, name)[index.to(getattr(self, name).device)] for name in _TENSOR_FIELDS}
+        return replace(
+            self,
+            **tensors,
+            prompts=[self.prompts[i] for i in rows],
+            responses=[self.responses[i] for i in rows],
+        )
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded row starts at 0 like an unpadded one."""
+    positions = attention_mask.long().cumsum(dim=-1) - 1
+    return positions.clamp(min=0)
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """Anything that turns prompts into a ``Rollout`` (the HF backend, a vLLM backend, a test double)."""
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> Rollout: ...
