@@ -109,6 +109,24 @@ def bon(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Opti
 
 
 @app.command()
+def prm(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """Train a process reward model on per-step labels (or the outcome-only baseline)."""
+    run_stage_command("prm", config, set, out)
+
+
+@app.command()
+def label(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """Label preference pairs with an LLM judge (RLAIF): both A/B orders, soft labels, agreement report."""
+    run_stage_command("label", config, set, out)
+
+
+@app.command()
+def constitution(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """Constitutional AI: critique→revision SFT data and principle-judged preference pairs."""
+    run_stage_command("constitution", config, set, out)
+
+
+@app.command()
 def models() -> None:
     """List bundled and cached models."""
     from rich.table import Table

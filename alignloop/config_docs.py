@@ -19,19 +19,21 @@ def _submodel(ann) -> type[BaseModel] | None:
     return None
 
 
-def describe(model: type[BaseModel], prefix: str = "") -> list[str]:
+def describe(model: type[BaseModel], prefix: str = "", instance: BaseModel | None = None) -> list[str]:
+    """One table row per leaf key; defaults come from the stage's own default instance."""
     rows, nested = [], []
     for name, field in model.model_fields.items():
         sub = _submodel(field.annotation)
         key = f"{prefix}{name}"
+        value = getattr(instance, name) if instance is not None else field.get_default(call_default_factory=True)
         if sub is not None:
-            nested.append((key, sub))
+            nested.append((key, sub, value if isinstance(value, BaseModel) else None))
             continue
-        default = field.get_default(call_default_factory=True)
+        default = value
         rows.append(f"| `{key}` | `{_type_name(field.annotation)}` | `{default!r}` | {field.description or ''} |")
     out = rows
-    for key, sub in nested:
-        out += describe(sub, key + ".")
+    for key, sub, inst in nested:
+        out += describe(sub, key + ".", inst)
     return out
 
 
@@ -46,7 +48,7 @@ def config_reference(stages: dict[str, type[BaseModel]]) -> str:
     ]
     for stage, cls in stages.items():
         lines += [f"## `{stage}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        lines += describe(cls)
+        lines += describe(cls, "", cls())
         lines.append("")
     return "\n".join(lines)
 

@@ -290,6 +290,10 @@ def build_reward(spec: Any) -> Any:
     ``"rule:<name>"`` or a reward-model directory); or a list of ``{source, weight, args?}``
     mappings, which becomes a ``WeightedSum`` (``weight`` defaults to 1).
     """
+    if isinstance(spec, Mapping) and "objective" in spec:  # constrained multi-objective (alignloop.rewards.multi)
+        from alignloop.rewards.multi import build_constrained
+
+        return build_constrained(spec)
     if isinstance(spec, Mapping):
         spec = [spec]
     if isinstance(spec, Sequence) and not isinstance(spec, str):

@@ -17,6 +17,9 @@ STAGES: dict[str, str] = {
     "ppo": "alignloop.train.ppo:PPOConfig:PPOStage",
     "grpo": "alignloop.train.grpo:GRPOConfig:GRPOStage",
     "bon": "alignloop.train.bon:BoNConfig:BoNStage",
+    "prm": "alignloop.train.prm:PRMConfig:PRMStage",
+    "label": "alignloop.feedback.label:LabelConfig:LabelStage",
+    "constitution": "alignloop.feedback.constitution:ConstitutionConfig:ConstitutionStage",
 }
 
 

@@ -1,0 +1,112 @@
+"""GRPO updates/s and peak memory: alignloop vs TRL 1.9.0's ``GRPOTrainer``, in one run.
+
+Workload (both sides): the bundled SmolLM2-135M-Instruct with LoRA (r 16, α 32, all linear layers), fp32,
+8 arithmetic prompts (bundled:arith_train.jsonl) × 4 generations × up to 48 new tokens at temperature 1,
+reward ``exact_match`` against the record's answer, β = 0.04 (k3 KL in the loss, reference = adapter off),
+one optimizer step on all 32 completions per generation round, token-level loss aggregation.
+
+Throughput = updates per second over updates 2..N (update 1 is warm-up); one update = one rollout of 32
+completions + one optimizer step on both sides. Each side runs in its own process.
+
+    python benchmarks/grpo.py [--updates 4]      # last line: the JSON summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import StepClock, comparison, ensure_venv, final_json_line, run_isolated  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+TRL_REQUIREMENT = ["trl==1.9.0", "--no-deps"]
+PROMPTS, GENERATIONS, NEW_TOKENS, LR, BETA = 8, 4, 48, 1e-5, 0.04
+
+
+def alignloop_side(updates: int, workdir: str) -> dict:
+    import torch
+
+    from alignloop.config import load_config
+    from alignloop.train.grpo import GRPOConfig, GRPOStage
+    from alignloop.train.loop import train
+
+    torch.manual_seed(0)
+    clock = StepClock()
+
+    class Timed(GRPOStage):
+        def on_step_end(self, step, metrics):
+            super().on_step_end(step, metrics)
+            clock.tick()
+
+    cfg = load_config(GRPOConfig, None, [
+        f"model={MODEL}", "grpo.reward=rule:exact_match", "lora.r=16", "lora.alpha=32", f"grpo.rollouts={updates}",
+        f"grpo.prompts_per_rollout={PROMPTS}", f"grpo.num_generations={GENERATIONS}", f"grpo.max_new_tokens={NEW_TOKENS}",
+        f"grpo.kl_coef={BETA}", "grpo.eval_prompts=0", "grpo.samples_every=0", f"train.batch_size={PROMPTS * GENERATIONS}",
+        f"train.lr={LR}", "train.precision=fp32", "train.save_every=0", "data.eval=null",
+    ])
+    train(Timed(cfg), Path(workdir) / "run")
+    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates}
+
+
+def _exact_match(prompts, completions, answer, **kwargs):
+    from alignloop.rewards.rules import BUILTIN_RULES
+
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return BUILTIN_RULES["exact_match"]()(prompts, texts, answer=answer)
+
+
+def trl_side(updates: int, workdir: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from alignloop.data import load_records
+    from alignloop.models import load_tokenizer, resolve_model
+
+    torch.manual_seed(0)
+    records = list(load_records("bundled:arith_train.jsonl", "prompt"))[: PROMPTS * updates]
+    data = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in records])
+    clock = StepClock()
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.tick()
+
+    args = GRPOConfig(
+        output_dir=str(Path(workdir) / "trl"), per_device_train_batch_size=PROMPTS * GENERATIONS,
+        gradient_accumulation_steps=1, num_generations=GENERATIONS, max_completion_length=NEW_TOKENS,
+        temperature=1.0, beta=BETA, learning_rate=LR, max_steps=updates, num_iterations=1, loss_type="dapo",
+        report_to=[], save_strategy="no", bf16=False, use_cpu=True, seed=0, logging_steps=1, shuffle_dataset=False,
+    )
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(str(resolve_model(MODEL)), dtype=torch.float32),
+        reward_funcs=_exact_match, args=args, train_dataset=data, processing_class=load_tokenizer(MODEL, padding_side="left"),
+        callbacks=[Tick()], peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--updates", type=int, default=4)
+    p.add_argument("--trl-venv", default="/tmp/trl19-venv")
+    p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads per side (0: torch's default).")
+    args = p.parse_args(argv)
+    threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)} if args.threads else {}
+    trl_python = ensure_venv(args.trl_venv, TRL_REQUIREMENT)
+    with tempfile.TemporaryDirectory() as work:
+        ours = run_isolated(f"{__file__}:alignloop_side", {"updates": args.updates, "workdir": work}, env=threads)
+        theirs = run_isolated(f"{__file__}:trl_side", {"updates": args.updates, "workdir": work}, python=trl_python, env=threads)
+    print(json.dumps({"workload": f"{PROMPTS} prompts × {GENERATIONS} generations × {NEW_TOKENS} tokens, LoRA, β={BETA}"}))
+    final_json_line(comparison("grpo", ours, theirs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""The PPO stage on a word-level toy model: metrics, critic warm-up, KL placement and controllers, truncation,
+approx-KL early stop, exact resume, and (slow) reward going up with KL held by β."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignloop.config import load_config
+from alignloop.errors import ConfigError
+from alignloop.train.loop import train
+from alignloop.train.ppo import PPOConfig, PPOStage
+from tests.test_rl_tiny import make_word_model, write_prompts
+
+
+class FakeEnsemble:
+    """A reward 'ensemble' whose std alternates 1, 3, 1, 3, ... over the batch."""
+
+    name = "fake_ensemble"
+
+    def score(self, prompts, completions, **fields):
+        return torch.tensor([float(len(c.split())) for c in completions])
+
+    def uncertainty(self, prompts, completions, **fields):
+        return torch.tensor([1.0 if i % 2 == 0 else 3.0 for i in range(len(completions))])
+
+    __call__ = score  # build_reward('module:obj') asks for a callable, then uses a protocol object as is
+
+
+ENSEMBLE = FakeEnsemble()
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    return {"model": str(make_word_model(root / "model")), "prompts": write_prompts(root / "prompts.jsonl")}
+
+
+def config(toy, *overrides: str) -> PPOConfig:
+    base = [
+        f"model={toy['model']}", f"data.train={toy['prompts']}", "data.eval=null",
+        "ppo.reward=tests.test_rl_tiny:target_fraction", "ppo.rollouts=2", "ppo.prompts_per_rollout=4",
+        "ppo.max_new_tokens=6", "ppo.eval_prompts=0", "ppo.samples_count=4",
+        "train.batch_size=4", "train.precision=fp32", "train.save_every=0", "train.lr=5e-3",
+    ]
+    return load_config(PPOConfig, None, base + list(overrides))
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def experiences(monkeypatch) -> list:
+    """Record what build_experience returns."""
+    seen = []
+    real = PPOStage.build_experience
+
+    def spy(self, data):
+        exp, stats = real(self, data)
+        seen.append((data, exp))
+        return exp, stats
+
+    monkeypatch.setattr(PPOStage, "build_experience", spy)
+    return seen
+
+
+def test_config_errors(tmp_path, toy):
+    with pytest.raises(ConfigError, match="ppo.advantage: unknown 'nope'"):
+        config(toy, "ppo.advantage=nope")
+    stage = PPOStage(config(toy, "ppo.kl_controller=uncertainty"))
+    with pytest.raises(ConfigError, match="'uncertainty' needs a reward source with an uncertainty"):
+        train(stage, tmp_path)
+
+
+def test_ppo_logs_the_ecosystem_metrics_and_saves_policy_and_critic(tmp_path, toy):
+    torch.manual_seed(0)
+    summary = train(PPOStage(config(toy)), tmp_path)
+    assert summary["steps"] == 2 and summary["rollouts"] == 2
+    last = metrics(tmp_path)[-1]
+    for key in ("objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward", "policy/clipfrac_avg",
+                "policy/approxkl_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg", "objective/kl_coef",
+                "completions/mean_length", "completions/clipped_ratio", "monitor/reward_length_corr", "tokens_per_second"):
+        assert key in last, key
+    assert (tmp_path / "model" / "config.json").exists()
+    assert (tmp_path / "value_model" / "alignloop_head.json").exists()
+    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 8  # 4 per rollout
+
+
+def test_critic_warmup_moves_only_the_critic(tmp_path, toy):
+    from alignloop.models import load_causal_lm
+
+    train(PPOStage(config(toy, "ppo.critic_warmup_steps=2")), tmp_path)
+    ckpt = tmp_path / "checkpoints" / "step-0000002"
+    initial = {k: p.detach() for k, p in load_causal_lm(toy["model"]).named_parameters()}
+    policy = load_file(str(ckpt / "policy.safetensors"))
+    assert all(torch.equal(policy[k], initial[k]) for k in policy)
+    # the critic's backbone starts as the same weights (critic_init: policy) and must have moved
+    critic = load_file(str(ckpt / "critic.safetensors"))
+    moved = [k for k in critic if k.startswith("backbone.") and not torch.equal(critic[k], initial["model." + k.removeprefix("backbone.")])]
+    assert moved
+
+
+def test_kl_in_loss_and_uncertainty_controller_give_per_sample_beta(tmp_path, toy, monkeypatch):
+    seen = experiences(monkeypatch)
+    cfg = config(toy, "ppo.reward=tests.test_ppo:ENSEMBLE", "ppo.kl_controller=uncertainty", "ppo.kl_placement=loss",
+                 "ppo.kl_coef=0.2", "ppo.rollouts=1")
+    train(PPOStage(cfg), tmp_path)
+    data, exp = seen[0]
+    # std alternates 1, 3 → mean 2 → β_i = 0.2·(1 + std_i/2) = 0.3, 0.5, 0.3, 0.5
+    assert torch.allclose(exp.kl_coef, torch.tensor([0.3, 0.5, 0.3, 0.5]))
+    assert exp.ref_logprobs is not None
+    assert "kl" in metrics(tmp_path)[-1]  # the KL loss term's token mean is logged
+
+
+def test_truncated_responses_can_be_excluded(tmp_path, toy, monkeypatch):
+    seen = experiences(monkeypatch)
+    train(PPOStage(config(toy, "ppo.truncation=exclude", "ppo.max_new_tokens=2", "ppo.rollouts=1")), tmp_path)
+    data, exp = seen[0]
+    truncated = ~data.rollout.finished.cpu()
+    assert truncated.any()
+    assert torch.all(exp.loss_mask[truncated] == 0)
+    assert torch.equal(exp.loss_mask[~truncated], data.response_mask[~truncated])
+
+
+def test_approx_kl_early_stop_skips_the_rest_of_the_rollout(tmp_path, toy):
+    # 2 epochs × 2 mini-batches = 4 planned updates; the first has approx-KL ≈ 0, the second exceeds 1e-12
+    cfg = config(toy, "ppo.epochs=2", "ppo.target_kl=1e-12", "ppo.rollouts=1", "train.batch_size=2")
+    summary = train(PPOStage(cfg), tmp_path)
+    assert summary["steps"] == 2 and summary["early_stops"] == 1
+    assert metrics(tmp_path)[-1]["policy/early_stopped"] == 2.0  # two updates dropped
+
+
+def test_resume_at_rollout_boundary_restores_policy_critic_and_adaptive_beta(tmp_path, toy):
+    common = ("ppo.kl_controller=adaptive", "ppo.kl_coef=0.1", "ppo.kl_target=0.01", "ppo.kl_horizon=10", "ppo.reward_norm=running")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = PPOStage(config(toy, "ppo.rollouts=3", *common))
+    train(a, straight)
+    train(PPOStage(config(toy, "ppo.rollouts=2", *common)), resumed)
+    b = PPOStage(config(toy, "ppo.rollouts=3", *common))
+    train(b, resumed)
+    samples = lambda out: [json.loads(x)["response"] for x in (out / "samples.jsonl").read_text().splitlines()]  # noqa: E731
+    assert samples(straight) == samples(resumed)
+    assert a.kl_ctl.value == b.kl_ctl.value != 0.1
+    assert a.running.state_dict() == b.running.state_dict()
+    for name in ("policy", "critic"):
+        x = load_file(str(straight / "checkpoints" / "step-0000003" / f"{name}.safetensors"))
+        y = load_file(str(resumed / "checkpoints" / "step-0000003" / f"{name}.safetensors"))
+        assert all(torch.equal(x[k], y[k]) for k in x), name
+
+
+def _run(tmp_path, toy, beta: float) -> list[dict]:
+    torch.manual_seed(0)
+    cfg = config(toy, "ppo.rollouts=15", "ppo.prompts_per_rollout=16", "ppo.max_new_tokens=8", "ppo.epochs=2",
+                 "train.batch_size=8", f"ppo.kl_coef={beta}")
+    train(PPOStage(cfg), tmp_path)
+    return metrics(tmp_path)
+
+
+@pytest.mark.slow
+def test_ppo_raises_the_target_word_and_beta_holds_kl(tmp_path, toy):
+    with_kl = _run(tmp_path / "beta", toy, 0.1)
+    no_kl = _run(tmp_path / "zero", toy, 0.0)
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    start, end = mean(with_kl[:8], "objective/scores"), mean(with_kl[-8:], "objective/scores")
+    assert end > start + 0.1, (start, end)
+    assert max(r["objective/kl"] for r in with_kl) < 5.0
+    assert mean(no_kl[-8:], "objective/kl") > mean(with_kl[-8:], "objective/kl")
