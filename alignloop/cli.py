@@ -127,6 +127,54 @@ def constitution(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, 
 
 
 @app.command()
+def collect(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """Sample pairs of a policy's own responses and label them with the simulated annotator."""
+    run_stage_command("collect", config, set, out)
+
+
+@app.command("eval")
+def eval_(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """Evaluate policies on held-out prompts with the gold scorer: reward, KL, win rate, diversity; report.html."""
+    from alignloop.pipeline.commands import eval_command
+
+    _setup_logging()
+    try:
+        eval_command(config, set, out, console=Console())
+    except AlignloopError as e:
+        _fail(e)
+
+
+@app.command()
+def run(
+    pipeline: Path = typer.Argument(..., help="Pipeline YAML."),
+    set: list[str] = typer.Option([], "--set", "-s", help="STAGE.key=value or defaults.key=value (repeatable)."),
+    out: Optional[Path] = OUT_OPT,
+) -> None:
+    """Run a pipeline of stages in one run directory; finished stages are skipped, an interrupted one resumes."""
+    from alignloop.pipeline.commands import run_command
+
+    _setup_logging()
+    try:
+        run_command(pipeline, set, out, console=Console())
+    except AlignloopError as e:
+        _fail(e)
+
+
+@app.command()
+def quickstart(
+    fast: bool = typer.Option(False, "--fast", help="Smaller numbers."), out: Optional[Path] = OUT_OPT
+) -> None:
+    """The whole RLHF loop on the bundled model, offline: SFT, preferences, RM, PPO, DPO, best-of-N, report."""
+    from alignloop.pipeline.commands import quickstart as run_quickstart
+
+    _setup_logging()
+    try:
+        run_quickstart(fast, out, console=Console())
+    except AlignloopError as e:
+        _fail(e)
+
+
+@app.command()
 def models() -> None:
     """List bundled and cached models."""
     from rich.table import Table

@@ -147,7 +147,7 @@ def format_validation_error(err: ValidationError, cls: type[BaseModel], source: 
     return "\n".join(lines)
 
 
-def _merge_defaults(cls: type[BaseModel], data: dict) -> dict:
+def merge_defaults(cls: type[BaseModel], data: dict) -> dict:
     """A partial section (``data: {max_length: 256}``) keeps the stage's other defaults for that section."""
     try:
         defaults = cls().model_dump()
@@ -179,7 +179,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     """Load ``cls`` from a YAML file (optional) plus ``--set`` overrides, with friendly errors."""
     data = read_yaml(path) if path else {}
     data = apply_overrides(data, overrides or [])
-    data = _merge_defaults(cls, data)
+    data = merge_defaults(cls, data)
     source = str(path) if path else "--set"
     try:
         return cls.model_validate(data)

@@ -142,7 +142,7 @@ class PPOStage(RLStage):
             beta = torch.full((n,), float(self.kl_ctl.value))
         kl = kl_penalty(data.old_logprobs, data.ref_logprobs, opts.kl_estimator) * mask
         in_reward = opts.kl_placement == "reward"
-        rewards = token_rewards(data.scores, mask, kl if in_reward else None, beta)
+        rewards = token_rewards(data.scores, mask, kl if in_reward else None, beta, data.dense_rewards)
         critic = self.unwrap("critic")
         with self.inference():
             values = self.forward_rows(

@@ -20,6 +20,8 @@ STAGES: dict[str, str] = {
     "prm": "alignloop.train.prm:PRMConfig:PRMStage",
     "label": "alignloop.feedback.label:LabelConfig:LabelStage",
     "constitution": "alignloop.feedback.constitution:ConstitutionConfig:ConstitutionStage",
+    "collect": "alignloop.pipeline.collect:CollectConfig:CollectStage",
+    "eval": "alignloop.eval.evaluate:EvalConfig:EvalStage",
 }
 
 

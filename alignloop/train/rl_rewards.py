@@ -106,15 +106,22 @@ def normalise_scores(scores: torch.Tensor, mode: str, running: RunningMoments, c
     return scores
 
 
-def token_rewards(scores: torch.Tensor, response_mask: torch.Tensor, kl: torch.Tensor | None, beta: torch.Tensor | None) -> torch.Tensor:
+def token_rewards(
+    scores: torch.Tensor, response_mask: torch.Tensor, kl: torch.Tensor | None, beta: torch.Tensor | None,
+    dense: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-token rewards ``r_t = −β_i·KL_t`` plus the score on the last response token (the EOS when there is one).
 
-    ``kl`` is the per-token estimate ``[N, R]`` (None: no KL in the reward); ``beta`` is ``[N]``.
+    ``kl`` is the per-token estimate ``[N, R]`` (None: no KL in the reward); ``beta`` is ``[N]``. With ``dense``
+    (a process reward model's per-step rewards, already placed on each step's final token) those replace the
+    single end-of-response score.
     """
     mask = response_mask.float()
     rewards = torch.zeros_like(mask)
     if kl is not None and beta is not None:
         rewards = -beta.unsqueeze(1) * kl * mask
+    if dense is not None:
+        return rewards + dense.to(rewards) * mask
     last = (mask.sum(dim=1).long() - 1).clamp(min=0)
     rows = torch.arange(mask.shape[0], device=mask.device)
     rewards[rows, last] += scores.to(rewards)

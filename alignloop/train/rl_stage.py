@@ -51,6 +51,7 @@ class RolloutData:
     uncertainty: torch.Tensor | None
     old_logprobs: torch.Tensor
     ref_logprobs: torch.Tensor | None
+    dense_rewards: torch.Tensor | None = None  # [N, R] per-step rewards at step-end tokens (process reward models)
 
 
 def loss_sum_factor(mask: torch.Tensor, agg: str) -> float:
@@ -200,11 +201,15 @@ class RLStage(Stage):
                     ref_logp = self.forward_rows(
                         lambda s: forward_logprobs(ref, input_ids[s], attention[s], start, temperature), len(rollout)
                     ).float()
+        dense = None
+        if hasattr(self.reward, "dense_rewards"):  # a process reward model: one reward per reasoning step
+            dense = self.reward.dense_rewards(rollout.prompts, rollout.response_ids, rollout.response_mask, self.tokenizer)
         data = RolloutData(
             rollout=rollout, input_ids=input_ids, attention_mask=attention, response_start=start,
             response_mask=response_mask, loss_mask=response_mask * keep_rows.to(response_mask).unsqueeze(1),
             raw_scores=scored.scores, scores=scores, components=scored.components, uncertainty=scored.uncertainty,
             old_logprobs=old_logp * response_mask, ref_logprobs=None if ref_logp is None else ref_logp * response_mask,
+            dense_rewards=dense,
         )
         experience, stats = self.build_experience(data)
         gold = None
@@ -268,6 +273,8 @@ class RLStage(Stage):
         metrics.update(self.rollout_stats)
         metrics["objective/kl_coef"] = float(self.kl_ctl.value)
         metrics["rollouts"] = float(self.source.rollouts_done)
+        if hasattr(self.reward, "metrics"):  # e.g. Lagrange multipliers of a constrained multi-objective reward
+            metrics.update(self.reward.metrics())
         target = self.opts.target_kl
         if target is not None and metrics.get("policy/approxkl_avg", 0.0) > target and not self.source.exhausted:
             self.early_stops += 1
@@ -297,7 +304,14 @@ class RLStage(Stage):
             "kl_ctl": self.kl_ctl.state_dict(), "running": self.running.state_dict(), "global_step": self.global_step,
             "experience": self.source.experience_state(), "eval_before": self.eval_before,
             "early_stops": self.early_stops, "rollout_stats": self.rollout_stats,
+            "reward": self._reward_state(),
         }
+
+    def _reward_state(self) -> dict | None:
+        # online state of the reward (Lagrange multipliers), never a reward model's weights
+        if isinstance(self.reward, torch.nn.Module) or not hasattr(self.reward, "state_dict"):
+            return None
+        return self.reward.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
@@ -306,6 +320,8 @@ class RLStage(Stage):
         self.eval_before = state["eval_before"]
         self.early_stops = int(state["early_stops"])
         self.rollout_stats = dict(state["rollout_stats"])
+        if state.get("reward") is not None and hasattr(self.reward, "load_state_dict"):
+            self.reward.load_state_dict(state["reward"])
         self.source.load_experience_state(state["experience"])
         self.samples.truncate_from(self.source.rollouts_done)
 

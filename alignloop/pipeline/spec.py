@@ -1,0 +1,188 @@
+"""The pipeline YAML: a list of stages, each run in its own folder of the run directory.
+
+```yaml
+name: quickstart
+out: runs/quickstart            # default runs/<name>
+defaults:                       # merged under every stage's config (the stage's own keys win)
+  model: smollm2-135m-instruct
+  train: {seed: 0}
+stages:
+  - name: sft                   # folder runs/quickstart/sft; referenced as ${sft}
+    stage: sft                  # a registered stage (alignloop.train.registry.STAGES)
+    config: {train: {max_steps: 30}}   # inline mapping, or a path to a stage YAML
+    estimate_seconds: 120       # shown before the stage starts (measured on a 2-core CPU)
+  - {name: prefs, stage: collect, config: {model: "${sft}"}}
+variants:                       # named sets of `--set` overrides, e.g. `alignloop quickstart --fast`
+  fast:
+    set: ["sft.train.max_steps=10"]
+    estimates: {sft: 40}
+```
+
+``${name}`` in any string of a stage's config is replaced by that (earlier) stage's folder, and
+``${run}`` by the run directory. Overrides are ``STAGE.dotted.key=value`` (``defaults.key=value``
+changes the defaults of every stage).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignloop.config import apply_overrides, read_yaml
+from alignloop.errors import ConfigError
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
+_STAGE_KEYS = {"name", "stage", "config", "estimate_seconds"}
+_TOP_KEYS = {"name", "out", "defaults", "stages", "variants", "description"}
+
+
+@dataclass
+class StageEntry:
+    name: str
+    stage: str
+    config: dict[str, Any]
+    estimate_seconds: float | None = None
+
+
+@dataclass
+class Pipeline:
+    name: str
+    out: Path
+    stages: list[StageEntry]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def stage_dir(self, name: str) -> Path:
+        return self.out / name
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _stage_config(raw: Any, source: str, where: str) -> dict:
+    if raw is None:
+        return {}
+    if isinstance(raw, dict):
+        return copy.deepcopy(raw)
+    if isinstance(raw, str):
+        path = Path(raw)
+        if not path.is_absolute():
+            path = Path(source).parent / path
+        return read_yaml(path)
+    raise ConfigError(f"{where}.config: expected a mapping or a path to a YAML file, got {type(raw).__name__}")
+
+
+def parse_pipeline(data: dict, source: str = "<pipeline>", out: str | Path | None = None) -> Pipeline:
+    """Validate a pipeline mapping; every problem names ``source`` and the key."""
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level keys {sorted(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+    name = str(data.get("name") or Path(source).stem)
+    stages_raw = data.get("stages")
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise ConfigError(f"{source}: stages: expected a non-empty list of {{name, stage, config}}")
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{source}: defaults: expected a mapping")
+    stages: list[StageEntry] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(stages_raw):
+        where = f"{source}: stages[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping with name, stage and config")
+        bad = set(raw) - _STAGE_KEYS
+        if bad:
+            raise ConfigError(f"{where}: unknown keys {sorted(bad)}; allowed: {', '.join(sorted(_STAGE_KEYS))}")
+        kind = raw.get("stage")
+        if not isinstance(kind, str):
+            raise ConfigError(f"{where}.stage: expected a stage name such as sft, rm, dpo, ppo, collect, eval")
+        stage_name = str(raw.get("name") or kind)
+        if not re.fullmatch(r"[A-Za-z_][\w-]*", stage_name) or stage_name in ("run", "defaults"):
+            raise ConfigError(f"{where}.name: {stage_name!r} is not a valid stage folder name")
+        if stage_name in seen:
+            raise ConfigError(f"{where}.name: stage {stage_name!r} appears twice")
+        seen.add(stage_name)
+        estimate = raw.get("estimate_seconds")
+        stages.append(StageEntry(stage_name, kind, _stage_config(raw.get("config"), source, where),
+                                 float(estimate) if estimate is not None else None))
+    out_dir = Path(out) if out is not None else Path(data.get("out") or Path("runs") / name)
+    return Pipeline(name=name, out=out_dir, stages=stages, defaults=defaults, description=str(data.get("description", "")))
+
+
+def apply_pipeline_overrides(data: dict, overrides: list[str]) -> dict:
+    """``STAGE.key=value`` goes into that stage's config; ``defaults.key=value`` into the defaults."""
+    data = copy.deepcopy(data)
+    by_name = {str(s.get("name") or s.get("stage")): s for s in data.get("stages", []) if isinstance(s, dict)}
+    for item in overrides:
+        head, _, rest = item.partition(".")
+        if not rest or "=" not in rest:
+            raise ConfigError(f"--set {item}: expected STAGE.dotted.key=value (or defaults.key=value)")
+        if head == "defaults":
+            data["defaults"] = apply_overrides(dict(data.get("defaults") or {}), [rest])
+        elif head in by_name:
+            entry = by_name[head]
+            if not isinstance(entry.get("config"), dict):
+                entry["config"] = _stage_config(entry.get("config"), "<pipeline>", head)
+            apply_overrides(entry["config"], [rest])
+        else:
+            raise ConfigError(f"--set {item}: no stage named {head!r}; stages: {', '.join(by_name)}")
+    return data
+
+
+def apply_variant(data: dict, variant: str, source: str) -> dict:
+    variants = data.get("variants") or {}
+    if variant not in variants:
+        raise ConfigError(f"{source}: no variant {variant!r}; known: {', '.join(variants) or 'none'}")
+    spec = variants[variant] or {}
+    data = apply_pipeline_overrides(data, list(spec.get("set", [])))
+    estimates = spec.get("estimates", {}) or {}
+    for entry in data.get("stages", []):
+        key = str(entry.get("name") or entry.get("stage"))
+        if key in estimates:
+            entry["estimate_seconds"] = estimates[key]
+    return data
+
+
+def load_pipeline(
+    path: str | Path, overrides: list[str] | None = None, out: str | Path | None = None, variant: str | None = None
+) -> Pipeline:
+    data = read_yaml(path)
+    if variant:
+        data = apply_variant(data, variant, str(path))
+    data = apply_pipeline_overrides(data, overrides or [])
+    return parse_pipeline(data, str(path), out)
+
+
+def resolve_references(value: Any, folders: dict[str, Path], where: str) -> Any:
+    """Replace ``${stage}`` by the folder of that stage (it must come earlier) in every string."""
+    if isinstance(value, dict):
+        return {k: resolve_references(v, folders, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_references(v, folders, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        ref = match.group(1)
+        if ref not in folders:
+            known = ", ".join(folders) or "none yet"
+            raise ConfigError(f"{where}: ${{{ref}}} names no earlier stage (available: {known})")
+        return str(folders[ref])
+
+    return _REFERENCE.sub(substitute, value)
+
+
+def merge_defaults(defaults: dict, config: dict, accepted: set[str]) -> dict:
+    """``defaults`` under ``config``, keeping only top-level keys the stage's config class accepts."""
+    usable = {k: v for k, v in defaults.items() if k in accepted}
+    return _deep_merge(usable, config)

@@ -1,0 +1,69 @@
+"""The bundled quickstart pipeline: it validates as shipped (both variants), and — slow — it runs and meets
+the acceptance bar: PPO, DPO and best-of-16 beat the SFT reference on gold reward with non-overlapping 95%
+intervals, PPO and DPO win ≥ 65% against it, and every policy reports a KL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alignloop.pipeline.commands import bundled_pipeline
+from alignloop.pipeline.runner import resolved_configs
+from alignloop.pipeline.spec import load_pipeline
+
+
+@pytest.mark.parametrize("variant, budget", [(None, 15 * 60), ("fast", 4 * 60)])
+def test_bundled_quickstart_validates(tmp_path, variant, budget):
+    pipe = load_pipeline(bundled_pipeline(), out=tmp_path / "q", variant=variant)
+    configs = {entry.name: (entry, cfg) for entry, cfg in resolved_configs(pipe)}
+    assert [e.stage for e, _ in configs.values()] == ["sft", "collect", "rm", "ppo", "dpo", "eval"]
+    assert configs["sft"][1].model == "smollm2-135m-instruct"
+    assert all(configs[name][1].lora is not None for name in ("sft", "rm", "ppo", "dpo"))
+    _, ev = configs["eval"]
+    assert ev.model == str(tmp_path / "q" / "sft") and ev.reward == str(tmp_path / "q" / "rm")
+    assert set(ev.eval.policies) == {"ppo", "dpo"} and 4 in ev.eval.best_of_n
+    assert configs["ppo"][1].ppo.reward == str(tmp_path / "q" / "rm")
+    assert sum(e.estimate_seconds for e, _ in configs.values()) <= budget  # what the screen promises
+
+
+def quickstart_command(out: Path, fast: bool) -> list[str]:
+    from alignloop.cli import app
+
+    names = {c.name or c.callback.__name__ for c in app.registered_commands}
+    base = [sys.executable, "-m", "alignloop"] if "quickstart" in names else [sys.executable, "-m", "alignloop.pipeline"]
+    return base + ["quickstart", "--out", str(out)] + (["--fast"] if fast else [])
+
+
+def run_quickstart(out: Path, fast: bool) -> dict:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(quickstart_command(out, fast), env=env, capture_output=True, text=True, timeout=3 * 3600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "policies on held-out prompts" in done.stdout and "stages" in done.stdout
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_quickstart_fast_completes_with_a_full_report(tmp_path):
+    report = run_quickstart(tmp_path / "q", fast=True)
+    assert {"sft", "ppo", "dpo", "bon4"} <= set(report["policies"]) and report["reference"] == "sft"
+    for entry in report["policies"].values():
+        assert entry["kl_to_ref"] is not None and entry["n_samples"] > 0
+    assert set(report["stages"]) == {"sft", "prefs", "rm", "ppo", "dpo", "eval"}
+    assert (tmp_path / "q" / "report.html").stat().st_size > 50_000
+
+
+@pytest.mark.slow
+def test_quickstart_default_meets_the_acceptance_bar(tmp_path):
+    report = run_quickstart(tmp_path / "q", fast=False)
+    policies = report["policies"]
+    ref_hi = policies["sft"]["gold_reward_ci95"][1]
+    for name in ("ppo", "dpo", "bon16"):
+        assert policies[name]["gold_reward_ci95"][0] > ref_hi, (name, policies[name], policies["sft"])
+    for name in ("ppo", "dpo"):
+        assert policies[name]["win_rate_vs_ref"] >= 0.65, (name, policies[name])
+    assert all(isinstance(p["kl_to_ref"], float) for p in policies.values())
