@@ -1,0 +1,224 @@
+"""SFT throughput and peak memory: alignloop vs TRL's ``SFTTrainer`` on the same workload, in one run.
+
+Workload (identical on both sides): the bundled SmolLM2-135M-Instruct (full fine-tuning, fp32 master weights,
+the same converted HF folder), the bundled demonstrations ``bundled:sft_demo_train.jsonl`` (chat messages;
+TRL gets the same conversations as a ``datasets.Dataset`` with a ``messages`` column), max length 256, a
+global batch of 8 examples with no accumulation, the same learning rate, ``--steps`` optimizer steps.
+
+Two comparisons are run, each side in its own child process (peak RSS per side, ``benchmarks/common.py``):
+
+* **defaults** (the JSON last line): each tool as it comes. alignloop: bf16 autocast, packing on (several
+  examples per 256-token row), no gradient checkpointing. TRL 1.16 ``SFTConfig``: bf16 on (its default when
+  fp16 is off), ``gradient_checkpointing=True``, ``packing=False`` (pads each batch to its longest example),
+  loss on all tokens, linear LR schedule.
+* **matched** (``--no-matched`` skips it): both bf16, no packing, no gradient checkpointing — the same
+  batches of 8 padded conversations, so the remaining gap is the trainers' own overhead.
+
+Throughput is input tokens per second: the non-pad tokens of the batches fed to the model (packed rows count
+their real tokens, padded batches their attention mask), summed over the steps after ``--warmup``, divided by
+the time from the end of the warm-up steps to the end of the last step. On a machine shared with other jobs,
+wall-clock rates are noisy, so tokens per CPU-second of each process (``cpu_throughput``) are reported too.
+
+    python benchmarks/sft.py                         # last line: the JSON summary
+    python benchmarks/sft.py --steps 4 --threads 1   # quicker
+
+TRL is not a dependency of alignloop: it runs in a virtualenv (``--trl-venv``, default /tmp/trl-venv, created
+on first use with ``trl==1.16.0`` over the system site-packages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import StepClock, comparison, ensure_venv, final_json_line, run_isolated  # noqa: E402
+
+TRL_REQUIREMENT = "trl==1.16.0"
+DEFAULT_DATA = "bundled:sft_demo_train.jsonl"
+
+
+def _peak_rss_so_far_mb() -> float:
+    """This process's peak RSS up to now: at the last step it excludes what a trainer does after training."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _rates(clock: StepClock, tokens_per_step: list[int], warmup: int) -> dict:
+    """Tokens/s and tokens/CPU-s over the steps after ``warmup`` (steps hold different token counts)."""
+    timed = tokens_per_step[warmup:]
+    mean_tokens = sum(timed) / len(timed)
+    return {
+        "throughput": clock.throughput(mean_tokens, warmup),
+        "cpu_throughput": clock.cpu_throughput(mean_tokens, warmup),
+        "tokens_per_step": tokens_per_step,
+        "step_seconds": [round(s, 3) for s in clock.step_seconds()],
+    }
+
+
+def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, max_length: int, lr: float,
+                  threads: int, packing: bool, out_dir: str) -> dict:
+    import torch
+
+    from alignloop.config import load_config
+    from alignloop.data.packing import example_fields
+    from alignloop.train.loop import train
+    from alignloop.train.sft import SFTConfig, SFTStage
+
+    torch.set_num_threads(threads)
+    clock = StepClock()
+    tokens_per_step: list[int] = []
+    training_rss = [0.0]
+
+    class TimedSFT(SFTStage):
+        pending_tokens = 0
+
+        def _collate(self, rows: list) -> dict:
+            # real tokens only: a packed row's length, or an example's own length before padding
+            self.pending_tokens += sum(len(r) if packing else len(example_fields(r)[0]) for r in rows)
+            return super()._collate(rows)
+
+        def on_step_end(self, step: int, metrics: dict) -> None:
+            clock.tick()
+            training_rss[0] = _peak_rss_so_far_mb()
+            tokens_per_step.append(self.pending_tokens)
+            self.pending_tokens = 0
+            super().on_step_end(step, metrics)
+
+        def save(self, out_dir: Path) -> None:  # TRL saves nothing either (save_strategy="no")
+            pass
+
+    overrides = [
+        f"model={model}", f"data.train={data}", "data.eval=null", "data.eval_fraction=0",
+        f"data.max_length={max_length}", f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.lr={lr}",
+        "train.save_every=0", "train.resume=never", f"sft.packing={str(packing).lower()}",
+    ]
+    cfg = load_config(SFTConfig, None, overrides)
+    summary = train(TimedSFT(cfg), out_dir)
+    return {**_rates(clock, tokens_per_step, warmup), "final_loss": summary["loss"],
+            "peak_rss_training_mb": training_rss[0],
+            "settings": {"precision": cfg.train.precision, "packing": packing,
+                         "gradient_checkpointing": cfg.train.gradient_checkpointing,
+                         "lr_schedule": cfg.train.lr_schedule}}
+
+
+def run_trl(model: str, data: str, steps: int, warmup: int, batch: int, max_length: int, lr: float,
+            threads: int, gradient_checkpointing: bool | None, out_dir: str) -> dict:
+    """TRL's ``SFTTrainer`` at its defaults; ``gradient_checkpointing=None`` keeps TRL's own default (True)."""
+    import datasets
+    import torch
+    import trl
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from alignloop.data import load_records
+    from alignloop.models import resolve_model
+
+    torch.set_num_threads(threads)
+    folder = str(resolve_model(model))  # the bundled model's converted HF folder: the same weights
+    records = load_records(data, "sft")
+    dataset = datasets.Dataset.from_dict({"messages": [r["messages"] for r in records]})
+    clock = StepClock()
+    tokens_per_step: list[int] = []
+    pending = [0]
+    training_rss = [0.0]
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.tick()
+            training_rss[0] = _peak_rss_so_far_mb()
+            tokens_per_step.append(pending[0])
+            pending[0] = 0
+
+    class CountingSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            mask = inputs.get("attention_mask")
+            pending[0] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    extra = {} if gradient_checkpointing is None else {"gradient_checkpointing": gradient_checkpointing}
+    config = SFTConfig(
+        output_dir=out_dir, max_length=max_length, per_device_train_batch_size=batch, max_steps=steps,
+        learning_rate=lr, report_to=[], save_strategy="no", logging_steps=1, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True, **extra,
+    )
+    trainer = CountingSFTTrainer(model=folder, args=config, train_dataset=dataset, callbacks=[Clock()])
+    result = trainer.train()
+    return {**_rates(clock, tokens_per_step, warmup), "final_loss": float(result.training_loss),
+            "peak_rss_training_mb": training_rss[0],
+            "version": trl.__version__,
+            "settings": {"precision": "bf16" if config.bf16 else "fp32", "packing": config.packing,
+                         "gradient_checkpointing": config.gradient_checkpointing,
+                         "lr_schedule": str(config.lr_scheduler_type.value)}}
+
+
+def _side(result: dict) -> dict:
+    keys = ("throughput", "cpu_throughput", "peak_rss_mb", "peak_rss_training_mb", "final_loss", "wall_seconds",
+            "settings", "tokens_per_step")
+    return {k: result[k] for k in keys if k in result}
+
+
+def _compare(label: str, common: dict, trl_python: str, work: Path, packing: bool,
+             gradient_checkpointing: bool | None) -> dict:
+    print(f"--- {label}: alignloop", flush=True)
+    ours_out = work / f"{label}-ours"
+    ours = run_isolated(f"{__file__}:run_alignloop", {**common, "packing": packing, "out_dir": str(ours_out)})
+    shutil.rmtree(ours_out, ignore_errors=True)  # its final checkpoint is large
+    print(f"--- {label}: trl", flush=True)
+    theirs = run_isolated(f"{__file__}:run_trl", {**common, "gradient_checkpointing": gradient_checkpointing,
+                                                  "out_dir": str(work / f"{label}-trl")}, python=trl_python)
+    payload = comparison("sft", _side(ours), _side(theirs))
+    for side, r in (("alignloop", ours), ("trl", theirs)):
+        print(f"{label:>8} {side:>9}: {r['throughput']:8.1f} tok/s wall, {r['cpu_throughput']:8.1f} tok/CPU-s, "
+              f"peak RSS {r['peak_rss_mb']:7.0f} MB ({r['peak_rss_training_mb']:.0f} MB by the last step), "
+              f"{r['settings']}", flush=True)
+    print(f"{label:>8} ratios: throughput {payload['throughput_ratio']}, CPU-time throughput "
+          f"{payload.get('cpu_throughput_ratio')}, RSS {payload['rss_ratio']}", flush=True)
+    return payload
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps, including the warm-up ones")
+    parser.add_argument("--warmup", type=int, default=1, help="first steps not timed")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each child")
+    parser.add_argument("--trl-venv", default="/tmp/trl-venv")
+    parser.add_argument("--no-matched", action="store_true", help="skip the matched-settings comparison")
+    args = parser.parse_args(argv)
+    if args.steps <= args.warmup:
+        parser.error("--steps must exceed --warmup")
+
+    from alignloop.models import resolve_model
+
+    resolve_model(args.model)  # convert the bundled model once, before anything is timed
+    trl_python = ensure_venv(args.trl_venv, [TRL_REQUIREMENT])
+    common = dict(model=args.model, data=args.data, steps=args.steps, warmup=args.warmup, batch=args.batch,
+                  max_length=args.max_length, lr=args.lr, threads=args.threads)
+    work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
+    try:
+        defaults = _compare("defaults", common, trl_python, work, packing=True, gradient_checkpointing=None)
+        matched = None
+        if not args.no_matched:
+            matched = _compare("matched", common, trl_python, work, packing=False, gradient_checkpointing=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    extra = {"unit": "input tokens/s", "workload": common}
+    if matched is not None:
+        extra["matched"] = {k: matched[k] for k in ("alignloop", "trl", "throughput_ratio", "rss_ratio",
+                                                     "cpu_throughput_ratio") if k in matched}
+    payload = {**defaults, **extra}
+    final_json_line(payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
