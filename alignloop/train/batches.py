@@ -93,5 +93,8 @@ class EpochBatchSource:
             raise ValueError(
                 f"the training set changed since the checkpoint ({state.get('n')} -> {len(self.dataset)} examples)"
             )
-        self._epoch, self._pos = int(state["epoch"]), int(state["global_pos"]) // self.world_size
+        self._epoch = int(state["epoch"])
         self._order = self._epoch_order(self._epoch)
+        global_pos = int(state["global_pos"])
+        # an epoch finished under another process count (its padded length differs) stays finished
+        self._pos = len(self._order) if global_pos >= len(self.dataset) else global_pos // self.world_size

@@ -8,6 +8,7 @@ leaves either the old or the new checkpoint, never a torn one.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import tempfile
@@ -20,6 +21,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignloop.utils.io import atomic_write_text
+
+try:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # torch without DTensor: nothing can be sharded that way
+    DTensor = distribute_tensor = None  # type: ignore[assignment,misc]
+
+log = logging.getLogger("alignloop")
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -34,7 +42,11 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
         raise RuntimeError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
     with torch.no_grad():
         for n, t in state.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
+            param = params[n]
+            t = t.to(param.device, param.dtype)
+            if DTensor is not None and isinstance(param, DTensor):  # FSDP2-sharded: keep only this rank's shard
+                t = distribute_tensor(t, param.device_mesh, param.placements)
+            param.copy_(t)
 
 
 def rng_state() -> dict[str, Any]:
@@ -69,7 +81,14 @@ def save_checkpoint(
     meta: dict,
     stage_state: dict,
     keep: int = 2,
+    rng_states: list[dict[str, Any]] | None = None,
+    save_optimizer: bool = True,
 ) -> Path:
+    """Write a checkpoint; ``rng_states`` holds one RNG state per rank (default: this process's).
+
+    ``save_optimizer=False`` when the optimizer state is sharded across ranks (FSDP, DeepSpeed ZeRO):
+    rank 0 holds only its shard, which must not be restored on the other ranks.
+    """
     root = out_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
@@ -77,7 +96,12 @@ def save_checkpoint(
     for key, model in models.items():
         save_file(trainable_state(model), str(tmp / f"{key}.safetensors"))
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(), "stage": stage_state},
+        {
+            "optimizer": optimizer.state_dict() if save_optimizer else None,
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_states or [rng_state()],
+            "stage": stage_state,
+        },
         tmp / "trainer.pt",
     )
     (tmp / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2))
@@ -93,13 +117,21 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizer, scheduler) -> tuple[dict, dict]:
-    """Restore weights, optimizer, scheduler and RNG; return (meta, stage_state)."""
+def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizer, scheduler, rank: int = 0) -> tuple[dict, dict]:
+    """Restore weights, optimizer, scheduler and this rank's RNG; return (meta, stage_state).
+
+    A rank the checkpoint has no RNG state for (resumed with more processes) keeps its own.
+    """
     for key, model in models.items():
         load_trainable_state(model, load_file(str(path / f"{key}.safetensors")))
     blob = torch.load(path / "trainer.pt", weights_only=False)
-    optimizer.load_state_dict(blob["optimizer"])
+    if blob["optimizer"] is not None:
+        optimizer.load_state_dict(blob["optimizer"])
+    else:
+        log.warning("%s: the optimizer state was sharded (FSDP/ZeRO) and not saved; its moments restart", path.name)
     scheduler.load_state_dict(blob["scheduler"])
-    set_rng_state(blob["rng"])
+    states = blob["rng"] if isinstance(blob["rng"], list) else [blob["rng"]]
+    if rank < len(states):
+        set_rng_state(states[rank])
     meta = json.loads((path / "state.json").read_text())
     return meta, blob["stage"]

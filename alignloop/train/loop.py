@@ -23,7 +23,7 @@ from accelerate import Accelerator
 
 from alignloop.config import StageConfig, dump_config
 from alignloop.errors import AlignloopError
-from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from alignloop.train.metrics import MetricsWriter, Progress, peak_rss_mb
 from alignloop.train.schedule import make_scheduler
 from alignloop.train.stage import Stage, StepOutput
@@ -62,6 +62,18 @@ class Run:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         return self.accelerator.reduce(t, reduction="sum").tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank (keeps ranks taking the same branch)."""
+        return self.reduce_sum([float(flag)])[0] > 0 if self.world_size > 1 else flag
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``obj`` from every rank, in rank order (a picklable object)."""
+        if self.world_size == 1:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        return gather_object([obj])
 
 
 def seed_everything(seed: int) -> None:
@@ -129,6 +141,7 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     total = _total_steps(cfg, source, accum)
 
     names = list(stage.models)
+    _configure_deepspeed(run, micro, accum)
     groups = stage.param_groups()
     optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     scheduler = make_scheduler(optimizer, tc.lr_schedule, tc.warmup_steps, total)
@@ -141,8 +154,12 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     writer = MetricsWriter(out_dir / "metrics.jsonl", enabled=run.is_main)
     ckpt = latest_checkpoint(out_dir) if tc.resume == "auto" else None
     if ckpt is not None:
-        meta, stage_state = load_checkpoint(ckpt, unwrapped(), optimizer, scheduler)
+        with _full_weights(run, stage.models, for_writing=True):
+            meta, stage_state = load_checkpoint(ckpt, unwrapped(), optimizer, scheduler, rank=run.rank)
         step = int(meta["step"])
+        if int(meta.get("world_size", 1)) != run.world_size:
+            # RNG streams are per rank; with a new process count give every rank a fresh, distinct one
+            seed_everything(tc.seed + run.rank + 7919 * step)
         source.load_state_dict(meta["data"])
         stage.load_state_dict(stage_state)
         writer.truncate_after(step)
@@ -151,12 +168,15 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
 
     def checkpoint() -> None:
         run.accelerator.wait_for_everyone()
-        if run.is_main:
-            save_checkpoint(
-                out_dir, step, unwrapped(), optimizer, scheduler,
-                meta={"data": source.state_dict(), "total_steps": total},
-                stage_state=stage.state_dict(), keep=tc.keep_checkpoints,
-            )
+        rng_states = run.gather(rng_state())  # every rank's RNG, so sampling stays distinct per rank after resume
+        with _full_weights(run, stage.models):
+            if run.is_main:
+                save_checkpoint(
+                    out_dir, step, unwrapped(), optimizer, scheduler,
+                    meta={"data": source.state_dict(), "total_steps": total, "world_size": run.world_size},
+                    stage_state=stage.state_dict(), keep=tc.keep_checkpoints, rng_states=rng_states,
+                    save_optimizer=not _shards_optimizer(run),
+                )
         run.accelerator.wait_for_everyone()
 
     for m in stage.models.values():
@@ -182,19 +202,17 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
                     with sync:
                         with run.autocast():
                             out = stage.step(batch)
-                        if not torch.isfinite(out.loss.detach()).all():
+                        # all ranks must agree, or one skips the backward the others wait on
+                        if run.any(not bool(torch.isfinite(out.loss.detach()).all())):
                             finite = False
                             break
                         scale = run.world_size / max(total_units, 1e-12)
-                        run.accelerator.backward(out.loss * scale)
+                        run.accelerator.backward(out.loss * scale, **_backward_kwargs(run))
                     outs.append(out)
                 grad_norm = float("nan")
                 if finite:
-                    if tc.max_grad_norm:
-                        grad_norm = float(run.accelerator.clip_grad_norm_(params, tc.max_grad_norm))
-                    else:
-                        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-                    finite = math.isfinite(grad_norm)
+                    grad_norm = _clip_and_norm(run, params, tc.max_grad_norm)
+                    finite = math.isfinite(grad_norm) or _uses_deepspeed(run)
                 if finite:
                     optimizer.step()
                     bad_streak = 0
@@ -222,7 +240,8 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
                 if tc.save_every and step % tc.save_every == 0:
                     checkpoint()
                     last_saved = step
-                if stop.requested:
+                if run.any(stop.requested):  # a signal may reach one rank only; all stop together
+                    stop.requested = True
                     break
         except KeyboardInterrupt:
             stop.requested = True
@@ -244,12 +263,83 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     summary["peak_rss_mb"] = peak_rss_mb()
     if torch.cuda.is_available():
         summary["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    if run.is_main:
-        stage.save(out_dir)
-        atomic_write_json(out_dir / "summary.json", summary)
+    with _full_weights(run, stage.models):
+        if run.is_main:
+            stage.save(out_dir)
+            atomic_write_json(out_dir / "summary.json", summary)
     run.accelerator.wait_for_everyone()
     writer.close()
     return summary
+
+
+def _uses_deepspeed(run: Run) -> bool:
+    return run.accelerator.state.deepspeed_plugin is not None
+
+
+def _configure_deepspeed(run: Run, micro: int, accum: int) -> None:
+    """DeepSpeed owns accumulation and clipping: give it our micro-batch, accumulation and clip norm.
+
+    Without a dataloader ``accelerate.prepare`` cannot infer the micro-batch size, and the loss is
+    already normalised over the whole step, so the engine must not divide it by the accumulation again
+    (see ``_backward_kwargs``).
+    """
+    if not _uses_deepspeed(run):
+        return
+    ds = run.accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = micro
+    ds["gradient_accumulation_steps"] = accum
+    ds["train_batch_size"] = micro * accum * run.world_size
+    ds["gradient_clipping"] = run.config.train.max_grad_norm or 0.0
+
+
+def _shards_optimizer(run: Run) -> bool:
+    from accelerate.utils import DistributedType
+
+    return run.world_size > 1 and run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+@contextlib.contextmanager
+def _full_weights(run: Run, models: dict[str, torch.nn.Module], for_writing: bool = False):
+    """Inside, the modules hold their full parameters on every rank, so rank 0 can save them.
+
+    All ranks must enter (the gathers are collective). A no-op unless FSDP or ZeRO-3 shards the weights.
+    ``for_writing``: weights set inside are kept (ZeRO-3 / FSDP1 write them back; FSDP2 is left sharded
+    because ``load_trainable_state`` re-shards full tensors into its DTensor parameters itself).
+    """
+    if run.world_size == 1:
+        yield
+        return
+    modules = list(models.values())
+    with contextlib.ExitStack() as stack:
+        if _uses_deepspeed(run) and run.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            import deepspeed
+
+            params = [p for m in modules for p in m.parameters()]
+            stack.enter_context(deepspeed.zero.GatheredParameters(params, modifier_rank=0 if for_writing else None))
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+        for m in modules:
+            if isinstance(m, FullyShardedDataParallel):  # FSDP1
+                stack.enter_context(FullyShardedDataParallel.summon_full_params(
+                    m, writeback=for_writing, offload_to_cpu=not for_writing))
+        fsdp2 = [] if for_writing else [x for m in modules for x in m.modules() if isinstance(x, FSDPModule)]
+        for x in fsdp2:
+            x.unshard()
+        stack.callback(lambda: [x.reshard() for x in fsdp2])
+        yield
+
+
+def _backward_kwargs(run: Run) -> dict[str, Any]:
+    return {"scale_wrt_gas": False} if _uses_deepspeed(run) else {}
+
+
+def _clip_and_norm(run: Run, params: list[torch.Tensor], max_norm: float | None) -> float:
+    if _uses_deepspeed(run):  # the engine clipped at its step; it only reports the norm
+        norm = run.accelerator.clip_grad_norm_(params, max_norm or 0.0)
+        return float(norm) if norm is not None else float("nan")
+    if max_norm:
+        return float(run.accelerator.clip_grad_norm_(params, max_norm))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
 
 
 def _no_sync(run: Run, stage: Stage):
@@ -262,8 +352,13 @@ def _no_sync(run: Run, stage: Stage):
 
 
 def _step_metrics(run: Run, outs: list[StepOutput], total_units: float, seconds: float) -> dict[str, float]:
-    keys = sorted({k for o in outs for k in o.metrics})
-    stat_keys = sorted({k for o in outs for k in o.stats})
+    keys = {k for o in outs for k in o.metrics}
+    stat_keys = {k for o in outs for k in o.stats}
+    if run.world_size > 1:  # the reduced vector must have the same layout on every rank
+        for rank_keys, rank_stats in run.gather((keys, stat_keys)):
+            keys |= rank_keys
+            stat_keys |= rank_stats
+    keys, stat_keys = sorted(keys), sorted(stat_keys)
     local = [sum(float(o.loss.detach()) for o in outs), float(sum(o.n_tokens for o in outs))]
     local += [sum(float(o.metrics.get(k, 0.0)) for o in outs) for k in keys]
     local += [sum(float(o.stats.get(k, 0.0)) for o in outs) / max(len(outs), 1) for k in stat_keys]
