@@ -1,0 +1,196 @@
+"""Preference pairs as model inputs: chosen and rejected share ONE forward and ONE copy of the prompt.
+
+A pair ``(prompt, chosen, rejected)`` becomes one row laid out as two branches after a shared prefix::
+
+    prompt[:-1] | prompt[-1] chosen | prompt[-1] rejected
+    shared (0)  | branch 1          | branch 2
+
+The last prompt token is repeated at the start of each branch because it predicts the first completion token
+of both. A 4D attention mask lets a token see the shared prefix and the earlier tokens of its own branch only,
+and the position ids of branch 2 restart where branch 1's began. Every token therefore gets exactly the hidden
+state it would get in a plain ``prompt + completion`` forward, so the log-probs (and their gradients) equal
+those of the usual two-rows-per-pair layout, but the prompt is computed once instead of twice.
+
+Rows are LEFT padded, so every row's branches end at the last column: ``logits_to_keep`` then skips the LM head
+for the prompt tokens, which are usually most of the tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from alignloop.algos.logprobs import selective_log_softmax
+from alignloop.data.collate import IGNORE_INDEX
+from alignloop.rollout.logprobs import accepts_logits_to_keep
+from alignloop.train.batches import EpochBatchSource
+
+PAD_SEGMENT, SHARED_SEGMENT, CHOSEN_SEGMENT, REJECTED_SEGMENT = -1, 0, 1, 2
+
+
+@dataclass
+class PairExample:
+    """A tokenised pair; ``index`` is its position in the data set (it keys the reference log-probs)."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    index: int
+
+    def __len__(self) -> int:
+        # row length in the shared-prompt layout (the last prompt token appears twice)
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids) + 1
+
+
+@dataclass
+class PairLogps:
+    """Summed completion log-probs ``[B]`` and completion lengths ``[B]`` of a batch of pairs."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+
+
+def _row(example: PairExample) -> tuple[list[int], list[int], list[int]]:
+    """Token ids, segment ids and position ids of one pair in the shared-prompt layout."""
+    prompt, chosen, rejected = example.prompt_ids, example.chosen_ids, example.rejected_ids
+    shared = len(prompt) - 1
+    ids = prompt[:-1] + prompt[-1:] + chosen + prompt[-1:] + rejected
+    segments = [SHARED_SEGMENT] * shared + [CHOSEN_SEGMENT] * (len(chosen) + 1) + [REJECTED_SEGMENT] * (len(rejected) + 1)
+    positions = list(range(shared + len(chosen) + 1)) + list(range(shared, shared + len(rejected) + 1))
+    return ids, segments, positions
+
+
+def collate_pairs(examples: list[PairExample], pad_id: int, mask_dtype: torch.dtype | None = None) -> dict:
+    """Left-padded shared-prompt rows for ``examples``.
+
+    Returns ``input_ids``, ``position_ids``, a 4D ``attention_mask`` ``[B, 1, L, L]`` (bool, True = may attend,
+    for sdpa; or additive with ``mask_dtype`` for eager attention), ``labels`` (the token each position
+    predicts, -100 where none: next-token targets already shifted), ``segments``, the number of final columns
+    holding the branches (``keep``), and ``index`` (the examples' data-set indices).
+    """
+    rows = [_row(e) for e in examples]
+    width = max(len(ids) for ids, _, _ in rows)
+    batch = len(rows)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    segments = torch.full((batch, width), PAD_SEGMENT, dtype=torch.long)
+    positions = torch.zeros((batch, width), dtype=torch.long)
+    for r, (ids, segs, pos) in enumerate(rows):
+        input_ids[r, width - len(ids) :] = torch.tensor(ids)
+        segments[r, width - len(ids) :] = torch.tensor(segs)
+        positions[r, width - len(ids) :] = torch.tensor(pos)
+    # a position predicts the next token of its own branch; the shared prefix and branch ends predict nothing
+    in_branch = segments > SHARED_SEGMENT
+    same_branch = in_branch[:, :-1] & (segments[:, 1:] == segments[:, :-1])
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[:, :-1] = torch.where(same_branch, input_ids[:, 1:], IGNORE_INDEX)
+    keep = max(len(e.chosen_ids) + len(e.rejected_ids) + 2 for e in examples)
+    return {
+        "input_ids": input_ids,
+        "position_ids": positions,
+        "attention_mask": branch_attention_mask(segments, mask_dtype),
+        "labels": labels,
+        "segments": segments,
+        "keep": keep,
+        "index": torch.tensor([e.index for e in examples], dtype=torch.long),
+    }
+
+
+def branch_attention_mask(segments: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[B, 1, L, L]``: causal, and a branch token sees the shared prefix and its own branch only.
+
+    Padding sees only itself (a row with nothing to attend to would give NaNs). ``dtype=None`` gives a bool
+    mask (sdpa); a float dtype gives the additive form (0 or the dtype's minimum) that eager attention needs.
+    """
+    length = segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    query, key = segments[:, :, None], segments[:, None, :]
+    allowed = causal & (query != PAD_SEGMENT) & ((key == SHARED_SEGMENT) | (key == query))
+    allowed |= torch.eye(length, dtype=torch.bool)
+    if dtype is None:
+        return allowed[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def mask_dtype_for(model: nn.Module) -> torch.dtype | None:
+    """None (bool mask) for sdpa attention; fp32 additive for eager and the rest."""
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None) or "sdpa"
+    if impl.startswith("flash"):
+        from alignloop.errors import ModelError
+
+        raise ModelError(
+            f"attention implementation {impl!r} takes no 4D mask; DPO's shared-prompt batches need 'sdpa' or 'eager'"
+        )
+    return None if impl == "sdpa" else torch.float32
+
+
+def batch_to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def pair_logps(model: nn.Module, batch: dict) -> PairLogps:
+    """One forward of ``model`` over a ``collate_pairs`` batch: summed chosen / rejected log-probs.
+
+    Only the last ``keep`` columns (the branches) go through the LM head when the model supports
+    ``logits_to_keep``; log-probs use the chunked ``selective_log_softmax`` (no full fp32 log-softmax).
+    """
+    keep = int(batch["keep"])
+    inner = getattr(model, "module", model)  # look through a DDP wrapper for the model's signature
+    extra = {"logits_to_keep": keep} if accepts_logits_to_keep(inner) else {}
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        use_cache=False,
+        **extra,
+    )
+    logits = out.logits[:, -keep:]
+    labels = batch["labels"][:, -keep:]
+    segments = batch["segments"][:, -keep:]
+    token_logps = selective_log_softmax(logits, labels)  # 0 where the label is -100
+    scored = labels != IGNORE_INDEX
+    chosen_mask = scored & (segments == CHOSEN_SEGMENT)
+    rejected_mask = scored & (segments == REJECTED_SEGMENT)
+    return PairLogps(
+        chosen=(token_logps * chosen_mask).sum(-1),
+        rejected=(token_logps * rejected_mask).sum(-1),
+        chosen_tokens=chosen_mask.sum(-1),
+        rejected_tokens=rejected_mask.sum(-1),
+    )
+
+
+def real_tokens(batch: dict) -> int:
+    return int((batch["segments"] != PAD_SEGMENT).sum())
+
+
+class LengthGroupedBatchSource(EpochBatchSource):
+    """``EpochBatchSource`` whose micro-batches hold examples of similar length, so rows carry less padding.
+
+    Each epoch's seeded order (this rank's share) is cut into mega-batches of ``group`` micro-batches; a
+    mega-batch is sorted by length and cut into micro-batches, and the micro-batches are then shuffled with
+    the same ``(seed, epoch)`` seed, so long and short batches still alternate at random. The order depends
+    only on ``(seed, epoch)``: resuming needs no extra state.
+    """
+
+    def __init__(self, dataset, micro_batch_size: int, collate, lengths: list[int], group: int = 50, **kwargs):
+        super().__init__(dataset, micro_batch_size, collate, **kwargs)
+        self.lengths = lengths
+        self.group = group
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = super()._epoch_order(epoch)
+        mb = self.micro_batch_size
+        mega = mb * self.group
+        batches: list[list[int]] = []
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start : start + mega], key=lambda i: self.lengths[i], reverse=True)
+            batches.extend(chunk[k : k + mb] for k in range(0, len(chunk), mb))
+        # a short last micro-batch stays last, so every later batch still starts at a multiple of mb
+        tail = [batches.pop()] if batches and len(batches[-1]) < mb else []
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7)
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return [i for batch in shuffled + tail for i in batch]
