@@ -11,7 +11,11 @@ import pytest
 from alignloop.train.registry import run_stage
 from alignloop.train.rm_synthetic import bayes_accuracy, synthetic_preferences, write_jsonl
 
-pytestmark = pytest.mark.slow
+# Not yet run to completion (the machine was overloaded when they were written): deselected from `make test` with
+# the `acceptance` marker until the thresholds are measured on an idle machine (`pytest -m acceptance`).
+pytestmark = [pytest.mark.slow, pytest.mark.acceptance]
+# chance is 0.5; 0.55 is the least a useful reward model must clear (not yet measured, see above)
+HH_THRESHOLD = 0.55
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BUNDLED = "smollm2-135m-instruct"
