@@ -130,6 +130,15 @@ def test_cli_init_add_user_token_create_project_and_export(tmp_path, monkeypatch
     assert r.exit_code == 0 and "wrote 3 pair records" in r.output
     records = load_records(out, "pair")
     assert len(records) == 3
+    # annotate -> export -> rm: the exported file trains a reward model as it is
+    from alignloop.train.registry import run_stage
+
+    summary = run_stage("rm", None, [
+        "model=tiny-llama", f"data.train={out}", f"data.eval={out}", "train.max_steps=2", "train.batch_size=2",
+        "train.precision=fp32", "train.save_every=0",
+    ], tmp_path / "rm")
+    assert summary["steps"] == 2 and 0.0 <= summary["eval_accuracy"] <= 1.0
+    assert (tmp_path / "rm" / "summary.json").exists()
 
 
 @pytest.mark.slow
