@@ -177,6 +177,23 @@ def quickstart(
 
 
 @app.command()
+def score(
+    rm_dir: Path = typer.Argument(..., help="A reward-model run directory."),
+    data: Path = typer.Argument(..., help="Pair, ranking or prompt/completion records."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output JSONL (default: next to the data)."),
+) -> None:
+    """Score every record with a reward model (and its uncertainty for ensembles); one JSON line per record."""
+    from alignloop.rewards.model import score_file
+
+    _setup_logging()
+    try:
+        result = score_file(rm_dir, data, out)
+    except AlignloopError as e:
+        _fail(e)
+    Console().print(result)
+
+
+@app.command()
 def models() -> None:
     """List bundled and cached models."""
     from rich.table import Table
