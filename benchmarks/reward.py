@@ -1,7 +1,8 @@
 """Reward-model training: alignloop's RM stage vs TRL's ``RewardTrainer`` on the same workload, in one run.
 
 Same model (the bundled SmolLM2-135M-Instruct, full fine-tuning), same pairs in the same order (no shuffling on
-either side), same batch, max length, optimizer (AdamW, constant LR, clipping 1.0), precision and steps.
+either side), same batch, max length, optimizer (AdamW, constant LR, clipping 1.0), precision, gradient
+checkpointing (on by default, as in TRL's ``RewardConfig``) and steps.
 The pairs are real human preferences (HH-RLHF harmless, ``../shared/data``) filtered to those whose prompt +
 completion fits ``--max-length`` on both sides, so neither trainer truncates or drops anything.
 
@@ -54,7 +55,7 @@ def prepare_pairs(data: str, model: str, n_pairs: int, max_length: int, out: str
 
 
 def run_alignloop(data: str, model: str, batch: int, steps: int, max_length: int, lr: float, precision: str,
-                  out_dir: str, share_prompt: bool = True) -> dict:
+                  gradient_checkpointing: bool, out_dir: str, share_prompt: bool = True) -> dict:
     from alignloop.config import load_config
     from alignloop.train.batches import EpochBatchSource
     from alignloop.train.loop import train
@@ -79,7 +80,7 @@ def run_alignloop(data: str, model: str, batch: int, steps: int, max_length: int
         f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.lr={lr}", "train.lr_schedule=constant",
         "train.warmup_steps=0", f"train.precision={precision}", "train.save_every=0", "train.resume=never",
         "train.max_grad_norm=1.0", f"rm.max_prompt_length={max_length}", f"rm.share_prompt={share_prompt}",
-        "rm.eval_each_epoch=false", "rm.use_margin=false",
+        "rm.eval_each_epoch=false", "rm.use_margin=false", f"train.gradient_checkpointing={gradient_checkpointing}",
     ]
     summary = train(TimedRM(load_config(RMConfig, None, overrides)), out_dir)
     return {"throughput": clock.throughput(batch), "cpu_throughput": clock.cpu_throughput(batch),
@@ -87,7 +88,7 @@ def run_alignloop(data: str, model: str, batch: int, steps: int, max_length: int
 
 
 def run_trl(data: str, model: str, batch: int, steps: int, max_length: int, lr: float, precision: str,
-            out_dir: str) -> dict:
+            gradient_checkpointing: bool, out_dir: str) -> dict:
     import datasets
     import torch
     from torch.utils.data import SequentialSampler
@@ -115,7 +116,7 @@ def run_trl(data: str, model: str, batch: int, steps: int, max_length: int, lr: 
         learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         optim="adamw_torch", bf16=precision == "bf16", use_cpu=not torch.cuda.is_available(), max_length=max_length,
         logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
-        dataloader_num_workers=0, seed=0, center_rewards_coefficient=None,
+        dataloader_num_workers=0, seed=0, center_rewards_coefficient=None, gradient_checkpointing=gradient_checkpointing,
     )
     trainer = SequentialRewardTrainer(
         model=folder, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[Clock()]
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
+                        help="on both sides (TRL's RewardConfig turns it on by default)")
     parser.add_argument("--trl-venv", default="/tmp/trl-venv")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the two sides this many times")
     args = parser.parse_args(argv)
@@ -143,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     pairs_file = str(work / "pairs.jsonl")
     data_info = prepare_pairs(args.data, args.model, args.pairs_per_step * args.steps, args.max_length, pairs_file)
     common = dict(data=pairs_file, model=args.model, batch=args.pairs_per_step, steps=args.steps,
-                  max_length=args.max_length, lr=args.lr, precision=args.precision)
+                  max_length=args.max_length, lr=args.lr, precision=args.precision,
+                  gradient_checkpointing=args.gradient_checkpointing == "on")
     ours_runs, trl_runs = [], []
     for repeat in range(args.repeats):  # alternate sides so a busy machine slows both alike
         ours_runs.append(run_isolated(f"{__file__}:run_alignloop", {**common, "out_dir": str(work / f"ours-{repeat}")}))

@@ -28,11 +28,13 @@ def pairs() -> list[PairExample]:
     def ids(n: int) -> list[int]:
         return torch.randint(3, 5000, (n,), generator=g).tolist()
 
-    # different prompt and completion lengths so rows are padded differently; a 1-token prompt has no shared prefix
+    # layout lengths (prompt + chosen + rejected + 1): 20, 8, 7, 5. The first pair fills a row of 20 alone; the
+    # other three (8 + 7 + 5 = 20) share the second row. A 1-token prompt has no shared prefix.
     return [
-        PairExample(ids(6), ids(4), ids(2), index=0),
-        PairExample(ids(1), ids(3), ids(5), index=1),
-        PairExample(ids(9), ids(1), ids(1), index=2),
+        PairExample(ids(9), ids(6), ids(4), index=0),
+        PairExample(ids(3), ids(2), ids(2), index=1),
+        PairExample(ids(2), ids(3), ids(1), index=2),
+        PairExample(ids(1), ids(1), ids(2), index=3),
     ]
 
 
@@ -45,17 +47,20 @@ def plain_logp(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
 
 
 def test_mask_lets_branches_see_the_prefix_but_not_each_other():
-    # row: [pad, s0, c0, c1, r0]  (segments -1, 0, 1, 1, 2)
-    segments = torch.tensor([[-1, 0, 1, 1, 2]])
-    allowed = branch_attention_mask(segments)[0, 0].int().tolist()
+    # row: [pad, s0 (pair 0), t0 (pair 1), c0, c1, r0 (pair 0), c0 (pair 1)]
+    segments = torch.tensor([[-1, 0, 0, 1, 1, 2, 1]])
+    pair = torch.tensor([[-1, 0, 1, 0, 0, 0, 1]])
+    allowed = branch_attention_mask(segments, pair)[0, 0].int().tolist()
     assert allowed == [
-        [1, 0, 0, 0, 0],  # padding sees only itself
-        [0, 1, 0, 0, 0],
-        [0, 1, 1, 0, 0],
-        [0, 1, 1, 1, 0],
-        [0, 1, 0, 0, 1],  # the rejected branch skips the chosen tokens
+        [1, 0, 0, 0, 0, 0, 0],  # padding sees only itself
+        [0, 1, 0, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0, 0],  # pair 1's prefix does not see pair 0's
+        [0, 1, 0, 1, 0, 0, 0],
+        [0, 1, 0, 1, 1, 0, 0],
+        [0, 1, 0, 0, 0, 1, 0],  # the rejected branch skips the chosen tokens
+        [0, 0, 1, 0, 0, 0, 1],  # pair 1's branch sees its own prefix only
     ]
-    additive = branch_attention_mask(segments, torch.float32)[0, 0]
+    additive = branch_attention_mask(segments, pair, torch.float32)[0, 0]
     assert (additive == 0).int().tolist() == allowed
     assert additive.min() == torch.finfo(torch.float32).min
 
@@ -68,6 +73,24 @@ def test_collate_layout_positions_and_labels():
     # each branch token predicts the next token of its branch; prefix and branch ends predict nothing
     assert batch["labels"].tolist() == [[-100, -100, 20, 21, -100, 30, -100]]
     assert batch["keep"] == 2 + 1 + 2 and batch["index"].tolist() == [7]
+    assert batch["pair"].tolist() == [[0] * 7]
+
+
+def test_short_pairs_share_a_row_with_prefixes_first():
+    long = PairExample([1, 2, 3, 4, 5], [6, 7], [8], index=0)  # 5 + 2 + 1 + 1 = 9 tokens: the row width
+    short_a = PairExample([10, 11], [12], [13], index=1)  # 5 tokens
+    short_b = PairExample([20], [21], [22], index=2)  # 4 tokens: 5 + 4 fit in 9, so they share a row
+    batch = collate_pairs([long, short_a, short_b], pad_id=PAD)
+    assert batch["input_ids"].tolist() == [
+        [1, 2, 3, 4, 5, 6, 7, 5, 8],
+        # prefixes first (short_b has none), then branches: [11 12 | 11 13] and [20 21 | 20 22]
+        [10, 11, 12, 11, 13, 20, 21, 20, 22],
+    ]
+    assert batch["position_ids"].tolist()[1] == [0, 1, 2, 1, 2, 0, 1, 0, 1]
+    assert batch["pair"].tolist()[1] == [1, 1, 1, 1, 1, 2, 2, 2, 2]
+    assert batch["labels"].tolist()[1] == [-100, 12, -100, 13, -100, 21, -100, 22, -100]
+    assert batch["keep"] == 8  # row 2 ends with 8 branch tokens
+    assert batch["index"].tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
@@ -80,7 +103,8 @@ def test_pair_logps_equal_separate_forwards(attention):
     for i, e in enumerate(examples):
         assert out.chosen[i].item() == pytest.approx(plain_logp(model, e.prompt_ids, e.chosen_ids).item(), abs=1e-4)
         assert out.rejected[i].item() == pytest.approx(plain_logp(model, e.prompt_ids, e.rejected_ids).item(), abs=1e-4)
-    assert out.chosen_tokens.tolist() == [4, 3, 1] and out.rejected_tokens.tolist() == [2, 5, 1]
+    assert out.chosen_tokens.tolist() == [6, 2, 3, 1] and out.rejected_tokens.tolist() == [4, 2, 1, 2]
+    assert collate_pairs(examples, PAD)["input_ids"].shape[0] == 2  # three pairs share the second row
 
 
 def test_pair_gradients_equal_separate_forwards():

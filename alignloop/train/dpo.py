@@ -1,6 +1,7 @@
 """DPO and its variants (cDPO, robust DPO, IPO, hinge/SLiC, SimPO) as one step function on the shared loop.
 
-Each micro-batch is ONE policy forward: chosen and rejected share the prompt inside one row (``dpo_batch``).
+Each micro-batch is ONE policy forward: chosen and rejected share the prompt, and short pairs share rows
+(``dpo_batch``).
 The reference log-probs are computed once in ``setup`` and cached in the run directory (``dpo_reference``),
 so training runs no reference model at all; ``dpo.precompute_ref: false`` computes them on the fly instead
 (a second, no-grad forward per micro-batch). With LoRA the reference is the policy with its adapter disabled.
@@ -30,6 +31,7 @@ from alignloop.train.dpo_batch import (
     batch_to,
     collate_pairs,
     mask_dtype_for,
+    pair_count,
     pair_logps,
     real_tokens,
 )
@@ -188,7 +190,7 @@ class DPOStage(Stage):
         return EpochBatchSource(self.train_examples, self._micro_batch(), self.collate, **common)
 
     def units(self, batch) -> float:
-        return float(batch["input_ids"].shape[0])  # pairs
+        return float(pair_count(batch))
 
     def _loss(self, batch: dict, split: str) -> tuple[torch.Tensor, dict[str, float]]:
         """Summed loss over the pairs of ``batch`` and summed metrics."""

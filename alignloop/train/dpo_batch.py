@@ -1,6 +1,6 @@
 """Preference pairs as model inputs: chosen and rejected share ONE forward and ONE copy of the prompt.
 
-A pair ``(prompt, chosen, rejected)`` becomes one row laid out as two branches after a shared prefix::
+A pair ``(prompt, chosen, rejected)`` is laid out as a shared prefix and two branches::
 
     prompt[:-1] | prompt[-1] chosen | prompt[-1] rejected
     shared (0)  | branch 1          | branch 2
@@ -11,13 +11,15 @@ and the position ids of branch 2 restart where branch 1's began. Every token the
 state it would get in a plain ``prompt + completion`` forward, so the log-probs (and their gradients) equal
 those of the usual two-rows-per-pair layout, but the prompt is computed once instead of twice.
 
-Rows are LEFT padded, so every row's branches end at the last column: ``logits_to_keep`` then skips the LM head
-for the prompt tokens, which are usually most of the tokens.
+Several pairs share a row when they fit in the width of the micro-batch's longest pair (first-fit decreasing),
+which removes most of the padding without changing what the batch holds; the mask keeps pairs apart. A row
+puts all its pairs' prefixes first and all their branches last, and rows are LEFT padded, so every row ends
+with branch tokens only: ``logits_to_keep`` then skips the LM head for the prompts, usually most tokens.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -40,7 +42,7 @@ class PairExample:
     index: int
 
     def __len__(self) -> int:
-        # row length in the shared-prompt layout (the last prompt token appears twice)
+        # tokens in the shared-prompt layout (the last prompt token appears twice)
         return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids) + 1
 
 
@@ -54,53 +56,101 @@ class PairLogps:
     rejected_tokens: torch.Tensor
 
 
-def _row(example: PairExample) -> tuple[list[int], list[int], list[int]]:
-    """Token ids, segment ids and position ids of one pair in the shared-prompt layout."""
+Segment = tuple[list[int], list[int], list[int]]  # token ids, segment ids, position ids
+
+
+def _layout(example: PairExample) -> tuple[Segment, Segment]:
+    """The shared prefix and the two branches of one pair, each as (ids, segments, positions)."""
     prompt, chosen, rejected = example.prompt_ids, example.chosen_ids, example.rejected_ids
     shared = len(prompt) - 1
-    ids = prompt[:-1] + prompt[-1:] + chosen + prompt[-1:] + rejected
-    segments = [SHARED_SEGMENT] * shared + [CHOSEN_SEGMENT] * (len(chosen) + 1) + [REJECTED_SEGMENT] * (len(rejected) + 1)
-    positions = list(range(shared + len(chosen) + 1)) + list(range(shared, shared + len(rejected) + 1))
-    return ids, segments, positions
+    prefix = (prompt[:-1], [SHARED_SEGMENT] * shared, list(range(shared)))
+    branch_ids = prompt[-1:] + chosen + prompt[-1:] + rejected
+    segments = [CHOSEN_SEGMENT] * (len(chosen) + 1) + [REJECTED_SEGMENT] * (len(rejected) + 1)
+    positions = list(range(shared, shared + len(chosen) + 1)) + list(range(shared, shared + len(rejected) + 1))
+    return prefix, (branch_ids, segments, positions)
+
+
+@dataclass
+class _Row:
+    ids: list[int] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    owners: list[int] = field(default_factory=list)
+
+    def add(self, part: Segment, owner: int) -> None:
+        ids, segments, positions = part
+        self.ids += ids
+        self.segments += segments
+        self.positions += positions
+        self.owners += [owner] * len(ids)
+
+    @property
+    def branch_tokens(self) -> int:
+        return sum(1 for s in self.segments if s > SHARED_SEGMENT)
+
+
+def pack_pairs(lengths: list[int]) -> list[list[int]]:
+    """First-fit decreasing: groups of pair indices whose summed lengths fit the longest pair's length."""
+    capacity = max(lengths)
+    bins: list[tuple[int, list[int]]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, (used, members) in enumerate(bins):
+            if used + lengths[i] <= capacity:
+                bins[b] = (used + lengths[i], members + [i])
+                break
+        else:
+            bins.append((lengths[i], [i]))
+    return [members for _, members in bins]
+
+
+def _packed_row(examples: list[PairExample], members: list[int]) -> _Row:
+    row = _Row()
+    layouts = [_layout(examples[i]) for i in members]
+    for i, (prefix, _) in zip(members, layouts):  # every prefix first ...
+        row.add(prefix, owner=i)
+    for i, (_, branches) in zip(members, layouts):  # ... then every branch, so the row ends with branch tokens
+        row.add(branches, owner=i)
+    return row
 
 
 def collate_pairs(examples: list[PairExample], pad_id: int, mask_dtype: torch.dtype | None = None) -> dict:
-    """Left-padded shared-prompt rows for ``examples``.
+    """Packed, left-padded shared-prompt rows for ``examples``.
 
-    Returns ``input_ids``, ``position_ids``, a 4D ``attention_mask`` ``[B, 1, L, L]`` (bool, True = may attend,
+    Returns ``input_ids``, ``position_ids``, a 4D ``attention_mask`` ``[R, 1, L, L]`` (bool, True = may attend,
     for sdpa; or additive with ``mask_dtype`` for eager attention), ``labels`` (the token each position
-    predicts, -100 where none: next-token targets already shifted), ``segments``, the number of final columns
-    holding the branches (``keep``), and ``index`` (the examples' data-set indices).
+    predicts, -100 where none: next-token targets already shifted), ``segments``, ``pair`` (which example of
+    ``examples`` a token belongs to, -1 on padding), the number of final columns holding only branches
+    (``keep``), and ``index`` (the examples' data-set indices, in the order of ``examples``).
     """
-    rows = [_row(e) for e in examples]
-    width = max(len(ids) for ids, _, _ in rows)
-    batch = len(rows)
-    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    segments = torch.full((batch, width), PAD_SEGMENT, dtype=torch.long)
-    positions = torch.zeros((batch, width), dtype=torch.long)
-    for r, (ids, segs, pos) in enumerate(rows):
-        input_ids[r, width - len(ids) :] = torch.tensor(ids)
-        segments[r, width - len(ids) :] = torch.tensor(segs)
-        positions[r, width - len(ids) :] = torch.tensor(pos)
-    # a position predicts the next token of its own branch; the shared prefix and branch ends predict nothing
-    in_branch = segments > SHARED_SEGMENT
-    same_branch = in_branch[:, :-1] & (segments[:, 1:] == segments[:, :-1])
+    rows = [_packed_row(examples, members) for members in pack_pairs([len(e) for e in examples])]
+    width = max(len(r.ids) for r in rows)
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    segments = torch.full(shape, PAD_SEGMENT, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    pair = torch.full(shape, -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        cols = slice(width - len(row.ids), width)
+        input_ids[r, cols], segments[r, cols] = torch.tensor(row.ids), torch.tensor(row.segments)
+        positions[r, cols], pair[r, cols] = torch.tensor(row.positions), torch.tensor(row.owners)
+    # a position predicts the next token of its own branch; prefixes and branch ends predict nothing
+    same_branch = (segments[:, :-1] > SHARED_SEGMENT) & (segments[:, 1:] == segments[:, :-1]) & (pair[:, 1:] == pair[:, :-1])
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     labels[:, :-1] = torch.where(same_branch, input_ids[:, 1:], IGNORE_INDEX)
-    keep = max(len(e.chosen_ids) + len(e.rejected_ids) + 2 for e in examples)
     return {
         "input_ids": input_ids,
         "position_ids": positions,
-        "attention_mask": branch_attention_mask(segments, mask_dtype),
+        "attention_mask": branch_attention_mask(segments, pair, mask_dtype),
         "labels": labels,
         "segments": segments,
-        "keep": keep,
+        "pair": pair,
+        "keep": max(r.branch_tokens for r in rows),
         "index": torch.tensor([e.index for e in examples], dtype=torch.long),
     }
 
 
-def branch_attention_mask(segments: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``[B, 1, L, L]``: causal, and a branch token sees the shared prefix and its own branch only.
+def branch_attention_mask(segments: torch.Tensor, pair: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[R, 1, L, L]``: causal within a pair, and a branch token sees its prefix and its own branch only.
 
     Padding sees only itself (a row with nothing to attend to would give NaNs). ``dtype=None`` gives a bool
     mask (sdpa); a float dtype gives the additive form (0 or the dtype's minimum) that eager attention needs.
@@ -108,7 +158,8 @@ def branch_attention_mask(segments: torch.Tensor, dtype: torch.dtype | None = No
     length = segments.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     query, key = segments[:, :, None], segments[:, None, :]
-    allowed = causal & (query != PAD_SEGMENT) & ((key == SHARED_SEGMENT) | (key == query))
+    same_pair = pair[:, :, None] == pair[:, None, :]
+    allowed = causal & same_pair & (query != PAD_SEGMENT) & ((key == SHARED_SEGMENT) | (key == query))
     allowed |= torch.eye(length, dtype=torch.bool)
     if dtype is None:
         return allowed[:, None]
@@ -152,19 +203,29 @@ def pair_logps(model: nn.Module, batch: dict) -> PairLogps:
     labels = batch["labels"][:, -keep:]
     segments = batch["segments"][:, -keep:]
     token_logps = selective_log_softmax(logits, labels)  # 0 where the label is -100
+    owner = batch["pair"][:, -keep:]
     scored = labels != IGNORE_INDEX
-    chosen_mask = scored & (segments == CHOSEN_SEGMENT)
-    rejected_mask = scored & (segments == REJECTED_SEGMENT)
+    n_pairs = batch["index"].shape[0]
+
+    def per_pair(segment: int, values: torch.Tensor) -> torch.Tensor:
+        hit = scored & (segments == segment)
+        return torch.zeros(n_pairs, dtype=values.dtype, device=values.device).index_add(0, owner[hit], values[hit])
+
+    ones = torch.ones_like(token_logps)
     return PairLogps(
-        chosen=(token_logps * chosen_mask).sum(-1),
-        rejected=(token_logps * rejected_mask).sum(-1),
-        chosen_tokens=chosen_mask.sum(-1),
-        rejected_tokens=rejected_mask.sum(-1),
+        chosen=per_pair(CHOSEN_SEGMENT, token_logps),
+        rejected=per_pair(REJECTED_SEGMENT, token_logps),
+        chosen_tokens=per_pair(CHOSEN_SEGMENT, ones).long(),
+        rejected_tokens=per_pair(REJECTED_SEGMENT, ones).long(),
     )
 
 
 def real_tokens(batch: dict) -> int:
     return int((batch["segments"] != PAD_SEGMENT).sum())
+
+
+def pair_count(batch: dict) -> int:
+    return int(batch["index"].shape[0])
 
 
 class LengthGroupedBatchSource(EpochBatchSource):
