@@ -148,7 +148,7 @@ def stage_cases() -> list:
     candidates = {
         "rm": (["train.max_steps=3", "train.batch_size=4", *pairs], 2),
         "dpo": (["train.max_steps=3", "train.batch_size=4", *pairs], 2),
-        "ppo": (rl_overrides("ppo") + ["ppo.whiten_advantages=false"], 4),
+        "ppo": (rl_overrides("ppo") + ["ppo.reward_norm=batch", "ppo.kl_controller=adaptive"], 4),
         "grpo": (rl_overrides("grpo") + ["grpo.entropy_coef=1.0"], 4),
     }
     for name, (extra, micro) in candidates.items():

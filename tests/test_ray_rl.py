@@ -81,6 +81,26 @@ def test_ray_run_matches_single_process_behaviour(tmp_path, local_ray, stage):
     assert (tmp_path / "ray" / "model").is_dir() and (tmp_path / "ray" / "summary.json").exists()
 
 
+@pytest.mark.slow
+def test_rollout_section_runs_ppo_on_ray_with_a_reference_actor(tmp_path, local_ray):
+    # `alignloop ppo --set rollout.workers=2` takes the Ray path through the stage registry
+    extra = ["rollout.workers=2", "rollout.remote_reference=true", "ppo.kl_coef=0.1"]
+    summary = run_stage("ppo", None, overrides("ppo") + extra, tmp_path / "ray")
+    assert summary["rollout_rows"] == ROLLOUTS * PROMPTS * GENERATIONS
+    assert summary["reference_calls"] == ROLLOUTS  # reference log-probs came from the actor, once per rollout
+    first = next(r for r in rows(tmp_path / "ray", "metrics.jsonl") if "objective/kl" in r)
+    # before the first update the policy IS the reference: the actor's log-probs match the sampler's
+    assert abs(first["objective/kl"]) < 1e-3
+    later = [r["objective/kl"] for r in rows(tmp_path / "ray", "metrics.jsonl") if "objective/kl" in r]
+    assert any(abs(k) > 1e-3 for k in later[1:])  # and after updates they differ (the actor is not the policy)
+
+
+def test_vllm_backend_needs_ray_workers_and_says_so():
+    from alignloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="rollout.workers"):
+        run_stage("ppo", None, overrides("ppo") + ["rollout.backend=vllm"], None)
+
 def test_split_and_concat_rebuild_one_samplers_rollout():
     # 5 prompts over 2 workers: chunks of 2 and 3, order kept
     assert split_evenly(list("abcde"), 2) == [["a", "b"], ["c", "d", "e"]]

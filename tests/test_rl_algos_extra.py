@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from alignloop.algos import aggregate_loss, value_loss
+from alignloop.algos import aggregate_loss, value_loss, whiten_advantages
 from alignloop.train.rl_experience import Experience, minibatch_schedule
 from alignloop.train.rl_monitors import pearson, rollout_monitors
 from alignloop.train.rl_rewards import RunningMoments, apply_truncation, normalise_scores, prompt_text, token_rewards
@@ -125,3 +125,70 @@ def test_prompt_text():
     assert prompt_text("hi") == "hi"
     assert prompt_text([{"role": "user", "content": "What is 2+2?"}]) == "What is 2+2?"
     assert prompt_text([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]) == "system: s\n\nuser: u"
+
+
+class TwoRanks:
+    """A sum-reducer standing in for an all-reduce between this rank and a peer whose values are known.
+
+    Calls alternate between the two ranks' statistics in the order the code asks for them, so the peer's
+    contributions come from running the same function on the peer's data with a recording reducer."""
+
+    def __init__(self, peer_calls: list[list[float]]):
+        self.peer_calls = list(peer_calls)
+
+    def __call__(self, values: list[float]) -> list[float]:
+        peer = self.peer_calls.pop(0)
+        return [a + b for a, b in zip(values, peer)]
+
+
+class Recorder:
+    def __init__(self):
+        self.calls: list[list[float]] = []
+
+    def __call__(self, values):
+        self.calls.append(list(values))
+        return values
+
+
+def _sharded(fn, a, b):
+    """fn(shard, reduce) on shard ``a`` as rank 0, with shard ``b`` as its peer."""
+    # The peer's first statistics (counts, sums) don't depend on the global mean; its later ones do, so
+    # record them with the global mean the reduction will give: run the peer with a reducer that answers
+    # with the sum of both ranks' first-call statistics.
+    first_a, first_b = Recorder(), Recorder()
+    fn(a, first_a), fn(b, first_b)
+    totals = [x + y for x, y in zip(first_a.calls[0], first_b.calls[0])]
+
+    class Peer:
+        calls: list[list[float]] = []
+        n = 0
+
+        def __call__(self, values):
+            self.calls.append(list(values))
+            self.n += 1
+            return totals if self.n == 1 else values
+
+    peer = Peer()
+    fn(b, peer)
+    return fn(a, TwoRanks(peer.calls))
+
+
+def test_whitening_over_two_ranks_equals_whitening_the_whole_batch():
+    x = torch.tensor([[1.0, 2.0, 9.0], [4.0, -1.0, 0.0], [3.0, 5.0, 7.0], [0.5, 0.0, 8.0]])
+    m = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]])
+    whole = whiten_advantages(x, m)
+    rank0 = _sharded(lambda s, r: whiten_advantages(x[s], m[s], reduce=r), slice(0, 2), slice(2, 4))
+    assert torch.allclose(rank0, whole[:2], atol=1e-6)
+    assert not torch.allclose(whiten_advantages(x[:2], m[:2]), whole[:2], atol=1e-3)  # per-rank stats differ
+
+
+def test_batch_reward_normalisation_over_two_ranks_equals_the_whole_batch():
+    s = torch.tensor([1.0, 4.0, -2.0, 0.5, 3.0, 3.5])
+    whole = normalise_scores(s, "batch", RunningMoments(), None)
+    rank0 = _sharded(lambda sl, r: normalise_scores(s[sl], "batch", RunningMoments(), None, r), slice(0, 3), slice(3, 6))
+    assert torch.allclose(rank0, whole[:3], atol=1e-6)
+    # running moments: after one global update the moments are those of all six scores
+    moments = RunningMoments()
+    _sharded(lambda sl, r: (moments if isinstance(r, TwoRanks) else RunningMoments()).update(s[sl], r), slice(0, 3), slice(3, 6))
+    assert moments.count == 6 and abs(moments.mean - float(s.double().mean())) < 1e-12
+    assert abs(moments.std - float(s.double().std())) < 1e-9

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .group_advantages import grpo_advantages, rloo_advantages
-from .masked import masked_sum, masked_whiten
+from .masked import SumReducer, masked_sum, masked_whiten
 
 __all__ = [
     "AdvantageEstimator",
@@ -156,9 +156,12 @@ def rloo_token_advantages(
 
 
 @torch.no_grad()
-def whiten_advantages(advantages: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """Normalise advantages to mean 0, std 1 over all valid tokens of the batch (masked positions 0)."""
-    return masked_whiten(advantages, mask, shift_mean=shift_mean, eps=eps)
+def whiten_advantages(
+    advantages: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, reduce: SumReducer | None = None
+) -> Tensor:
+    """Normalise advantages to mean 0, std 1 over all valid tokens of the batch (masked positions 0);
+    ``reduce`` makes the batch the global one across data-parallel ranks."""
+    return masked_whiten(advantages, mask, shift_mean=shift_mean, eps=eps, reduce=reduce)
 
 
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {

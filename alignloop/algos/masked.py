@@ -10,8 +10,12 @@ cannot even count to 257 exactly), so a bf16 ``x`` gives an fp32 result.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
+
+SumReducer = Callable[[list[float]], list[float]]  # sums a list of floats over data-parallel ranks
 
 __all__ = ["masked_sum", "masked_mean", "masked_var", "masked_whiten", "masked_count"]
 
@@ -61,15 +65,24 @@ def masked_var(x: Tensor, mask: Tensor, dim: int | None = None, unbiased: bool =
     return torch.where(count > 1, sq_sum / denom.clamp(min=1), torch.zeros_like(sq_sum))
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(
+    x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, reduce: SumReducer | None = None
+) -> Tensor:
     """``(x − mean) / sqrt(var + eps)`` with mean and (unbiased) var over all valid entries.
 
     With ``shift_mean=False`` the mean is added back, so only the scale changes
     (the convention of OpenAI's lm-human-preferences and TRL's ``whiten``).
-    Invalid entries of the result are 0.
+    Invalid entries of the result are 0. ``reduce`` sums statistics over data-parallel ranks, so
+    every rank whitens with the global batch's mean and variance (as one process would).
     """
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    if reduce is None:
+        mean = masked_mean(x, mask)
+        var = masked_var(x, mask, unbiased=True)
+    else:
+        count, total = reduce([float(masked_count(x, mask)), float(masked_sum(x, mask))])
+        mean = torch.tensor(total / max(count, 1.0), dtype=_reduce_dtype(x), device=x.device)
+        (sq_sum,) = reduce([float(masked_sum((x.to(mean.dtype) - mean).square(), mask))])
+        var = torch.tensor(sq_sum / (count - 1) if count > 1 else 0.0, dtype=mean.dtype, device=x.device)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -103,12 +103,14 @@ class ReferenceScorer:
 
         self.model = load_causal_lm(model).eval().requires_grad_(False)
         self.chunk_rows = chunk_rows
+        self.calls = 0
 
     @torch.no_grad()
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int,
                  temperature: float = 1.0) -> torch.Tensor:
         from alignloop.rollout import forward_logprobs
 
+        self.calls += 1
         rows = range(0, input_ids.shape[0], self.chunk_rows)
         return torch.cat([
             forward_logprobs(self.model, input_ids[i:i + self.chunk_rows], attention_mask[i:i + self.chunk_rows],
@@ -118,6 +120,9 @@ class ReferenceScorer:
 
     def checksum(self) -> str:
         return weights_checksum(self.model)
+
+    def num_calls(self) -> int:
+        return self.calls
 
 
 class Learner:

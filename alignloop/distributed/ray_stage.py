@@ -9,7 +9,8 @@ The learner runs the stage's own code through the one training loop; only three 
 - after the last update on a rollout (and after the final step) the learner broadcasts its trainable
   weights to every worker (one ``ray.put``, read by all) and checks the checksums they report.
 
-Usage: ``python -m alignloop.distributed.ray_stage ppo CONFIG.yaml --rollout-workers 2 [--backend vllm]``.
+Usage: ``alignloop ppo CONFIG.yaml --set rollout.workers=2 [--set rollout.backend=vllm]`` (the ``rollout``
+section), or ``python -m alignloop.distributed.ray_stage ppo CONFIG.yaml --rollout-workers 2 [--backend vllm]``.
 """
 
 from __future__ import annotations
@@ -152,37 +153,50 @@ def run_with_ray(stage: str, config: str | Path | None = None, overrides: list[s
                  out: str | Path | None = None, rollout_workers: int = 2, backend: str = "hf",
                  remote_reward: bool = False, remote_reference: bool = False, worker_gpus: float = 0.0,
                  learner_gpus: float = 0.0, threads_per_actor: int = 1, vllm_options: dict | None = None) -> dict:
-    """Start the actors on the current Ray cluster (a local one if none), run the stage, return its summary.
-
-    Placement: ``worker_gpus``/``learner_gpus`` are Ray GPU shares; 0 everywhere is the CPU layout used in
-    tests, ``worker_gpus=1, learner_gpus=1`` puts each role on its own GPU (separate placement), and
-    fractional values (e.g. 0.5/0.5) colocate them on one GPU.
-    """
+    """``run_configured`` for a stage YAML + overrides, with the ``rollout`` section set from the arguments."""
     from alignloop.config import load_config
-    from alignloop.distributed.ray_roles import actor_classes
     from alignloop.train.registry import resolve_out_dir, stage_classes
 
-    ray = _ray()
     cfg_cls, _ = stage_classes(stage)
     cfg = load_config(cfg_cls, config, overrides or [])
-    opts = getattr(cfg, stage, None)
+    if getattr(cfg, "rollout", None) is None:
+        raise ConfigError(f"ray: stage {stage!r} is not an RL stage (it has no rollouts to distribute)")
+    cfg.rollout = cfg.rollout.model_copy(update=dict(
+        workers=rollout_workers, backend=backend, remote_reward=remote_reward, remote_reference=remote_reference,
+        worker_gpus=worker_gpus, learner_gpus=learner_gpus, vllm=vllm_options or {}))
+    return run_configured(stage, cfg, resolve_out_dir(stage, cfg, out), threads_per_actor)
+
+
+def run_configured(stage: str, cfg: Any, out: str | Path, threads_per_actor: int = 1) -> dict:
+    """Start the actors on the current Ray cluster (a local one if none), run the stage, return its summary.
+
+    ``cfg.rollout`` says how: ``workers`` rollout actors on ``backend``; placement by Ray GPU shares
+    (``worker_gpus``/``learner_gpus``): 0 everywhere is the CPU layout used in tests, 1 and 1 puts each role
+    on its own GPU (separate placement), fractions (e.g. 0.5/0.5) colocate them on one GPU.
+    """
+    from alignloop.distributed.ray_roles import actor_classes
+
+    ray = _ray()
+    rc, opts = cfg.rollout, getattr(cfg, stage, None)
     if opts is None or not hasattr(opts, "reward"):
         raise ConfigError(f"ray: stage {stage!r} is not an RL stage (it has no rollouts to distribute)")
-    out_dir = resolve_out_dir(stage, cfg, out).resolve()
+    if rc.workers < 1:
+        raise ConfigError("rollout.workers: the Ray path needs at least one rollout worker")
+    out_dir = Path(out).resolve()
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(address=rc.address, include_dashboard=False, log_to_driver=False)
     roles = actor_classes()
     dtype = "auto" if cfg.train.precision == "bf16" else "fp32"
     lora = cfg.lora.model_dump() if cfg.lora is not None else None
-    cpu = 0.5 if worker_gpus == 0 else 1
+    cpu = 0.5 if rc.worker_gpus == 0 else 1
     workers = [
-        roles["rollout"].options(num_cpus=cpu, num_gpus=worker_gpus).remote(
-            cfg.model, lora, backend, opts.generation_batch_size, dtype, threads_per_actor, vllm_options)
-        for _ in range(rollout_workers)
+        roles["rollout"].options(num_cpus=cpu, num_gpus=rc.worker_gpus).remote(
+            cfg.model, lora, rc.backend, opts.generation_batch_size, dtype, threads_per_actor, rc.vllm)
+        for _ in range(rc.workers)
     ]
-    reward = roles["reward"].options(num_cpus=0).remote(opts.reward, threads_per_actor) if remote_reward else None
-    reference = roles["reference"].options(num_cpus=0).remote(cfg.model, threads_per_actor) if remote_reference else None
-    learner = roles["learner"].options(num_cpus=cpu, num_gpus=learner_gpus).remote(
+    reward = roles["reward"].options(num_cpus=0).remote(opts.reward, threads_per_actor) if rc.remote_reward else None
+    reference = roles["reference"].options(num_cpus=0).remote(cfg.model, threads_per_actor) if rc.remote_reference else None
+    learner = roles["learner"].options(num_cpus=cpu, num_gpus=rc.learner_gpus).remote(
         stage, cfg.model_dump(mode="json"), str(out_dir), workers, reward, reference, threads_per_actor)
     try:
         summary = ray.get(learner.run.remote())
@@ -190,6 +204,8 @@ def run_with_ray(stage: str, config: str | Path | None = None, overrides: list[s
         summary["worker_checksums"] = ray.get([w.checksum.remote() for w in workers])
         if reward is not None:
             summary["reward_calls"] = ray.get(reward.num_calls.remote())
+        if reference is not None:
+            summary["reference_calls"] = ray.get(reference.num_calls.remote())
     finally:
         for actor in [learner, *workers, *(a for a in (reward, reference) if a is not None)]:
             ray.kill(actor)

@@ -98,7 +98,17 @@ def forward_logprobs(
     device = model_device(model)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     response_len = input_ids.shape[1] - response_start
-    kwargs = {"logits_to_keep": response_len + 1} if accepts_logits_to_keep(model) else {}
+    keep = response_len + 1
+    if not return_entropy:  # the LM head only on the response tokens, no [N, L, V] logits (models/head.py)
+        from alignloop.models.head import token_logprobs
+
+        predicted = torch.full((input_ids.shape[0], keep), -100, dtype=torch.long, device=device)
+        predicted[:, :-1] = input_ids[:, response_start:]
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+        logps = token_logprobs(model, inputs, predicted, effective_temperature(temperature),
+                               logits_to_keep=keep if accepts_logits_to_keep(model) else None)
+        return logps[:, :-1]
+    kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,

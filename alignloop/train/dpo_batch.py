@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from alignloop.algos.logprobs import selective_log_softmax
+from alignloop.models.head import token_logprobs
 from alignloop.data.collate import IGNORE_INDEX
 from alignloop.rollout.logprobs import accepts_logits_to_keep
 from alignloop.train.batches import EpochBatchSource
@@ -186,23 +186,15 @@ def batch_to(batch: dict, device: torch.device) -> dict:
 def pair_logps(model: nn.Module, batch: dict) -> PairLogps:
     """One forward of ``model`` over a ``collate_pairs`` batch: summed chosen / rejected log-probs.
 
-    Only the last ``keep`` columns (the branches) go through the LM head when the model supports
-    ``logits_to_keep``; log-probs use the chunked ``selective_log_softmax`` (no full fp32 log-softmax).
+    Only the scored branch tokens go through the LM head (``models.head.token_logprobs``).
     """
     keep = int(batch["keep"])
     inner = getattr(model, "module", model)  # look through a DDP wrapper for the model's signature
-    extra = {"logits_to_keep": keep} if accepts_logits_to_keep(inner) else {}
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        use_cache=False,
-        **extra,
-    )
-    logits = out.logits[:, -keep:]
     labels = batch["labels"][:, -keep:]
     segments = batch["segments"][:, -keep:]
-    token_logps = selective_log_softmax(logits, labels)  # 0 where the label is -100
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    # 0 where the label is -100; the LM head runs on the scored tokens only (models/head.py)
+    token_logps = token_logprobs(model, inputs, labels, logits_to_keep=keep if accepts_logits_to_keep(inner) else None)
     owner = batch["pair"][:, -keep:]
     scored = labels != IGNORE_INDEX
     n_pairs = batch["index"].shape[0]

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from alignloop.algos import ADVANTAGE_ESTIMATORS, frac_zero_std
 from alignloop.config import DataConfig, StageConfig, TrainConfig
-from alignloop.train.rl_config import RLOptions, check_rollout_shape
+from alignloop.train.rl_config import RolloutSettings, RLOptions, check_rollout_shape
 from alignloop.train.rl_experience import Experience
 from alignloop.train.rl_stage import RLStage, RolloutData
 
@@ -44,6 +44,7 @@ class GRPOConfig(StageConfig):
         default_factory=lambda: TrainConfig(max_steps=-1, batch_size=16, lr=1e-5, lr_schedule="constant", save_every=10)
     )
     grpo: GRPOOptions = Field(default_factory=GRPOOptions)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
 
     @model_validator(mode="after")
     def _rollout_shape(self) -> "GRPOConfig":

@@ -31,7 +31,7 @@ from alignloop.errors import ConfigError
 from alignloop.models import ScalarHeadModel
 from alignloop.models.lora import apply_lora
 from alignloop.rewards.base import has_uncertainty
-from alignloop.train.rl_config import RLOptions, check_rollout_shape
+from alignloop.train.rl_config import RolloutSettings, RLOptions, check_rollout_shape
 from alignloop.train.rl_experience import Experience
 from alignloop.train.rl_rewards import token_rewards
 from alignloop.train.rl_stage import RLStage, RolloutData
@@ -73,6 +73,7 @@ class PPOConfig(StageConfig):
         default_factory=lambda: TrainConfig(max_steps=-1, batch_size=8, lr=1e-5, lr_schedule="constant", save_every=10)
     )
     ppo: PPOOptions = Field(default_factory=PPOOptions)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
 
     @model_validator(mode="after")
     def _rollout_shape(self) -> "PPOConfig":
@@ -152,7 +153,7 @@ class PPOStage(RLStage):
             rewards, mask, values=values, group_size=opts.num_generations, gamma=opts.gamma, lam=opts.lam
         )
         if opts.whiten_advantages:
-            advantages = whiten_advantages(advantages, data.loss_mask)
+            advantages = whiten_advantages(advantages, data.loss_mask, reduce=self.run.reduce_sum)
         seq_kl = kl.sum(dim=1)
         k1_seq = ((data.old_logprobs - data.ref_logprobs) * mask).sum(dim=1)
         stats = {
@@ -169,7 +170,9 @@ class PPOStage(RLStage):
             stats["objective/kl_coef_mean"] = float(beta.mean())
             stats["objective/reward_std"] = float(data.uncertainty.mean())
         # the controller sees this rollout's KL and sets β for the next one (Ziegler et al.: n_steps = samples)
-        self.kl_ctl.update(float(seq_kl.mean()), n * self.run.world_size)
+        # (over every rank's samples, so all ranks keep the same β)
+        kl_sum, samples = self.run.reduce_sum([float(seq_kl.sum()), float(n)])
+        self.kl_ctl.update(kl_sum / max(samples, 1.0), int(samples))
         experience = Experience(
             input_ids=data.input_ids, attention_mask=data.attention_mask, response_start=data.response_start,
             loss_mask=data.loss_mask, old_logprobs=data.old_logprobs, advantages=advantages,

@@ -51,6 +51,11 @@ def run_stage(name: str, config: str | Path | None, overrides: list[str] | None 
     cfg_cls, stage_cls = stage_classes(name)
     cfg = load_config(cfg_cls, config, overrides or [])
     out_dir = resolve_out_dir(name, cfg, out)
+    rollout = getattr(cfg, "rollout", None)
+    if rollout is not None and rollout.workers > 0:  # an RL stage with Ray rollout workers
+        from alignloop.distributed.ray_stage import run_configured
+
+        return run_configured(name, cfg, out_dir)
     runner = getattr(stage_cls, "run_standalone", None)
     if runner is not None:  # stages that are not a training loop (best-of-N, labelling, eval)
         return runner(cfg, out_dir)

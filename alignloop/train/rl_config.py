@@ -19,7 +19,7 @@ from pydantic import Field
 from alignloop.algos import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from alignloop.config import Section, StageConfig
 
-__all__ = ["RLOptions", "check_rollout_shape", "steps_per_rollout"]
+__all__ = ["RLOptions", "RolloutSettings", "check_rollout_shape", "steps_per_rollout"]
 
 
 class RLOptions(Section):
@@ -72,6 +72,24 @@ class RLOptions(Section):
     eval_before: bool = Field(True, description="Also evaluate before the first update (reported in summary.json).")
 
 
+class RolloutSettings(Section):
+    """Where rollouts are sampled. ``workers: 0`` samples in the learner process (every launcher, torchrun and
+    accelerate included); ``workers ≥ 1`` runs the stage on Ray (``alignloop.distributed.ray_stage``)."""
+
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers generate loop (CPU or GPU); vllm: vLLM engines (CUDA, needs rollout.workers ≥ 1)."
+    )
+    workers: int = Field(0, ge=0, description="Ray rollout workers (0: sample in the learner process, no Ray).")
+    worker_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker (fractions colocate roles on one GPU).")
+    learner_gpus: float = Field(0.0, ge=0, description="GPUs for the learner actor.")
+    remote_reward: bool = Field(False, description="Score on a separate reward actor.")
+    remote_reference: bool = Field(False, description="Reference log-probs on a separate reference actor.")
+    address: str | None = Field(None, description="An existing Ray cluster (null: start a local one).")
+    vllm: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM engine options (gpu_memory_utilization, max_model_len, ...)."
+    )
+
+
 def steps_per_rollout(opts: RLOptions, batch_size: int) -> int:
     rows = opts.prompts_per_rollout * opts.num_generations
     return opts.epochs * (rows // batch_size)
@@ -87,5 +105,8 @@ def check_rollout_shape(cfg: StageConfig, opts: RLOptions, section: str) -> None
         )
     if opts.policy_loss not in POLICY_LOSSES:
         raise ValueError(f"{section}.policy_loss: unknown {opts.policy_loss!r}; known: {', '.join(sorted(POLICY_LOSSES))}")
+    rollout = getattr(cfg, "rollout", None)
+    if rollout is not None and rollout.backend == "vllm" and rollout.workers < 1:
+        raise ValueError("rollout.backend: 'vllm' runs in Ray rollout workers; set rollout.workers ≥ 1")
     if opts.loss_agg not in AGGREGATIONS or opts.kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"{section}: unknown loss_agg or kl_estimator")

@@ -10,7 +10,7 @@ import torch
 
 from alignloop.rewards.base import has_uncertainty
 
-__all__ = ["RunningMoments", "ScoredRollout", "prompt_text", "score_rollout", "apply_truncation", "normalise_scores", "token_rewards"]
+__all__ = ["RunningMoments", "batch_moments", "ScoredRollout", "prompt_text", "score_rollout", "apply_truncation", "normalise_scores", "token_rewards"]
 
 
 def prompt_text(prompt: Any) -> str:
@@ -74,13 +74,11 @@ class RunningMoments:
     def std(self) -> float:
         return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
 
-    def update(self, values: torch.Tensor) -> None:
-        values = values.double()
-        n = float(values.numel())
+    def update(self, values: torch.Tensor, reduce=None) -> None:
+        """Add ``values``; ``reduce`` (sums a list of floats over ranks) adds every rank's values alike."""
+        n, batch_mean, batch_m2 = batch_moments(values, reduce)
         if n == 0:
             return
-        batch_mean = float(values.mean())
-        batch_m2 = float(((values - batch_mean) ** 2).sum())
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * n / total
@@ -94,12 +92,29 @@ class RunningMoments:
         self.count, self.mean, self.m2 = float(state["count"]), float(state["mean"]), float(state["m2"])
 
 
-def normalise_scores(scores: torch.Tensor, mode: str, running: RunningMoments, clip: float | None) -> torch.Tensor:
-    """``batch``: (s − mean)/std over the rollout; ``running``: over every rollout so far (this one included)."""
-    if mode == "batch" and scores.numel() > 1:
-        scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+def batch_moments(values: torch.Tensor, reduce=None) -> tuple[float, float, float]:
+    """Count, mean and sum of squared deviations of ``values`` (over every rank when ``reduce`` is given)."""
+    values = values.double()
+    local = [float(values.numel()), float(values.sum())]
+    n, total = reduce(local) if reduce is not None else local
+    mean = total / n if n else 0.0
+    m2 = float(((values - mean) ** 2).sum())
+    if reduce is not None:
+        (m2,) = reduce([m2])
+    return n, mean, m2
+
+
+def normalise_scores(
+    scores: torch.Tensor, mode: str, running: RunningMoments, clip: float | None, reduce=None
+) -> torch.Tensor:
+    """``batch``: (s − mean)/std over the rollout; ``running``: over every rollout so far (this one included).
+    ``reduce`` sums over data-parallel ranks, so the rollout is the global one."""
+    if mode == "batch":
+        n, mean, m2 = batch_moments(scores, reduce)
+        if n > 1:
+            scores = (scores - mean) / (math.sqrt(m2 / (n - 1)) + 1e-8)
     elif mode == "running":
-        running.update(scores)
+        running.update(scores, reduce)
         scores = (scores - running.mean) / (running.std + 1e-8)
     if clip is not None:
         scores = scores.clamp(-clip, clip)

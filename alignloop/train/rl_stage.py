@@ -182,7 +182,7 @@ class RLStage(Stage):
         fields = {k: [records[g].get(k) for g in group] for k in keys}
         scored = score_rollout(self.reward, rollout.prompts, rollout.responses, fields, self.wants_uncertainty())
         scores, keep_rows = apply_truncation(scored.scores, rollout.finished, opts.truncation, opts.truncation_value)
-        scores = normalise_scores(scores, opts.reward_norm, self.running, opts.reward_clip)
+        scores = normalise_scores(scores, opts.reward_norm, self.running, opts.reward_clip, self.run.reduce_sum)
         input_ids, attention = rollout.input_ids(), rollout.attention_mask()
         start = rollout.response_start
         response_mask = rollout.response_mask.float()
@@ -197,10 +197,7 @@ class RLStage(Stage):
                 ).float()
             ref_logp = None
             if self.reference is not None:
-                with self.reference.use() as ref:
-                    ref_logp = self.forward_rows(
-                        lambda s: forward_logprobs(ref, input_ids[s], attention[s], start, temperature), len(rollout)
-                    ).float()
+                ref_logp = self.reference_logprobs(input_ids, attention, start, temperature).float()
         dense = None
         if hasattr(self.reward, "dense_rewards"):  # a process reward model: one reward per reasoning step
             dense = self.reward.dense_rewards(rollout.prompts, rollout.response_ids, rollout.response_mask, self.tokenizer)
@@ -222,6 +219,13 @@ class RLStage(Stage):
         if opts.samples_every and index % opts.samples_every == 0:
             self.samples.write(index, rollout.prompts, rollout.responses, scored.scores, opts.samples_count, step=[self.global_step] * len(rollout))
         return experience
+
+    def reference_logprobs(self, input_ids, attention_mask, response_start: int, temperature: float) -> torch.Tensor:
+        """Per-token reference log-probs of the responses (hook: the Ray stage sends this to a reference actor)."""
+        with self.inference(), self.reference.use() as ref:
+            return self.forward_rows(
+                lambda s: forward_logprobs(ref, input_ids[s], attention_mask[s], response_start, temperature), len(input_ids)
+            )
 
     def wants_uncertainty(self) -> bool:
         return False

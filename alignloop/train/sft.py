@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from alignloop.algos.logprobs import selective_log_softmax
 from alignloop.config import SFTConfig
 from alignloop.data import collate_packed, load_records, pack_examples, pad_batch, split_records, tokenize_conversation
 from alignloop.errors import DataError
 from alignloop.models import load_causal_lm, load_tokenizer, save_model
+from alignloop.models.head import token_logprobs
 from alignloop.train.batches import EpochBatchSource
 from alignloop.train.stage import Stage, StepOutput
 
@@ -23,11 +23,11 @@ log = logging.getLogger("alignloop")
 def token_nll_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL over labelled tokens (labels == -100 are ignored), and their count."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if batch.get(k) is not None}
-    logits = model(**inputs, use_cache=False).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    logp = selective_log_softmax(logits, labels.clamp(min=0))
-    return -(logp * mask).sum(), int(mask.sum())
+    labels = batch["labels"]
+    predicted = torch.full_like(labels, -100)  # position t predicts token t + 1
+    predicted[:, :-1] = labels[:, 1:]
+    logp = token_logprobs(model, inputs, predicted)  # no [B, T, V] logits (models/head.py)
+    return -logp.sum(), int((predicted != -100).sum())
 
 
 class SFTStage(Stage):
