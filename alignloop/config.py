@@ -87,6 +87,8 @@ class SFTConfig(StageConfig):
     data: DataConfig = Field(
         default_factory=lambda: DataConfig(train="bundled:sft_demo_train.jsonl", eval="bundled:sft_demo_eval.jsonl")
     )
+    # checkpointing on by default (as TRL's SFTConfig): peak memory below TRL's at ~25% more compute
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(gradient_checkpointing=True))
     sft: SFTOptions = Field(default_factory=SFTOptions)
 
 

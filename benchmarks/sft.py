@@ -8,7 +8,7 @@ global batch of 8 examples with no accumulation, the same learning rate, ``--ste
 Two comparisons are run, each side in its own child process (peak RSS per side, ``benchmarks/common.py``):
 
 * **defaults** (the JSON last line): each tool as it comes. alignloop: bf16 autocast, packing on (several
-  examples per 256-token row), no gradient checkpointing. TRL 1.16 ``SFTConfig``: bf16 on (its default when
+  examples per 256-token row), gradient checkpointing on. TRL 1.16 ``SFTConfig``: bf16 on (its default when
   fp16 is off), ``gradient_checkpointing=True``, ``packing=False`` (pads each batch to its longest example),
   loss on all tokens, linear LR schedule.
 * **matched** (``--no-matched`` skips it): both bf16, no packing, no gradient checkpointing — the same
@@ -61,7 +61,7 @@ def _rates(clock: StepClock, tokens_per_step: list[int], warmup: int) -> dict:
 
 
 def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, max_length: int, lr: float,
-                  threads: int, packing: bool, out_dir: str) -> dict:
+                  threads: int, packing: bool, out_dir: str, gradient_checkpointing: bool | None = None) -> dict:
     import torch
 
     from alignloop.config import load_config
@@ -96,7 +96,7 @@ def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, ma
         f"model={model}", f"data.train={data}", "data.eval=null", "data.eval_fraction=0",
         f"data.max_length={max_length}", f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.lr={lr}",
         "train.save_every=0", "train.resume=never", f"sft.packing={str(packing).lower()}",
-    ]
+    ] + ([] if gradient_checkpointing is None else [f"train.gradient_checkpointing={str(gradient_checkpointing).lower()}"])
     cfg = load_config(SFTConfig, None, overrides)
     summary = train(TimedSFT(cfg), out_dir)
     return {**_rates(clock, tokens_per_step, warmup), "final_loss": summary["loss"],
@@ -166,7 +166,8 @@ def _compare(label: str, common: dict, trl_python: str, work: Path, packing: boo
              gradient_checkpointing: bool | None) -> dict:
     print(f"--- {label}: alignloop", flush=True)
     ours_out = work / f"{label}-ours"
-    ours = run_isolated(f"{__file__}:run_alignloop", {**common, "packing": packing, "out_dir": str(ours_out)})
+    ours = run_isolated(f"{__file__}:run_alignloop", {**common, "packing": packing, "out_dir": str(ours_out),
+                                                      "gradient_checkpointing": gradient_checkpointing})
     shutil.rmtree(ours_out, ignore_errors=True)  # its final checkpoint is large
     print(f"--- {label}: trl", flush=True)
     theirs = run_isolated(f"{__file__}:run_trl", {**common, "gradient_checkpointing": gradient_checkpointing,

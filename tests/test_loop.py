@@ -126,3 +126,19 @@ def test_outputs_written(tmp_path):
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["steps"] == 2 and s["wall_seconds"] > 0 and s["peak_rss_mb"] > 0
     assert summary["loss"] == s["loss"]
+
+
+def test_prompt_grouped_batches_keep_a_prompts_examples_together_and_cover_the_epoch():
+    from alignloop.train.batches import PromptGroupedBatchSource
+
+    keys = ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["d"] * 3  # 4 prompts × 3 pairs
+    source = PromptGroupedBatchSource(list(range(12)), 3, list, keys=keys, seed=1)
+    batches = [source.next_batch() for _ in range(source.batches_per_epoch)]
+    assert sorted(i for b in batches for i in b) == list(range(12))
+    assert all(len({keys[i] for i in b}) == 1 for b in batches)  # each batch is one prompt's pairs
+    assert [keys[b[0]] for b in batches] != ["a", "b", "c", "d"] or source.seed != 1  # shuffled groups
+    # two ranks: disjoint halves, same number of batches
+    ranks = [PromptGroupedBatchSource(list(range(12)), 3, list, keys=keys, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    seen = [[i for _ in range(s.batches_per_epoch) for i in s.next_batch()] for s in ranks]
+    assert ranks[0].batches_per_epoch == ranks[1].batches_per_epoch == 2
+    assert sorted(seen[0] + seen[1]) == list(range(12))

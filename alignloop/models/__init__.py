@@ -2,6 +2,7 @@
 
 from alignloop.models.bundled import BUNDLED_MODELS, alignloop_home
 from alignloop.models.loading import (
+    enable_gradient_checkpointing,
     build_tiny_llama,
     load_causal_lm,
     load_tokenizer,
@@ -19,6 +20,7 @@ from alignloop.models.registry import TINY_MODEL, list_models, resolve_model
 from alignloop.models.scalar_head import ScalarHeadModel, last_token_index, position_ids_from_mask
 
 __all__ = [
+    "enable_gradient_checkpointing",
     "BUNDLED_MODELS",
     "TINY_MODEL",
     "Reference",

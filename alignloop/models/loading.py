@@ -67,6 +67,12 @@ def build_tiny_llama(seed: int = 0):
     return model
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in backward. Non-reentrant checkpointing: gradients reach LoRA
+    adapters even though the frozen embeddings' outputs do not require grad."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 @contextmanager
 def quiet_peft() -> Iterator[None]:
     """Hide peft's call of a deprecated transformers API: noise for our users, nothing to act on."""

@@ -98,3 +98,34 @@ class EpochBatchSource:
         global_pos = int(state["global_pos"])
         # an epoch finished under another process count (its padded length differs) stays finished
         self._pos = len(self._order) if global_pos >= len(self.dataset) else global_pos // self.world_size
+
+
+class PromptGroupedBatchSource(EpochBatchSource):
+    """Epochs in which the examples of one prompt are adjacent (InstructGPT's "all pairs of a prompt in one
+    batch"): the prompt groups are shuffled with the ``(seed, epoch)`` seed, the order is cut into
+    micro-batches and micro-batches are dealt to ranks in turn. A prompt's completions then meet in the same
+    micro-batch, where they are encoded once (``rm.share_prompt``), and its pairs are not seen in separate
+    steps (which InstructGPT found to overfit). ``keys[i]`` is example ``i``'s prompt (any hashable)."""
+
+    def __init__(self, dataset, micro_batch_size: int, collate, keys: list, **kwargs):
+        super().__init__(dataset, micro_batch_size, collate, **kwargs)
+        groups: dict = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        self.groups = list(groups.values())
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            groups = [self.groups[i] for i in torch.randperm(len(self.groups), generator=g).tolist()]
+        else:
+            groups = self.groups
+        order = [i for group in groups for i in group]
+        step = self.micro_batch_size * self.world_size
+        order = (order * 2)[: -(-len(order) // step) * step]  # pad by wrapping: every rank, same batches
+        batches = [order[k : k + self.micro_batch_size] for k in range(0, len(order), self.micro_batch_size)]
+        return [i for batch in batches[self.rank :: self.world_size] for i in batch]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-len(self.dataset) // (self.micro_batch_size * self.world_size))

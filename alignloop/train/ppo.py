@@ -28,7 +28,7 @@ from alignloop.algos import (
 )
 from alignloop.config import DataConfig, StageConfig, TrainConfig
 from alignloop.errors import ConfigError
-from alignloop.models import ScalarHeadModel
+from alignloop.models import enable_gradient_checkpointing, ScalarHeadModel
 from alignloop.models.lora import apply_lora
 from alignloop.rewards.base import has_uncertainty
 from alignloop.train.rl_config import RolloutSettings, RLOptions, check_rollout_shape
@@ -94,7 +94,7 @@ class PPOStage(RLStage):
             raise ConfigError("ppo.kl_controller: 'uncertainty' needs a reward source with an uncertainty() (a reward-model ensemble)")
         critic = self._load_critic()
         if self.config.train.gradient_checkpointing and hasattr(critic.backbone, "gradient_checkpointing_enable"):
-            critic.backbone.gradient_checkpointing_enable()
+            enable_gradient_checkpointing(critic.backbone)
         self.models["critic"] = critic.to(run.device)
 
     def _load_critic(self) -> ScalarHeadModel:

@@ -22,7 +22,7 @@ from pydantic import Field
 from alignloop.config import DataConfig, Section, StageConfig
 from alignloop.data import load_records, split_records
 from alignloop.errors import DataError
-from alignloop.models import ScalarHeadModel, load_tokenizer
+from alignloop.models import enable_gradient_checkpointing, ScalarHeadModel, load_tokenizer
 from alignloop.rewards.process import PRM_META, aggregate_steps, tokenize_solution
 from alignloop.train.batches import EpochBatchSource
 from alignloop.train.stage import Stage, StepOutput
@@ -69,7 +69,7 @@ class PRMStage(Stage):
         self.tokenizer = load_tokenizer(cfg.model)
         model = ScalarHeadModel.from_causal_lm(cfg.model, lora=cfg.lora, output_names=["step_correct"])
         if cfg.train.gradient_checkpointing:
-            model.backbone.gradient_checkpointing_enable()
+            enable_gradient_checkpointing(model.backbone)
         self.models["prm"] = model.to(run.device)
         if not cfg.data.train:
             raise DataError("data.train: no process-supervision records given")

@@ -18,7 +18,7 @@ import torch
 from alignloop.algos import POLICY_LOSSES, FixedKLController, aggregate_loss, entropy_bonus, kl_penalty, masked_mean
 from alignloop.data import load_records
 from alignloop.errors import ConfigError, DataError
-from alignloop.models import Reference, load_causal_lm, load_tokenizer, make_reference, save_model
+from alignloop.models import enable_gradient_checkpointing, Reference, load_causal_lm, load_tokenizer, make_reference, save_model
 from alignloop.rewards import build_reward
 from alignloop.rollout import HFSampler, Rollout, forward_logprobs
 from alignloop.rollout.prompts import encode_prompts
@@ -85,7 +85,7 @@ class RLStage(Stage):
         self.tokenizer = load_tokenizer(cfg.model)
         policy = load_causal_lm(cfg.model, lora=cfg.lora)
         if cfg.train.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
+            enable_gradient_checkpointing(policy)
         policy.to(run.device)
         self.models["policy"] = policy
         self.reward = build_reward(opts.reward)

@@ -19,9 +19,9 @@ from pydantic import Field
 from alignloop.config import DataConfig, Section, StageConfig, TrainConfig
 from alignloop.data import split_records
 from alignloop.errors import ConfigError, DataError, ModelError
-from alignloop.models import ScalarHeadModel, load_causal_lm, load_tokenizer, resolve_model
+from alignloop.models import enable_gradient_checkpointing, ScalarHeadModel, load_causal_lm, load_tokenizer, resolve_model
 from alignloop.models.files import is_scalar_head_dir, write_json
-from alignloop.train.batches import EpochBatchSource
+from alignloop.train.batches import EpochBatchSource, PromptGroupedBatchSource
 from alignloop.train.rm_data import (
     PreferenceBatch,
     PreferenceExample,
@@ -67,6 +67,9 @@ class RMOptions(Section):
         None, gt=0, description="Prompt tokens kept (cut from the left); default: half of data.max_length."
     )
     share_prompt: bool = Field(True, description="Encode each prompt once for all its completions (same scores, fewer tokens).")
+    group_by_prompt: bool = Field(
+        True, description="Keep a prompt's pairs in the same batch (InstructGPT): its completions are encoded once."
+    )
     pack_length: int | None = Field(
         None, gt=8, description="Most tokens in one prompt+completions block; default: 2 × data.max_length."
     )
@@ -200,9 +203,7 @@ class RMStage(Stage):
         torch.manual_seed(cfg.train.seed + self.member)
         model = load_scalar_model(cfg, names)
         if cfg.train.gradient_checkpointing:
-            model.backbone.gradient_checkpointing_enable()
-            if model.is_lora:
-                model.backbone.enable_input_require_grads()
+            enable_gradient_checkpointing(model.backbone)
         self.models["rm"] = model.to(run.device)
         if opts.ensemble.bootstrap and opts.ensemble.size > 1:
             g = torch.Generator().manual_seed(cfg.train.seed * 7919 + self.member)
@@ -222,10 +223,12 @@ class RMStage(Stage):
         tc = self.config.train
         run = self.run
         micro = tc.micro_batch_size or tc.batch_size
-        source = EpochBatchSource(
-            self.train_examples, micro, self._collate,
-            seed=tc.seed + self.member, rank=run.rank, world_size=run.world_size,
-        )
+        common = dict(seed=tc.seed + self.member, rank=run.rank, world_size=run.world_size)
+        if self.config.rm.group_by_prompt:
+            keys = [tuple(ex.prompt_ids) for ex in self.train_examples]
+            source = PromptGroupedBatchSource(self.train_examples, micro, self._collate, keys=keys, **common)
+        else:
+            source = EpochBatchSource(self.train_examples, micro, self._collate, **common)
         accum = max(1, tc.batch_size // (micro * run.world_size))
         per_epoch = source.batches_per_epoch
         self._total_steps = tc.max_steps if tc.max_steps >= 0 else max(1, math.ceil(tc.epochs * per_epoch / accum))
