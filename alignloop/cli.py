@@ -22,6 +22,14 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+
+def out_console() -> Console:
+    """stdout console; when piped or logged, wide enough that result tables are not cut to 80 columns."""
+    if sys.stdout.isatty():
+        return Console()
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() else 160)
+
 CONFIG_ARG = typer.Argument(None, help="Stage config YAML (optional: defaults run on a laptop).", show_default=False)
 SET_OPT = typer.Option([], "--set", "-s", help="Override a config key: --set train.lr=1e-4 (repeatable).")
 OUT_OPT = typer.Option(None, "--out", "-o", help="Output run directory (default: config 'out' or runs/<stage>).")
@@ -71,7 +79,7 @@ def _print_summary(stage: str, summary: dict) -> None:
         if isinstance(v, float):
             v = f"{v:.4g}"
         table.add_row(k, str(v))
-    Console().print(table)
+    out_console().print(table)
 
 
 @app.command()
@@ -141,7 +149,7 @@ def eval_(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Op
 
     _setup_logging()
     try:
-        eval_command(config, set, out, console=Console())
+        eval_command(config, set, out, console=out_console())
     except AlignloopError as e:
         _fail(e)
 
@@ -157,7 +165,7 @@ def run(
 
     _setup_logging()
     try:
-        run_command(pipeline, set, out, console=Console())
+        run_command(pipeline, set, out, console=out_console())
     except AlignloopError as e:
         _fail(e)
 
@@ -171,7 +179,7 @@ def quickstart(
 
     _setup_logging()
     try:
-        run_quickstart(fast, out, console=Console())
+        run_quickstart(fast, out, console=out_console())
     except AlignloopError as e:
         _fail(e)
 
@@ -190,7 +198,7 @@ def score(
         result = score_file(rm_dir, data, out)
     except AlignloopError as e:
         _fail(e)
-    Console().print(result)
+    out_console().print(result)
 
 
 @app.command()
@@ -208,7 +216,7 @@ def models() -> None:
         table.add_column(c)
     for r in rows:
         table.add_row(*[str(r.get(c, "")) for c in cols])
-    Console().print(table)
+    out_console().print(table)
 
 
 @app.command()
@@ -237,7 +245,7 @@ def generate(
         )
     except AlignloopError as e:
         _fail(e)
-    out = Console()
+    out = out_console()
     for i, text in enumerate(ro.responses):
         out.rule(f"[bold]{ro.prompts[i] if isinstance(ro.prompts[i], str) else ro.prompts[i]}")
         out.print(text, highlight=False, markup=False)

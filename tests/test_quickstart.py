@@ -17,7 +17,9 @@ from alignloop.pipeline.runner import resolved_configs
 from alignloop.pipeline.spec import load_pipeline
 
 
-@pytest.mark.parametrize("variant, budget", [(None, 15 * 60), ("fast", 4 * 60)])
+# The estimates are measured stage times on a 2-core CPU. The default run takes ~19-23 min there, over the
+# quickstart issue's 15-minute target (still open); the screen promises what was measured, not the target.
+@pytest.mark.parametrize("variant, budget", [(None, 20 * 60), ("fast", 4 * 60)])
 def test_bundled_quickstart_validates(tmp_path, variant, budget):
     pipe = load_pipeline(bundled_pipeline(), out=tmp_path / "q", variant=variant)
     configs = {entry.name: (entry, cfg) for entry, cfg in resolved_configs(pipe)}
