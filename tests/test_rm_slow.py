@@ -11,8 +11,8 @@ import pytest
 from alignloop.train.registry import run_stage
 from alignloop.train.rm_synthetic import bayes_accuracy, synthetic_preferences, write_jsonl
 
-# Not yet run to completion (the machine was overloaded when they were written): deselected from `make test` with
-# the `acceptance` marker until the thresholds are measured on an idle machine (`pytest -m acceptance`).
+# Deselected from `make test` with the `acceptance` marker (`pytest -m acceptance` runs them). The hidden-rule
+# test's thresholds are measured (below, ~45 s); the two human-data tests' thresholds are not measured yet.
 pytestmark = [pytest.mark.slow, pytest.mark.acceptance]
 # chance is 0.5; 0.55 is the least a useful reward model must clear (not yet measured, see above)
 HH_THRESHOLD = 0.55
@@ -34,9 +34,11 @@ def test_bundled_model_beats_tiny_llama_on_the_hidden_rule(tmp_path):
     eval_file = write_jsonl(records[96:], tmp_path / "eval.jsonl")
     data = [f"data.train={train_file}", f"data.eval={eval_file}", "train.batch_size=8"]
     tiny = _rm(tmp_path, "tiny", "model=tiny-llama", "train.lr=3e-3", *data)
-    bundled = _rm(tmp_path, "bundled", f"model={BUNDLED}", "train.lr=1e-4", "lora.r=16", *data)
-    # measured (12 steps of 8 pairs, 80 held-out pairs, Bayes-optimal BAYES): tiny TINY_ACC, bundled BUNDLED_ACC
-    assert tiny["eval_accuracy"] >= 0.55
+    bundled = _rm(tmp_path, "bundled", f"model={BUNDLED}", "train.lr=5e-4", "lora.r=16", *data)
+    # measured on the idle 2-core CPU (12 steps of 8 pairs, 80 held-out pairs, Bayes-optimal 0.818):
+    # tiny 0.675, bundled 0.7625 (with lr 1e-4 the bundled model only tied the tiny one, 0.675)
+    assert tiny["eval_accuracy"] >= 0.6
+    assert bundled["eval_accuracy"] >= 0.7
     assert bundled["eval_accuracy"] >= tiny["eval_accuracy"] + 0.05
     assert bundled["eval_accuracy"] <= bayes_accuracy(records[96:]) + 0.1
 
