@@ -34,7 +34,7 @@ print("\\n" + {mark!r} + json.dumps(result), flush=True)
 
 
 class BenchmarkError(RuntimeError):
-    pass
+    """A benchmark child process failed or printed no result."""
 
 
 def run_isolated(

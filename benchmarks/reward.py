@@ -72,8 +72,8 @@ def run_alignloop(data: str, model: str, batch: int, steps: int, max_length: int
             clock.tick()
             super().on_step_end(step, metrics)
 
-        def save(self, out_dir):  # TRL saves nothing either (save_strategy="no")
-            pass
+        def save(self, out_dir):
+            """No final model: TRL saves nothing either (save_strategy="no")."""
 
     overrides = [
         f"model={model}", f"data.train={data}", "data.eval_fraction=0", f"data.max_length={max_length}",

@@ -3,6 +3,7 @@
 from alignloop.models.bundled import BUNDLED_MODELS, alignloop_home
 from alignloop.models.loading import (
     enable_gradient_checkpointing,
+    load_trainable_lm,
     build_tiny_llama,
     load_causal_lm,
     load_tokenizer,
@@ -21,6 +22,7 @@ from alignloop.models.scalar_head import ScalarHeadModel, last_token_index, posi
 
 __all__ = [
     "enable_gradient_checkpointing",
+    "load_trainable_lm",
     "BUNDLED_MODELS",
     "TINY_MODEL",
     "Reference",

@@ -73,6 +73,14 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def load_trainable_lm(model: str, lora, gradient_checkpointing: bool, device) -> nn.Module:
+    """A stage's trainable causal LM: loaded (LoRA applied), checkpointing set, on ``device``."""
+    policy = load_causal_lm(model, lora=lora)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
+    return policy.to(device)
+
+
 @contextmanager
 def quiet_peft() -> Iterator[None]:
     """Hide peft's call of a deprecated transformers API: noise for our users, nothing to act on."""

@@ -22,7 +22,7 @@ from alignloop.algos.dpo_losses import REFERENCE_FREE_LOSSES, dpo_loss
 from alignloop.config import DataConfig, Section, StageConfig, TrainConfig
 from alignloop.data import split_records
 from alignloop.errors import ConfigError, DataError
-from alignloop.models import enable_gradient_checkpointing, Reference, load_causal_lm, load_tokenizer, make_reference, save_model
+from alignloop.models import Reference, load_tokenizer, load_trainable_lm, make_reference, save_model
 from alignloop.train import dpo_reference as refcache
 from alignloop.train.batches import EpochBatchSource
 from alignloop.train.dpo_batch import (
@@ -84,10 +84,7 @@ class DPOStage(Stage):
         if opts.loss_type == "robust" and opts.label_smoothing == 0:
             log.info("dpo: robust loss with label_smoothing 0 is plain DPO")
         self.tokenizer = load_tokenizer(cfg.model)
-        policy = load_causal_lm(cfg.model, lora=cfg.lora)
-        if cfg.train.gradient_checkpointing:
-            enable_gradient_checkpointing(policy)
-        policy.to(run.device)
+        policy = load_trainable_lm(cfg.model, cfg.lora, cfg.train.gradient_checkpointing, run.device)
         self.models["policy"] = policy
         self.collate = functools.partial(
             collate_pairs, pad_id=self.tokenizer.pad_token_id, mask_dtype=mask_dtype_for(policy)

@@ -18,7 +18,7 @@ import torch
 from alignloop.algos import POLICY_LOSSES, FixedKLController, aggregate_loss, entropy_bonus, kl_penalty, masked_mean
 from alignloop.data import load_records
 from alignloop.errors import ConfigError, DataError
-from alignloop.models import enable_gradient_checkpointing, Reference, load_causal_lm, load_tokenizer, make_reference, save_model
+from alignloop.models import Reference, load_tokenizer, load_trainable_lm, make_reference, save_model
 from alignloop.rewards import build_reward
 from alignloop.rollout import HFSampler, Rollout, forward_logprobs
 from alignloop.rollout.prompts import encode_prompts
@@ -83,10 +83,7 @@ class RLStage(Stage):
         if opts.reward is None:
             raise ConfigError(f"{self.section}.reward: no reward given (a reward-model dir, 'module:function' or 'rule:<name>')")
         self.tokenizer = load_tokenizer(cfg.model)
-        policy = load_causal_lm(cfg.model, lora=cfg.lora)
-        if cfg.train.gradient_checkpointing:
-            enable_gradient_checkpointing(policy)
-        policy.to(run.device)
+        policy = load_trainable_lm(cfg.model, cfg.lora, cfg.train.gradient_checkpointing, run.device)
         self.models["policy"] = policy
         self.reward = build_reward(opts.reward)
         self.gold = None

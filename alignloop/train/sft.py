@@ -10,7 +10,7 @@ import torch
 from alignloop.config import SFTConfig
 from alignloop.data import collate_packed, load_records, pack_examples, pad_batch, split_records, tokenize_conversation
 from alignloop.errors import DataError
-from alignloop.models import enable_gradient_checkpointing, load_causal_lm, load_tokenizer, save_model
+from alignloop.models import load_tokenizer, load_trainable_lm, save_model
 from alignloop.models.head import token_logprobs
 from alignloop.train.batches import EpochBatchSource
 from alignloop.train.stage import Stage, StepOutput
@@ -37,10 +37,7 @@ class SFTStage(Stage):
     def setup(self, run) -> None:
         cfg = self.config
         self.tokenizer = load_tokenizer(cfg.model)
-        model = load_causal_lm(cfg.model, lora=cfg.lora)
-        if cfg.train.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        self.models["policy"] = model.to(run.device)
+        self.models["policy"] = load_trainable_lm(cfg.model, cfg.lora, cfg.train.gradient_checkpointing, run.device)
         if not cfg.data.train:
             raise DataError("data.train: no training data given")
         train = load_records(cfg.data.train, "sft", skip_invalid=cfg.data.skip_invalid)
