@@ -51,6 +51,8 @@ class Run:
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        if self.world_size > 1:
+            _destroy_process_group_at_exit()
 
     def autocast(self):
         if self.config.train.precision == "bf16":
@@ -74,6 +76,28 @@ class Run:
         from accelerate.utils import gather_object
 
         return gather_object([obj])
+
+
+_teardown_registered = False
+
+
+def _destroy_process_group_at_exit() -> None:
+    """Tear the process group down before interpreter shutdown: a gloo group left to static destructors
+    can abort a rank at exit ("terminate called without an active exception") after a finished run."""
+    global _teardown_registered
+    if _teardown_registered:
+        return
+    _teardown_registered = True
+    import atexit
+
+    import torch.distributed as dist
+
+    def teardown() -> None:
+        if dist.is_available() and dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+
+    atexit.register(teardown)
 
 
 def make_optimizer(groups: list[dict], tc) -> torch.optim.Optimizer:
