@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -42,12 +43,12 @@ def _setup_logging(verbose: bool = False) -> None:
         level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
     )
     logging.getLogger("alignloop").setLevel(logging.DEBUG if verbose else logging.INFO)
-    try:
+    with contextlib.suppress(ImportError):
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
-    except Exception:
-        pass
+        # a 0.3 s "Loading weights" bar per model load buries the stage progress bars that matter
+        hf_logging.disable_progress_bar()
 
 
 def _fail(err: BaseException) -> None:

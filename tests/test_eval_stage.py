@@ -166,3 +166,35 @@ def test_eval_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="best-of-N policies need a proxy reward"):
         evaluate(cfg, tmp_path / "eval")
     assert not (tmp_path / "eval").exists()  # nothing is written before the config is known to be usable
+
+
+class _AutocastProbe:
+    """A proxy reward that records whether it was called under bf16 autocast."""
+
+    name = "probe"
+
+    def __init__(self):
+        self.autocast_seen: list[bool] = []
+
+    def score(self, prompts, completions, **fields):
+        self.autocast_seen.append(torch.is_autocast_enabled("cpu")
+                                  and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return torch.arange(len(completions), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_proxy_scores_in_bf16_only_when_asked_and_kl_logprobs_stay_fp32(bf16):
+    from alignloop.eval.eval_sampling import sample_and_score
+    from alignloop.eval.gold import get_gold_scorer
+    from alignloop.models import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm("tiny-llama", trainable=False)
+    tokenizer = load_tokenizer("tiny-llama")
+    probe = _AutocastProbe()
+    records = sample_and_score(model, tokenizer, ["Hello there", "How are you?"], n=2, max_new_tokens=4,
+                               temperature=1.0, top_p=1.0, batch_size=4, seed=0, gold=get_gold_scorer("vader"),
+                               proxy=probe, reference=model, proxy_bf16=bf16)
+    assert probe.autocast_seen == [bf16]
+    assert [r["proxy"] for r in records] == [0.0, 1.0, 2.0, 3.0]
+    # same model as policy and reference, same fp32 forward: the KL terms are exactly zero
+    assert all(r["logp"] == r["ref_logp"] for r in records)

@@ -168,3 +168,29 @@ def test_ppo_raises_the_target_word_and_beta_holds_kl(tmp_path, toy):
     assert end > start + 0.1, (start, end)
     assert max(r["objective/kl"] for r in with_kl) < 5.0
     assert mean(no_kl[-8:], "objective/kl") > mean(with_kl[-8:], "objective/kl")
+
+
+class AutocastProbe(FakeEnsemble):
+    """Records whether each scoring call ran under bf16 autocast."""
+
+    name = "autocast_probe"
+
+    def __init__(self):
+        self.seen: list[bool] = []
+
+    def score(self, prompts, completions, **fields):
+        self.seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return super().score(prompts, completions, **fields)
+
+    __call__ = score
+
+
+PROBE = AutocastProbe()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_reward_model_scores_in_the_runs_precision(tmp_path, toy, precision):
+    PROBE.seen.clear()
+    train(PPOStage(config(toy, "ppo.reward=tests.test_ppo:PROBE", "ppo.rollouts=1", f"train.precision={precision}")),
+          tmp_path)
+    assert PROBE.seen == [precision == "bf16"]

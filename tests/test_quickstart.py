@@ -17,9 +17,9 @@ from alignloop.pipeline.runner import resolved_configs
 from alignloop.pipeline.spec import load_pipeline
 
 
-# The estimates are measured stage times on a 2-core CPU. The default run takes ~19-23 min there, over the
-# quickstart issue's 15-minute target (still open); the screen promises what was measured, not the target.
-@pytest.mark.parametrize("variant, budget", [(None, 20 * 60), ("fast", 4 * 60)])
+# The estimates are measured stage times on a 2-core CPU; the screen promises what was measured, and the
+# quickstart issue's budgets are 15 minutes (default) and 4 minutes (--fast).
+@pytest.mark.parametrize("variant, budget", [(None, 15 * 60), ("fast", 4 * 60)])
 def test_bundled_quickstart_validates(tmp_path, variant, budget):
     pipe = load_pipeline(bundled_pipeline(), out=tmp_path / "q", variant=variant)
     configs = {entry.name: (entry, cfg) for entry, cfg in resolved_configs(pipe)}
@@ -49,12 +49,10 @@ def run_quickstart(out: Path, fast: bool) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
-# The quickstart's end-to-end runs are the open acceptance bar of the quickstart issue: they have not yet been
-# run to completion on an idle 2-core machine, so `make test` deselects the `acceptance` marker (run them with
-# `pytest -m acceptance`). Every stage they chain is covered by its own tests, and test_pipeline_resume runs
-# the same pipeline end to end on tiny-llama.
+# The --fast run (~4 min) runs in CI. The default run (~14.5 min on an idle 2-core CPU) does not fit next to the
+# rest of the suite in CI's 30 minutes: it carries the `acceptance` marker, which `make test` deselects; run it
+# with `pytest -m acceptance tests/test_quickstart.py`. Every stage it chains is covered by its own tests.
 @pytest.mark.slow
-@pytest.mark.acceptance
 def test_quickstart_fast_completes_with_a_full_report(tmp_path):
     report = run_quickstart(tmp_path / "q", fast=True)
     assert {"sft", "ppo", "dpo", "bon4"} <= set(report["policies"]) and report["reference"] == "sft"
@@ -75,3 +73,5 @@ def test_quickstart_default_meets_the_acceptance_bar(tmp_path):
     for name in ("ppo", "dpo"):
         assert policies[name]["win_rate_vs_ref"] >= 0.65, (name, policies[name])
     assert all(isinstance(p["kl_to_ref"], float) for p in policies.values())
+    # the issue's time budget, on an idle 2-core CPU (stage times as the pipeline measured them)
+    assert sum(s["seconds"] for s in report["stages"].values()) <= 15 * 60, report["stages"]

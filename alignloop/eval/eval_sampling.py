@@ -7,6 +7,7 @@ itself is exactly zero and bf16 sampling noise does not leak into the estimate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from pathlib import Path
@@ -65,11 +66,14 @@ def sample_and_score(
     proxy: Any | None,
     reference: torch.nn.Module | None,
     progress: Progress | None = None,
+    proxy_bf16: bool = False,
 ) -> list[dict]:
     """``n`` samples per prompt with gold (and proxy) scores; with ``reference``, also ``logp`` and ``ref_logp``.
 
     Prompts are processed in chunks so the progress bar moves; chunk ``c`` samples with seed
     ``seed + c``, so a run is repeatable. Records are prompt-major: sample j of prompt i is row i·n + j.
+    ``proxy_bf16`` scores with the proxy under bf16 autocast (the precision reward models train in; ~2× faster
+    on CPUs with native bf16). KL log-probs stay fp32: they are small differences of large sums.
     """
     sampler = HFSampler(model, tokenizer, batch_size=batch_size)
     per_chunk = max(1, batch_size // n)
@@ -95,7 +99,12 @@ def sample_and_score(
     completions = [r["completion"] for r in records]
     for r, g in zip(records, gold.score(texts, completions)):
         r["gold"] = float(g)
-    proxy_scores = score_proxy(proxy, [r["prompt"] for r in records], completions, batch_size) if proxy else None
+    proxy_scores = None
+    if proxy:
+        device = getattr(proxy, "device", torch.device("cpu"))
+        precision = torch.autocast(device.type, dtype=torch.bfloat16) if proxy_bf16 else contextlib.nullcontext()
+        with precision:
+            proxy_scores = score_proxy(proxy, [r["prompt"] for r in records], completions, batch_size)
     for i, r in enumerate(records):
         r["proxy"] = float(proxy_scores[i]) if proxy_scores is not None else None
     return records

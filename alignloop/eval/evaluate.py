@@ -132,7 +132,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     k = opts.samples_per_prompt
     sampling = dict(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
-                    batch_size=opts.batch_size, gold=gold, proxy=proxy)
+                    batch_size=opts.batch_size, gold=gold, proxy=proxy, proxy_bf16=cfg.train.precision == "bf16")
     ckpt_plan = {name: _intermediate_checkpoints(s.model) for name, s in specs.items() if s.checkpoints}
     n_model = sum(1 for s in specs.values() if s.model) + sum(len(v) for v in ckpt_plan.values())
     total = len(prompts) * (k * (1 + n_model) + k * pool_size)

@@ -177,7 +177,8 @@ class RLStage(Stage):
         group = rollout.group_index.cpu().tolist()
         keys = sorted({k for r in records for k in r if k != "prompt"})
         fields = {k: [records[g].get(k) for g in group] for k in keys}
-        scored = score_rollout(self.reward, rollout.prompts, rollout.responses, fields, self.wants_uncertainty())
+        with torch.no_grad(), self.run.autocast():  # a reward model scores in the precision it trained in
+            scored = score_rollout(self.reward, rollout.prompts, rollout.responses, fields, self.wants_uncertainty())
         scores, keep_rows = apply_truncation(scored.scores, rollout.finished, opts.truncation, opts.truncation_value)
         scores = normalise_scores(scores, opts.reward_norm, self.running, opts.reward_clip, self.run.reduce_sum)
         input_ids, attention = rollout.input_ids(), rollout.attention_mask()
