@@ -11,11 +11,10 @@ import pytest
 from alignloop.train.registry import run_stage
 from alignloop.train.rm_synthetic import bayes_accuracy, synthetic_preferences, write_jsonl
 
-# Deselected from `make test` with the `acceptance` marker (`pytest -m acceptance` runs them). The hidden-rule
-# test's thresholds are measured (below, ~45 s); the two human-data tests' thresholds are not measured yet.
-pytestmark = [pytest.mark.slow, pytest.mark.acceptance]
-# chance is 0.5; 0.55 is the least a useful reward model must clear (not yet measured, see above)
-HH_THRESHOLD = 0.55
+# The hidden-rule test (~45 s) runs in CI. The two human-data tests read ../shared/data (outside the repository,
+# skipped where it is absent) and take minutes each: they carry the `acceptance` marker, which `make test`
+# deselects; run them with `pytest -m acceptance tests/test_rm_slow.py`.
+pytestmark = [pytest.mark.slow]
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BUNDLED = "smollm2-135m-instruct"
@@ -43,6 +42,7 @@ def test_bundled_model_beats_tiny_llama_on_the_hidden_rule(tmp_path):
     assert bundled["eval_accuracy"] <= bayes_accuracy(records[96:]) + 0.1
 
 
+@pytest.mark.acceptance
 @pytest.mark.skipif(not (SHARED / "oasst-rankings.jsonl").is_file(), reason="shared human data not available")
 def test_human_rankings_held_out_accuracy(tmp_path):
     # 212 OpenAssistant rankings (754 ordered pairs): 80% train with the K-wise loss, 20% held out
@@ -57,6 +57,7 @@ def test_human_rankings_held_out_accuracy(tmp_path):
     assert summary["eval_accuracy"] >= 0.58
 
 
+@pytest.mark.acceptance
 @pytest.mark.skipif(not (SHARED / "hh-harmless-pairs.jsonl").is_file(), reason="shared human data not available")
 def test_human_pairs_held_out_accuracy(tmp_path):
     # 1,304 HH-RLHF harmless pairs: 90% train, 10% (130 pairs) held out
