@@ -40,8 +40,10 @@ class GRPOConfig(StageConfig):
     data: DataConfig = Field(
         default_factory=lambda: DataConfig(train="bundled:arith_train.jsonl", eval="bundled:arith_eval.jsonl", max_length=256)
     )
+    # checkpointing on by default (as TRL's GRPOConfig): G samples per prompt make large micro-batches
     train: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(max_steps=-1, batch_size=16, lr=1e-5, lr_schedule="constant", save_every=10)
+        default_factory=lambda: TrainConfig(max_steps=-1, batch_size=16, lr=1e-5, lr_schedule="constant", save_every=10,
+                                            gradient_checkpointing=True)
     )
     grpo: GRPOOptions = Field(default_factory=GRPOOptions)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
