@@ -31,7 +31,7 @@ from torch.distributed.fsdp import fully_shard
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from alignloop.models import build_tiny_llama
 from alignloop.train.checkpoint import load_trainable_state, trainable_state
-from alignloop.train.loop import _full_weights
+from alignloop.train.engine import _full_weights
 from alignloop.train.sft import token_nll_sum
 from tests.test_distributed_fsdp import batch_ids, LR
 

@@ -24,6 +24,9 @@ from accelerate import Accelerator
 from alignloop.config import StageConfig, dump_config
 from alignloop.errors import AlignloopError
 from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
+from alignloop.train.engine import (
+    _backward_kwargs, _clip_and_norm, _configure_deepspeed, _full_weights, _no_sync, _shards_optimizer, _uses_deepspeed,
+)
 from alignloop.train.metrics import MetricsWriter, Progress, peak_rss_mb
 from alignloop.train.schedule import make_scheduler
 from alignloop.train.stage import Stage, StepOutput
@@ -306,85 +309,6 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     run.accelerator.wait_for_everyone()
     writer.close()
     return summary
-
-
-def _uses_deepspeed(run: Run) -> bool:
-    return run.accelerator.state.deepspeed_plugin is not None
-
-
-def _configure_deepspeed(run: Run, micro: int, accum: int) -> None:
-    """DeepSpeed owns accumulation and clipping: give it our micro-batch, accumulation and clip norm.
-
-    Without a dataloader ``accelerate.prepare`` cannot infer the micro-batch size, and the loss is
-    already normalised over the whole step, so the engine must not divide it by the accumulation again
-    (see ``_backward_kwargs``).
-    """
-    if not _uses_deepspeed(run):
-        return
-    ds = run.accelerator.state.deepspeed_plugin.deepspeed_config
-    ds["train_micro_batch_size_per_gpu"] = micro
-    ds["gradient_accumulation_steps"] = accum
-    ds["train_batch_size"] = micro * accum * run.world_size
-    ds["gradient_clipping"] = run.config.train.max_grad_norm or 0.0
-
-
-def _shards_optimizer(run: Run) -> bool:
-    from accelerate.utils import DistributedType
-
-    return run.world_size > 1 and run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-
-
-@contextlib.contextmanager
-def _full_weights(run: Run, models: dict[str, torch.nn.Module], for_writing: bool = False):
-    """Inside, the modules hold their full parameters on every rank, so rank 0 can save them.
-
-    All ranks must enter (the gathers are collective). A no-op unless FSDP or ZeRO-3 shards the weights.
-    ``for_writing``: weights set inside are kept (ZeRO-3 / FSDP1 write them back; FSDP2 is left sharded
-    because ``load_trainable_state`` re-shards full tensors into its DTensor parameters itself).
-    """
-    if run.world_size == 1:
-        yield
-        return
-    modules = list(models.values())
-    with contextlib.ExitStack() as stack:
-        if _uses_deepspeed(run) and run.accelerator.state.deepspeed_plugin.zero_stage == 3:
-            import deepspeed
-
-            params = [p for m in modules for p in m.parameters()]
-            stack.enter_context(deepspeed.zero.GatheredParameters(params, modifier_rank=0 if for_writing else None))
-        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
-        for m in modules:
-            if isinstance(m, FullyShardedDataParallel):  # FSDP1
-                stack.enter_context(FullyShardedDataParallel.summon_full_params(
-                    m, writeback=for_writing, offload_to_cpu=not for_writing))
-        fsdp2 = [] if for_writing else [x for m in modules for x in m.modules() if isinstance(x, FSDPModule)]
-        for x in fsdp2:
-            x.unshard()
-        stack.callback(lambda: [x.reshard() for x in fsdp2])
-        yield
-
-
-def _backward_kwargs(run: Run) -> dict[str, Any]:
-    return {"scale_wrt_gas": False} if _uses_deepspeed(run) else {}
-
-
-def _clip_and_norm(run: Run, params: list[torch.Tensor], max_norm: float | None) -> float:
-    if _uses_deepspeed(run):  # the engine clipped at its step; it only reports the norm
-        norm = run.accelerator.clip_grad_norm_(params, max_norm or 0.0)
-        return float(norm) if norm is not None else float("nan")
-    if max_norm:
-        return float(run.accelerator.clip_grad_norm_(params, max_norm))
-    return float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-
-
-def _no_sync(run: Run, stage: Stage):
-    if run.world_size == 1:
-        return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    for m in stage.models.values():
-        stack.enter_context(run.accelerator.no_sync(m))
-    return stack
 
 
 def _step_metrics(run: Run, outs: list[StepOutput], total_units: float, seconds: float) -> dict[str, float]:
