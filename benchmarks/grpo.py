@@ -1,6 +1,7 @@
 """GRPO updates/s and peak memory: alignloop vs TRL 1.9.0's ``GRPOTrainer``, in one run.
 
-Workload (both sides): the bundled SmolLM2-135M-Instruct with LoRA (r 16, α 32, all linear layers), fp32,
+Workload (both sides): the bundled SmolLM2-135M-Instruct with LoRA (r 16, α 32, all linear layers), bf16
+autocast (both tools' default; ``--precision fp32`` for full precision), gradient checkpointing on (both defaults),
 8 arithmetic prompts (bundled:arith_train.jsonl) × 4 generations × up to 48 new tokens at temperature 1,
 reward ``exact_match`` against the record's answer, β = 0.04 (k3 KL in the loss, reference = adapter off),
 one optimizer step on all 32 completions per generation round, token-level loss aggregation.
@@ -8,7 +9,7 @@ one optimizer step on all 32 completions per generation round, token-level loss 
 Throughput = updates per second over updates 2..N (update 1 is warm-up); one update = one rollout of 32
 completions + one optimizer step on both sides. Each side runs in its own process.
 
-    python benchmarks/grpo.py [--updates 4]      # last line: the JSON summary
+    python benchmarks/grpo.py [--updates 4] [--precision bf16|fp32]  # last line: the JSON summary
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ TRL_REQUIREMENT = ["trl==1.9.0", "--no-deps"]
 PROMPTS, GENERATIONS, NEW_TOKENS, LR, BETA = 8, 4, 48, 1e-5, 0.04
 
 
-def alignloop_side(updates: int, workdir: str) -> dict:
+def alignloop_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
     import torch
 
     from alignloop.config import load_config
@@ -46,10 +47,10 @@ def alignloop_side(updates: int, workdir: str) -> dict:
         f"model={MODEL}", "grpo.reward=rule:exact_match", "lora.r=16", "lora.alpha=32", f"grpo.rollouts={updates}",
         f"grpo.prompts_per_rollout={PROMPTS}", f"grpo.num_generations={GENERATIONS}", f"grpo.max_new_tokens={NEW_TOKENS}",
         f"grpo.kl_coef={BETA}", "grpo.eval_prompts=0", "grpo.samples_every=0", f"train.batch_size={PROMPTS * GENERATIONS}",
-        f"train.lr={LR}", "train.precision=fp32", "train.save_every=0", "data.eval=null",
+        f"train.lr={LR}", f"train.precision={precision}", "train.save_every=0", "data.eval=null",
     ])
     train(Timed(cfg), Path(workdir) / "run")
-    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates}
+    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates, "precision": precision}
 
 
 def _exact_match(prompts, completions, answer, **kwargs):
@@ -59,7 +60,7 @@ def _exact_match(prompts, completions, answer, **kwargs):
     return BUILTIN_RULES["exact_match"]()(prompts, texts, answer=answer)
 
 
-def trl_side(updates: int, workdir: str) -> dict:
+def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -82,7 +83,7 @@ def trl_side(updates: int, workdir: str) -> dict:
         output_dir=str(Path(workdir) / "trl"), per_device_train_batch_size=PROMPTS * GENERATIONS,
         gradient_accumulation_steps=1, num_generations=GENERATIONS, max_completion_length=NEW_TOKENS,
         temperature=1.0, beta=BETA, learning_rate=LR, max_steps=updates, num_iterations=1, loss_type="dapo",
-        report_to=[], save_strategy="no", bf16=False, use_cpu=True, seed=0, logging_steps=1, shuffle_dataset=False,
+        report_to=[], save_strategy="no", bf16=precision == "bf16", use_cpu=True, seed=0, logging_steps=1, shuffle_dataset=False,
     )
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(str(resolve_model(MODEL)), dtype=torch.float32),
@@ -90,20 +91,22 @@ def trl_side(updates: int, workdir: str) -> dict:
         callbacks=[Tick()], peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     trainer.train()
-    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates}
+    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates, "precision": precision}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--trl-venv", default="/tmp/trl19-venv")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                   help="both sides: bf16 autocast (each tool's default; TRL 1.9 defaults bf16=True) or fp32.")
     p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads per side (0: torch's default).")
     args = p.parse_args(argv)
     threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)} if args.threads else {}
     trl_python = ensure_venv(args.trl_venv, TRL_REQUIREMENT)
     with tempfile.TemporaryDirectory() as work:
-        ours = run_isolated(f"{__file__}:alignloop_side", {"updates": args.updates, "workdir": work}, env=threads)
-        theirs = run_isolated(f"{__file__}:trl_side", {"updates": args.updates, "workdir": work}, python=trl_python, env=threads)
+        ours = run_isolated(f"{__file__}:alignloop_side", {"updates": args.updates, "workdir": work, "precision": args.precision}, env=threads)
+        theirs = run_isolated(f"{__file__}:trl_side", {"updates": args.updates, "workdir": work, "precision": args.precision}, python=trl_python, env=threads)
     print(json.dumps({"workload": f"{PROMPTS} prompts × {GENERATIONS} generations × {NEW_TOKENS} tokens, LoRA, β={BETA}"}))
     final_json_line(comparison("grpo", ours, theirs))
 

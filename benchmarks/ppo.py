@@ -1,16 +1,17 @@
 """PPO updates/s and peak memory: alignloop vs TRL 1.9.0's ``trl.experimental.ppo.PPOTrainer``, in one run.
 
 Workload (both sides): the bundled SmolLM2-135M-Instruct with LoRA (r 16, α 32, all linear layers) on the
-policy, fp32, 8 prompts from bundled:prompts_train.jsonl per update, up to 48 new tokens at temperature 1,
-1 PPO epoch, 1 mini-batch, β = 0.05 (k1 in the reward), a separate reward model and a separate value model
-(both a fresh scalar head on the SmolLM2 backbone). Differences that are part of each design: TRL trains
-its value model fully (it never puts LoRA on it) and recomputes the old log-probs with a forward pass;
-alignloop gives the critic the same LoRA as the policy and reuses the sampler's log-probs.
+policy, bf16 autocast (both tools' default; ``--precision fp32`` for full precision), 8 prompts from
+bundled:prompts_train.jsonl per update, up to 48 new tokens at temperature 1, 1 PPO epoch, 1 mini-batch,
+β = 0.05 (k1 in the reward), a separate reward model and a separate value model (both a fresh scalar head on
+the SmolLM2 backbone). Differences that are part of each design: TRL trains its value model fully (it never
+puts LoRA on it) and recomputes the old log-probs with a forward pass; alignloop gives the critic the same
+LoRA as the policy and reuses the sampler's log-probs.
 
 Throughput = updates per second over updates 2..N (update 1 is warm-up). Each side runs in its own
 process (peak RSS of exactly that child via os.wait4).
 
-    python benchmarks/ppo.py [--updates 4]       # last line: the JSON summary
+    python benchmarks/ppo.py [--updates 4] [--precision bf16|fp32]   # last line: the JSON summary
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _prompt_messages(n: int) -> list[list[dict]]:
     return [r["prompt"] for r in list(load_records("bundled:prompts_train.jsonl", "prompt"))[:n]]
 
 
-def alignloop_side(updates: int, workdir: str) -> dict:
+def alignloop_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
     import torch
 
     from alignloop.config import load_config
@@ -57,13 +58,13 @@ def alignloop_side(updates: int, workdir: str) -> dict:
         f"model={MODEL}", f"ppo.reward={rm_dir}", "lora.r=16", "lora.alpha=32", f"ppo.rollouts={updates}",
         f"ppo.prompts_per_rollout={PROMPTS}", f"ppo.max_new_tokens={NEW_TOKENS}", "ppo.epochs=1", f"ppo.kl_coef={BETA}",
         "ppo.eval_prompts=0", "ppo.samples_every=0", f"train.batch_size={PROMPTS}", f"train.lr={LR}",
-        "train.precision=fp32", "train.save_every=0", "data.eval=null",
+        f"train.precision={precision}", "train.save_every=0", "data.eval=null",
     ])
     train(Timed(cfg), Path(workdir) / "run")
-    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates}
+    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates, "precision": precision}
 
 
-def trl_side(updates: int, workdir: str) -> dict:
+def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -88,7 +89,7 @@ def trl_side(updates: int, workdir: str) -> dict:
         output_dir=str(Path(workdir) / "trl"), per_device_train_batch_size=PROMPTS, gradient_accumulation_steps=1,
         num_mini_batches=1, num_ppo_epochs=1, response_length=NEW_TOKENS, total_episodes=PROMPTS * updates,
         local_rollout_forward_batch_size=PROMPTS, temperature=1.0, stop_token="eos", kl_coef=BETA, learning_rate=LR,
-        num_sample_generations=0, report_to=[], save_strategy="no", bf16=False, use_cpu=True, seed=0, logging_steps=1,
+        num_sample_generations=0, report_to=[], save_strategy="no", bf16=precision == "bf16", use_cpu=True, seed=0, logging_steps=1,
     )
     trainer = PPOTrainer(
         args=args, processing_class=tok, model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
@@ -98,20 +99,22 @@ def trl_side(updates: int, workdir: str) -> dict:
         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     trainer.train()
-    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates}
+    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates, "precision": precision}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--trl-venv", default="/tmp/trl19-venv")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                   help="both sides: bf16 autocast (each tool's default; TRL 1.9 defaults bf16=True) or fp32.")
     p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads per side (0: torch's default).")
     args = p.parse_args(argv)
     threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)} if args.threads else {}
     trl_python = ensure_venv(args.trl_venv, TRL_REQUIREMENT)
     with tempfile.TemporaryDirectory() as work:
-        ours = run_isolated(f"{__file__}:alignloop_side", {"updates": args.updates, "workdir": work}, env=threads)
-        theirs = run_isolated(f"{__file__}:trl_side", {"updates": args.updates, "workdir": work}, python=trl_python,
+        ours = run_isolated(f"{__file__}:alignloop_side", {"updates": args.updates, "workdir": work, "precision": args.precision}, env=threads)
+        theirs = run_isolated(f"{__file__}:trl_side", {"updates": args.updates, "workdir": work, "precision": args.precision}, python=trl_python,
                               env={"TRL_EXPERIMENTAL_SILENCE": "1", **threads})
     print(json.dumps({"workload": f"{PROMPTS} prompts × {NEW_TOKENS} tokens, 1 PPO epoch, LoRA policy, RM + value model"}))
     final_json_line(comparison("ppo", ours, theirs))
