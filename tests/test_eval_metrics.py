@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from alignloop.eval.metrics import (
+    mcnemar_exact,
     bootstrap_ci,
     distinct_n,
     expected_calibration_error,
@@ -140,3 +141,21 @@ def test_length_reward_correlation_against_scipy():
     result = length_reward_correlation(lengths, rewards)
     assert result["pearson"] == pytest.approx(stats.pearsonr(lengths, rewards)[0])
     assert result["spearman"] == pytest.approx(stats.spearmanr(lengths, rewards)[0])
+
+
+def test_mcnemar_exact_by_hand():
+    # 3 gained, 0 lost: P(X <= 0 | Bin(3, 1/2)) = 1/8, two-sided 1/4
+    assert mcnemar_exact(3, 0) == pytest.approx(0.25)
+    # 6 vs 1: P(X <= 1 | Bin(7, 1/2)) = (1 + 7) / 128, two-sided 1/8; symmetric in its arguments
+    assert mcnemar_exact(6, 1) == pytest.approx(0.125)
+    assert mcnemar_exact(1, 6) == pytest.approx(0.125)
+    assert mcnemar_exact(4, 4) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 2)
+
+
+def test_mcnemar_exact_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for gained, lost in [(17, 7), (30, 12), (2, 9)]:
+        expected = stats.binomtest(min(gained, lost), gained + lost, 0.5).pvalue
+        assert mcnemar_exact(gained, lost) == pytest.approx(expected)

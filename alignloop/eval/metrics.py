@@ -230,3 +230,18 @@ def length_reward_correlation(lengths: Any, rewards: Any) -> dict[str, float]:
     if x.shape != y.shape or x.size < 2:
         raise ValueError(f"length_reward_correlation needs two equal-length arrays of 2+ values, got {x.size} and {y.size}")
     return {"pearson": _pearson(x, y), "spearman": _pearson(_average_ranks(x), _average_ranks(y))}
+
+
+def mcnemar_exact(gained: int, lost: int) -> float:
+    """Exact two-sided McNemar p-value for a paired right/wrong comparison of two models.
+
+    ``gained``: items model B gets right and A wrong; ``lost``: the reverse. Under the null (no
+    difference) the discordant items split as Binomial(gained + lost, 1/2).
+    """
+    if gained < 0 or lost < 0:
+        raise ValueError(f"counts must be >= 0, got gained={gained}, lost={lost}")
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2**n
+    return min(1.0, 2.0 * tail)

@@ -70,7 +70,11 @@ def build_tiny_llama(seed: int = 0):
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Recompute each block's activations in backward. Non-reentrant checkpointing: gradients reach LoRA
     adapters even though the frozen embeddings' outputs do not require grad."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # transformers >= 5.2x renamed the method; the old name still works there but warns
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def load_trainable_lm(model: str, lora, gradient_checkpointing: bool, device) -> nn.Module:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from alignloop.rollout.base import position_ids_from_mask
+from alignloop.rollout.logprobs import cache_argument, output_cache
 from alignloop.rollout.sampling import SamplingSettings, sample_next
 from alignloop.rollout.stops import StopChecker
 
@@ -53,7 +54,8 @@ def decode_batch(
     extra = {"logits_to_keep": 1} if options.logits_to_keep else {}
     positions = position_ids_from_mask(prompt_mask)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **extra)
-    cache = out.past_key_values
+    cache = output_cache(out)
+    cache_kwarg = cache_argument(model)
     logits = out.logits[:, -1, :]
 
     expand = torch.arange(prompt_ids.shape[0], device=device).repeat_interleave(repeats.to(device))
@@ -100,11 +102,11 @@ def decode_batch(
             input_ids=token.unsqueeze(1),
             attention_mask=attention,
             position_ids=next_position.unsqueeze(1),
-            past_key_values=cache,
             use_cache=True,
+            **{cache_kwarg: cache},
             **extra,
         )
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        cache, logits = output_cache(out), out.logits[:, -1, :]
         next_position = next_position + 1
 
     return BatchOutput(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -57,11 +58,31 @@ def _forward_accepts_logits_to_keep(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
-def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """True when the (possibly peft-wrapped) model can skip the LM head for positions we do not need."""
+def _base_class(model: torch.nn.Module) -> type:
     base = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    return _forward_accepts_logits_to_keep(type(base))
+    return type(base)
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """True when the (possibly peft-wrapped) model can skip the LM head for positions we do not need."""
+    return _forward_accepts_logits_to_keep(_base_class(model))
+
+
+@lru_cache(maxsize=64)
+def _cache_argument(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The forward's KV-cache keyword: ``cache`` (transformers >= 5.2x) or ``past_key_values`` (older)."""
+    return _cache_argument(_base_class(model))
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache of a model output, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
