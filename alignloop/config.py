@@ -50,6 +50,12 @@ class TrainConfig(Section):
     resume: Literal["auto", "never"] = Field("auto", description="auto: continue from the run dir's last checkpoint.")
     max_bad_steps: int = Field(5, gt=0, description="Stop after this many consecutive NaN/inf steps.")
     gradient_checkpointing: bool = False
+    frozen_bf16: bool = Field(
+        True,
+        description="With precision bf16 on bf16-native hardware: store frozen linear weights (a LoRA base, reward and "
+        "reference models) in bf16, the dtype autocast computes them in (same results, half their memory). "
+        "Not applied under FSDP/DeepSpeed.",
+    )
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":

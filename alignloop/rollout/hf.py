@@ -36,8 +36,8 @@ def resolve_autocast_dtype(dtype: torch.dtype | str | None, model: torch.nn.Modu
     if isinstance(dtype, str):
         key = dtype.lower()
         if key == "auto":
-            if next(model.parameters()).dtype != torch.float32:
-                return None
+            if all(p.dtype != torch.float32 for p in model.parameters()):
+                return None  # a model loaded in half precision decodes as it is
             if device.type == "cuda":
                 return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
             if device.type == "cpu":

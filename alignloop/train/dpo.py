@@ -230,6 +230,9 @@ class DPOStage(Stage):
         loss, metrics = self._loss(batch, "train")
         return StepOutput(loss=loss, units=self.units(batch), n_tokens=real_tokens(batch), metrics=metrics)
 
+    def frozen_modules(self) -> list:
+        return [self.reference.model] if self.reference is not None and self.reference.model is not None else []
+
     def evaluate(self) -> dict[str, float]:
         if not self.eval_examples:
             return {}

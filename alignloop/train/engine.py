@@ -33,6 +33,13 @@ def _configure_deepspeed(run, micro: int, accum: int) -> None:
     ds["gradient_clipping"] = run.config.train.max_grad_norm or 0.0
 
 
+def _shards_model(run) -> bool:
+    """FSDP or DeepSpeed: the engine owns parameter dtypes (mixed dtypes break flat parameters)."""
+    from accelerate.utils import DistributedType
+
+    return run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def _shards_optimizer(run) -> bool:
     from accelerate.utils import DistributedType
 

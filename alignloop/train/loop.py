@@ -25,7 +25,7 @@ from alignloop.config import StageConfig, dump_config
 from alignloop.errors import AlignloopError
 from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from alignloop.train.engine import (
-    _backward_kwargs, _clip_and_norm, _configure_deepspeed, _full_weights, _no_sync, _shards_optimizer, _uses_deepspeed,
+    _backward_kwargs, _clip_and_norm, _configure_deepspeed, _full_weights, _no_sync, _shards_model, _shards_optimizer, _uses_deepspeed,
 )
 from alignloop.train.metrics import MetricsWriter, Progress, peak_rss_mb
 from alignloop.train.schedule import make_scheduler
@@ -154,6 +154,17 @@ def _total_steps(cfg: StageConfig, source: Any, accum: int) -> int:
     return max(1, math.ceil(cfg.train.epochs * per_epoch / accum))
 
 
+def _store_frozen_in_bf16(run: Run, stage: Stage) -> None:
+    from alignloop.models.precision import cast_frozen_linears, native_bf16
+
+    tc = run.config.train
+    if not (tc.frozen_bf16 and tc.precision == "bf16" and native_bf16(run.device)) or _shards_model(run):
+        return
+    saved = cast_frozen_linears([*stage.models.values(), *stage.frozen_modules()], torch.bfloat16)
+    if saved and run.is_main:
+        log.info("frozen linear weights stored in bf16 (train.frozen_bf16): %.0f MB saved", saved / 2**20)
+
+
 def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     """Run ``stage`` to completion (or resume it) in ``out_dir``; return the summary."""
     cfg = stage.config
@@ -170,6 +181,7 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
         dump_config(cfg, out_dir / "config.yaml")
 
     stage.setup(run)
+    _store_frozen_in_bf16(run, stage)
     micro = tc.micro_batch_size or tc.batch_size
     if tc.batch_size % (micro * run.world_size):
         raise AlignloopError(

@@ -10,6 +10,7 @@ Every knob and its paper: docs/ppo.md. Rollout shape, steps and resume: rl_confi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -30,15 +31,19 @@ from alignloop.config import DataConfig, StageConfig, TrainConfig
 from alignloop.errors import ConfigError
 from alignloop.models import enable_gradient_checkpointing, ScalarHeadModel
 from alignloop.models.lora import apply_lora
+from alignloop.models.precision import share_frozen_weights
 from alignloop.rewards.base import has_uncertainty
 from alignloop.train.rl_config import RolloutSettings, RLOptions, check_rollout_shape
 from alignloop.train.rl_experience import Experience
 from alignloop.train.rl_rewards import token_rewards
 from alignloop.train.rl_stage import RLStage, RolloutData
+from alignloop.train.engine import _shards_model
 from alignloop.train.stage import StepOutput
 
 __all__ = ["PPOConfig", "PPOOptions", "PPOStage"]
 
+
+log = logging.getLogger("alignloop")
 
 class PPOOptions(RLOptions):
     kl_placement: Literal["reward", "loss"] = Field(
@@ -62,6 +67,9 @@ class PPOOptions(RLOptions):
         "policy", description="policy: fresh head on the SFT model; reward: copy of the reward model dir; or a scalar-head dir."
     )
     critic_warmup_steps: int = Field(0, ge=0, description="Optimizer steps that train only the critic before the policy moves.")
+    critic_share_frozen: bool = Field(
+        True, description="Critic and LoRA policy hold their equal frozen base weights once (not under FSDP/DeepSpeed)."
+    )
 
 
 class PPOConfig(StageConfig):
@@ -96,6 +104,10 @@ class PPOStage(RLStage):
         if self.config.train.gradient_checkpointing and hasattr(critic.backbone, "gradient_checkpointing_enable"):
             enable_gradient_checkpointing(critic.backbone)
         self.models["critic"] = critic.to(run.device)
+        if opts.critic_share_frozen and not _shards_model(run):
+            shared = share_frozen_weights(self.models["policy"], critic)
+            if shared and run.is_main:
+                log.info("critic shares %.0f MB of frozen base weights with the policy", shared / 2**20)
 
     def _load_critic(self) -> ScalarHeadModel:
         cfg, init = self.config, self.opts.critic_init

@@ -112,6 +112,16 @@ class RLStage(Stage):
     def setup_models(self, run) -> None:
         """Stage hook: extra trainable modules (the PPO critic)."""
 
+    def frozen_modules(self) -> list:
+        from alignloop.rewards.base import WeightedSum
+        from alignloop.rewards.model import RewardModel
+
+        sources = self.reward.sources if isinstance(self.reward, WeightedSum) else [self.reward]
+        frozen = [m for s in sources if isinstance(s, RewardModel) for m in s.members]
+        if self.reference is not None and self.reference.model is not None:
+            frozen.append(self.reference.model)
+        return frozen
+
     def make_kl_controller(self) -> Any:
         return FixedKLController(self.opts.kl_coef)
 
@@ -294,7 +304,8 @@ class RLStage(Stage):
             return {}
         rollout = self.sampler.generate([r["prompt"] for r in records], n=1, max_new_tokens=opts.max_new_tokens, temperature=0.0, stop=opts.stop)
         fields = {k: [r.get(k) for r in records] for k in sorted({k for r in records for k in r if k != "prompt"})}
-        scored = score_rollout(self.reward, rollout.prompts, rollout.responses, fields)
+        with torch.no_grad(), self.run.autocast():  # as in training (and needed with train.frozen_bf16)
+            scored = score_rollout(self.reward, rollout.prompts, rollout.responses, fields)
         out = {"eval/reward": float(scored.scores.mean()), "eval/completions/mean_length": float(rollout.response_lengths().float().mean())}
         out.update({f"eval/rewards/{k}/mean": float(v.mean()) for k, v in scored.components.items()})
         if self.gold is not None:

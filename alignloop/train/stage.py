@@ -68,6 +68,10 @@ class Stage:
         params = [p for m in self.models.values() for p in m.parameters() if p.requires_grad]
         return [{"params": params}]
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """Frozen models outside ``self.models`` (reward models, a frozen reference), for ``train.frozen_bf16``."""
+        return []
+
     def evaluate(self) -> dict[str, float]:
         return {}
 
