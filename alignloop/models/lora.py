@@ -133,3 +133,56 @@ class Reference:
 def make_reference(policy: nn.Module) -> Reference:
     """The right reference for ``policy``: adapter-disabled base with LoRA, a frozen copy without."""
     return Reference(policy)
+
+
+def _plain_lora_linears(model: nn.Module) -> list[tuple[nn.Module, list[str]]] | None:
+    """Every LoRA layer with its active adapters, or None when one of them cannot be merged exactly
+    (DoRA, non-linear LoRA layers, already merged, or lora_dropout > 0 would not matter in eval)."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+    from peft.tuners.lora.layer import LoraLayer
+
+    layers = []
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if not isinstance(module, LoraLinear) or getattr(module, "merged", False):
+            return None
+        active = [a for a in module.active_adapters if a in module.lora_A]
+        if any(module.use_dora.get(a, False) for a in active):
+            return None
+        if active:
+            layers.append((module, active))
+    return layers
+
+
+@contextmanager
+def lora_merged_view(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a LoRA model as one set of weights ``W + s·B·A`` per layer (adapter branches switched off).
+
+    For decoding: each generated token otherwise pays two extra small matmuls and a peft module call per
+    adapted layer (measured on SmolLM2-135M, batch 32: 98 ms per token with the adapter branches, 69 ms
+    merged). The merged weights are new tensors in the base weight's dtype, swapped in for the duration
+    and swapped back after, so the stored base is never modified (merging in place and unmerging would
+    not restore a bf16 base exactly). A model that is not plain LoRA is yielded unchanged.
+    """
+    from peft import PeftModel
+
+    layers = _plain_lora_linears(model) if isinstance(model, PeftModel) else None
+    if not layers:
+        yield model
+        return
+    originals = []
+    try:
+        with torch.no_grad():
+            for module, adapters in layers:
+                base = module.get_base_layer()
+                weight = base.weight.data.float()
+                for adapter in adapters:
+                    weight = weight + module.get_delta_weight(adapter).float()
+                originals.append((base.weight, base.weight.data))
+                base.weight.data = weight.to(base.weight.dtype)
+        with model.disable_adapter():
+            yield model
+    finally:
+        for param, data in originals:
+            param.data = data
