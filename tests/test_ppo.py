@@ -194,3 +194,13 @@ def test_reward_model_scores_in_the_runs_precision(tmp_path, toy, precision):
     train(PPOStage(config(toy, "ppo.reward=tests.test_ppo:PROBE", "ppo.rollouts=1", f"train.precision={precision}")),
           tmp_path)
     assert PROBE.seen == [precision == "bf16"]
+
+
+@pytest.mark.parametrize(("batch", "micro", "expected"), [(8, None, 4), (6, None, 3), (4, None, 4), (8, 8, 8)])
+def test_ppo_micro_batch_defaults_to_at_most_four_responses(tmp_path, toy, batch, micro, expected):
+    overrides = [f"train.batch_size={batch}", f"ppo.prompts_per_rollout={batch}", "ppo.rollouts=1"]
+    if micro is not None:
+        overrides.append(f"train.micro_batch_size={micro}")
+    stage = PPOStage(config(toy, *overrides))
+    train(stage, tmp_path)
+    assert stage.config.train.micro_batch_size == expected

@@ -106,8 +106,16 @@ class RLStage(Stage):
         self.early_stops = 0
         self.generation_seconds = 0.0
         self.setup_models(run)
+        tc = cfg.train
+        if tc.micro_batch_size is None and self.default_micro_batch and tc.batch_size % run.world_size == 0:
+            # the largest divisor of the per-rank batch not above the default: exact accumulation, bounded memory
+            local = tc.batch_size // run.world_size
+            tc.micro_batch_size = max(d for d in range(1, min(self.default_micro_batch, local) + 1) if local % d == 0)
         if cfg.train.max_steps == -1:  # derived: every update of every rollout (see rl_config)
             cfg.train.max_steps = opts.rollouts * steps_per_rollout(opts, cfg.train.batch_size)
+
+    # train.micro_batch_size when left null: responses per forward/backward (None: the whole mini-batch)
+    default_micro_batch: int | None = None
 
     def setup_models(self, run) -> None:
         """Stage hook: extra trainable modules (the PPO critic)."""
