@@ -177,8 +177,13 @@ class RLStage(Stage):
                 model.train(modes[name])
 
     def forward_rows(self, fn, n_rows: int) -> torch.Tensor:
-        """``fn(rows)`` over row chunks of the micro-batch size, concatenated (bounded activation memory)."""
-        chunk = self.config.train.micro_batch_size or self.config.train.batch_size
+        """``fn(rows)`` (a no-grad forward) over row chunks, concatenated: bounded memory.
+
+        Chunks are twice the training micro-batch (capped at the mini-batch): without autograd a forward keeps
+        no activations beyond the current layer, so it fits in what a training micro-batch needs.
+        """
+        tc = self.config.train
+        chunk = min(tc.batch_size, 2 * tc.micro_batch_size) if tc.micro_batch_size else tc.batch_size
         return torch.cat([fn(slice(i, i + chunk)) for i in range(0, n_rows, chunk)])
 
     def make_experience(self, records: list[dict], index: int) -> Experience:
