@@ -10,6 +10,7 @@ import torch
 
 from alignloop.errors import ConfigError
 from alignloop.models.lora import lora_merged_view
+from alignloop.models.precision import native_bf16
 from alignloop.rollout.base import Prompt, Rollout
 from alignloop.rollout.decode import BatchOutput, DecodeOptions, decode_batch
 from alignloop.rollout.logprobs import accepts_logits_to_keep, model_device
@@ -39,11 +40,7 @@ def resolve_autocast_dtype(dtype: torch.dtype | str | None, model: torch.nn.Modu
         if key == "auto":
             if all(p.dtype != torch.float32 for p in model.parameters()):
                 return None  # a model loaded in half precision decodes as it is
-            if device.type == "cuda":
-                return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-            if device.type == "cpu":
-                return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-            return None
+            return torch.bfloat16 if native_bf16(device) else None
         if key not in _DTYPE_NAMES:
             raise ConfigError(f"dtype: expected one of auto, bf16, fp16, fp32, got {dtype!r}")
         return _DTYPE_NAMES[key]
@@ -153,11 +150,10 @@ class HFSampler:
         self.model.eval()
         stack = contextlib.ExitStack()
         try:
-            caller_autocast = torch.is_autocast_enabled(self.device.type)
-            if self.merge_lora and self.autocast_dtype is None and not caller_autocast:
-                # fp32 only: a bf16 matmul of W + ΔW rounds to W's ulp and swallows small adapter updates
-                stack.enter_context(lora_merged_view(self.model))
-            if self.autocast_dtype is None and not caller_autocast:
+            fp32 = self.autocast_dtype is None and not torch.is_autocast_enabled(self.device.type)
+            if fp32:
+                if self.merge_lora:  # fp32 only: in bf16, W + ΔW rounds to W's ulp and swallows small adapters
+                    stack.enter_context(lora_merged_view(self.model))
                 with torch.inference_mode():
                     yield
                 return

@@ -231,7 +231,7 @@ class DPOStage(Stage):
         return StepOutput(loss=loss, units=self.units(batch), n_tokens=real_tokens(batch), metrics=metrics)
 
     def frozen_modules(self) -> list:
-        return [self.reference.model] if self.reference is not None and self.reference.model is not None else []
+        return self.reference.held_modules() if self.reference is not None else []
 
     def evaluate(self) -> dict[str, float]:
         if not self.eval_examples:

@@ -41,9 +41,7 @@ def _shards_model(run) -> bool:
 
 
 def _shards_optimizer(run) -> bool:
-    from accelerate.utils import DistributedType
-
-    return run.world_size > 1 and run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    return run.world_size > 1 and _shards_model(run)
 
 
 @contextlib.contextmanager

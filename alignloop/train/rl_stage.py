@@ -126,9 +126,7 @@ class RLStage(Stage):
 
         sources = self.reward.sources if isinstance(self.reward, WeightedSum) else [self.reward]
         frozen = [m for s in sources if isinstance(s, RewardModel) for m in s.members]
-        if self.reference is not None and self.reference.model is not None:
-            frozen.append(self.reference.model)
-        return frozen
+        return frozen + (self.reference.held_modules() if self.reference is not None else [])
 
     def make_kl_controller(self) -> Any:
         return FixedKLController(self.opts.kl_coef)
