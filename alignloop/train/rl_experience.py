@@ -60,17 +60,20 @@ class Experience:
 
 
 def minibatch_schedule(
-    n_rows: int, minibatch: int, micro: int, epochs: int, seed: int, rollout_index: int
+    n_rows: int, minibatch: int, micro: int, epochs: int, seed: int, rollout_index: int, group_size: int = 1
 ) -> list[list[int]]:
     """Micro-batches (row lists) for ``epochs`` shuffled passes; ``minibatch // micro`` make one optimizer step.
 
-    Deterministic in ``(seed, rollout_index)``, so a checkpoint only needs the cursor into this list.
+    ``group_size > 1`` shuffles whole groups of consecutive rows (a prompt's G responses), so micro-batches hold
+    complete groups whose prompt a shared-prompt forward computes once. Deterministic in ``(seed,
+    rollout_index)``, so a checkpoint only needs the cursor into this list.
     """
     if n_rows % minibatch or minibatch % micro:
         raise ValueError(f"{n_rows} rows cannot be cut into mini-batches of {minibatch} / micro-batches of {micro}")
+    unit = group_size if group_size > 1 and n_rows % group_size == 0 else 1
     out: list[list[int]] = []
     for epoch in range(epochs):
         g = torch.Generator().manual_seed(seed * 1_000_003 + rollout_index * 101 + epoch)
-        order = torch.randperm(n_rows, generator=g).tolist()
+        order = [u * unit + k for u in torch.randperm(n_rows // unit, generator=g).tolist() for k in range(unit)]
         out.extend(order[i : i + micro] for i in range(0, n_rows, micro))
     return out

@@ -35,6 +35,7 @@ class RolloutBatchSource:
         micro_batch_size: int,
         epochs: int,
         seed: int,
+        group_size: int = 1,
     ):
         self.prompts = prompts
         self.make_experience = make_experience
@@ -42,6 +43,7 @@ class RolloutBatchSource:
         self.micro_batch_size = micro_batch_size
         self.epochs = epochs
         self.seed = seed
+        self.group_size = group_size  # > 1: micro-batches keep a prompt's responses together (minibatch_schedule)
         self.rollouts_done = 0
         self.experience: Experience | None = None
         self.schedule: list[list[int]] = []
@@ -75,7 +77,8 @@ class RolloutBatchSource:
     def _make_schedule(self) -> None:
         assert self.experience is not None
         self.schedule = minibatch_schedule(
-            len(self.experience), self.minibatch_size, self.micro_batch_size, self.epochs, self.seed, self.rollouts_done
+            len(self.experience), self.minibatch_size, self.micro_batch_size, self.epochs, self.seed, self.rollouts_done,
+            self.group_size,
         )
 
     def skip_rest_of_rollout(self) -> None:

@@ -27,6 +27,7 @@ from alignloop.train.rl_config import RLOptions, steps_per_rollout
 from alignloop.train.rl_experience import Experience
 from alignloop.train.rl_monitors import SampleLog, rollout_monitors
 from alignloop.train.rl_rewards import RunningMoments, apply_truncation, normalise_scores, prompt_text, score_rollout
+from alignloop.train.rl_shared_prompt import shared_prompt_logprobs
 from alignloop.train.rl_source import RolloutBatchSource, rollout_seed
 from alignloop.train.stage import Stage, StepOutput
 
@@ -157,7 +158,7 @@ class RLStage(Stage):
             prompts, self.make_experience,
             minibatch_size=tc.batch_size // run.world_size,
             micro_batch_size=tc.micro_batch_size or tc.batch_size,
-            epochs=opts.epochs, seed=tc.seed,
+            epochs=opts.epochs, seed=tc.seed, group_size=opts.num_generations if self.shares_prompt() else 1,
         )
         return self.source
 
@@ -183,6 +184,19 @@ class RLStage(Stage):
         tc = self.config.train
         chunk = min(tc.batch_size, 2 * tc.micro_batch_size) if tc.micro_batch_size else tc.batch_size
         return torch.cat([fn(slice(i, i + chunk)) for i in range(0, n_rows, chunk)])
+
+    def shares_prompt(self) -> bool:
+        """Forward a group's prompt once (rl_shared_prompt.py): G > 1 and an attention that takes 4D masks."""
+        if not (self.opts.share_prompt and self.opts.num_generations > 1):
+            return False
+        config = getattr(self.unwrap("policy"), "config", None)
+        return not str(getattr(config, "_attn_implementation", None) or "sdpa").startswith("flash")
+
+    def logprobs(self, model, input_ids, attention_mask, response_start: int, temperature: float) -> torch.Tensor:
+        """Response log-probs ``[N, R]``: shared-prompt rows when ``shares_prompt()``, else plain rows."""
+        if self.shares_prompt():
+            return shared_prompt_logprobs(model, input_ids, attention_mask, response_start, temperature, self.tokenizer.pad_token_id)
+        return forward_logprobs(model, input_ids, attention_mask, response_start, temperature)
 
     def make_experience(self, records: list[dict], index: int) -> Experience:
         opts, run = self.opts, self.run
@@ -212,7 +226,7 @@ class RLStage(Stage):
                 old_logp = rollout.logprobs.float()
             else:
                 old_logp = self.forward_rows(
-                    lambda s: forward_logprobs(policy, input_ids[s], attention[s], start, temperature), len(rollout)
+                    lambda s: self.logprobs(policy, input_ids[s], attention[s], start, temperature), len(rollout)
                 ).float()
             ref_logp = None
             if self.reference is not None:
@@ -243,7 +257,7 @@ class RLStage(Stage):
         """Per-token reference log-probs of the responses (hook: the Ray stage sends this to a reference actor)."""
         with self.inference(), self.reference.use() as ref:
             return self.forward_rows(
-                lambda s: forward_logprobs(ref, input_ids[s], attention_mask[s], response_start, temperature), len(input_ids)
+                lambda s: self.logprobs(ref, input_ids[s], attention_mask[s], response_start, temperature), len(input_ids)
             )
 
     def wants_uncertainty(self) -> bool:
@@ -264,11 +278,11 @@ class RLStage(Stage):
         opts = self.opts
         mask = batch["loss_mask"]
         want_entropy = opts.entropy_coef > 0
-        out = forward_logprobs(
-            self.models["policy"], batch["input_ids"], batch["attention_mask"], batch["response_start"],
-            opts.temperature, return_entropy=want_entropy,
-        )
-        logp, entropy = out if want_entropy else (out, None)
+        args = (self.models["policy"], batch["input_ids"], batch["attention_mask"], batch["response_start"], opts.temperature)
+        if want_entropy:  # entropy needs full logits: plain rows
+            logp, entropy = forward_logprobs(*args, return_entropy=True)
+        else:
+            logp, entropy = self.logprobs(*args), None
         loss, raw = POLICY_LOSSES[opts.policy_loss](
             logp, batch["old_logprobs"], batch["advantages"], mask, clip_eps=opts.clip_eps,
             clip_eps_high=opts.clip_eps_high, agg=opts.loss_agg, max_len=opts.max_new_tokens,
