@@ -119,18 +119,18 @@ def test_log_probs_and_gradients_equal_plain_rows():
         torch.testing.assert_close(shared_grads[key], plain_grads[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
-def test_group_schedule_keeps_groups_whole_and_rows_unchanged_without_groups():
-    schedule = minibatch_schedule(12, 6, 3, epochs=2, seed=1, rollout_index=0, group_size=3)
-    assert len(schedule) == 8
-    for epoch in (schedule[:4], schedule[4:]):
-        assert sorted(r for micro in epoch for r in micro) == list(range(12))
-    for micro in schedule:  # a micro-batch of 3 is exactly one group of consecutive rows
-        assert micro[0] % 3 == 0 and micro == list(range(micro[0], micro[0] + 3))
-    assert schedule[:4] != schedule[4:]  # each epoch shuffles the groups anew
-    # group_size 1 keeps the row-level shuffle
+def test_group_schedule_keeps_minibatches_and_orders_their_rows_by_group():
+    plain = minibatch_schedule(12, 6, 3, epochs=2, seed=1, rollout_index=0)
+    grouped = minibatch_schedule(12, 6, 3, epochs=2, seed=1, rollout_index=0, group_size=3)
     g = torch.Generator().manual_seed(1 * 1_000_003 + 0 * 101 + 0)
     order = torch.randperm(12, generator=g).tolist()
-    assert minibatch_schedule(12, 6, 3, 1, 1, 0)[:4] == [order[i : i + 3] for i in range(0, 12, 3)]
+    assert plain[:4] == [order[i : i + 3] for i in range(0, 12, 3)]  # group_size 1: the row shuffle as it was
+    assert len(grouped) == 8
+    for step in range(4):  # each optimizer step (2 micro-batches) holds the same rows as without groups ...
+        rows = grouped[2 * step] + grouped[2 * step + 1]
+        assert sorted(rows) == sorted(plain[2 * step] + plain[2 * step + 1])
+        assert rows == sorted(rows, key=lambda i: (i // 3, i))  # ... ordered by group (prompt)
+    assert grouped != plain
 
 
 def test_grpo_trains_the_same_with_and_without_shared_prompts(tmp_path):

@@ -64,16 +64,18 @@ def minibatch_schedule(
 ) -> list[list[int]]:
     """Micro-batches (row lists) for ``epochs`` shuffled passes; ``minibatch // micro`` make one optimizer step.
 
-    ``group_size > 1`` shuffles whole groups of consecutive rows (a prompt's G responses), so micro-batches hold
-    complete groups whose prompt a shared-prompt forward computes once. Deterministic in ``(seed,
+    ``group_size > 1`` (consecutive rows share a prompt) orders each mini-batch's rows by group before cutting
+    it into micro-batches, so a shared-prompt forward finds a prompt's rows together. Which rows form a
+    mini-batch, and so every optimizer step, is the same as with ``group_size`` 1. Deterministic in ``(seed,
     rollout_index)``, so a checkpoint only needs the cursor into this list.
     """
     if n_rows % minibatch or minibatch % micro:
         raise ValueError(f"{n_rows} rows cannot be cut into mini-batches of {minibatch} / micro-batches of {micro}")
-    unit = group_size if group_size > 1 and n_rows % group_size == 0 else 1
     out: list[list[int]] = []
     for epoch in range(epochs):
         g = torch.Generator().manual_seed(seed * 1_000_003 + rollout_index * 101 + epoch)
-        order = [u * unit + k for u in torch.randperm(n_rows // unit, generator=g).tolist() for k in range(unit)]
+        order = torch.randperm(n_rows, generator=g).tolist()
+        if group_size > 1:
+            order = [i for s in range(0, n_rows, minibatch) for i in sorted(order[s : s + minibatch], key=lambda i: (i // group_size, i))]
         out.extend(order[i : i + micro] for i in range(0, n_rows, micro))
     return out
