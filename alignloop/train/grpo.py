@@ -33,6 +33,10 @@ class GRPOOptions(RLOptions):
     kl_coef: float = Field(0.04, ge=0, description="β of the k3 KL loss term; 0 = no reference model at all.")
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field("k3", description="KL estimator of the loss term.")
     max_new_tokens: int = Field(64, gt=0, description="Response length limit.")
+    share_prompt: bool = Field(
+        True, description="A prompt's G responses share one copy of it in the policy and reference forwards (same "
+        "log-probs, fewer tokens; each mini-batch's rows are ordered by group). docs/grpo.md.",
+    )
 
 
 class GRPOConfig(StageConfig):

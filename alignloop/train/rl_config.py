@@ -62,10 +62,6 @@ class RLOptions(Section):
     )
     reward_clip: float | None = Field(None, gt=0, description="Clip (normalised) scores to ±reward_clip.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient (adds -coef·H to the loss).")
-    share_prompt: bool = Field(
-        True, description="With num_generations > 1: a prompt's G responses share one copy of it in the policy and "
-        "reference forwards (same log-probs, fewer tokens; micro-batches then hold whole groups).",
-    )
     reuse_sampler_logprobs: bool = Field(
         True, description="Use the sampler's log-probs as the old log-probs (saves one policy forward per rollout)."
     )

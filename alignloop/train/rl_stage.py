@@ -186,8 +186,9 @@ class RLStage(Stage):
         return torch.cat([fn(slice(i, i + chunk)) for i in range(0, n_rows, chunk)])
 
     def shares_prompt(self) -> bool:
-        """Forward a group's prompt once (rl_shared_prompt.py): G > 1 and an attention that takes 4D masks."""
-        if not (self.opts.share_prompt and self.opts.num_generations > 1):
+        """Forward a group's prompt once (rl_shared_prompt.py): a stage option (GRPO's ``share_prompt``), G > 1
+        and an attention that takes 4D masks. PPO keeps plain rows (its critic forward would not share)."""
+        if not (getattr(self.opts, "share_prompt", False) and self.opts.num_generations > 1):
             return False
         config = getattr(self.unwrap("policy"), "config", None)
         return not str(getattr(config, "_attn_implementation", None) or "sdpa").startswith("flash")
