@@ -166,11 +166,19 @@ def branch_attention_mask(segments: torch.Tensor, pair: torch.Tensor, dtype: tor
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
+def attention_implementation(model: nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
+
+
+def takes_4d_mask(model: nn.Module) -> bool:
+    """Whether shared-prompt layouts can run on ``model``: flash attention takes no 4D mask."""
+    return not attention_implementation(model).startswith("flash")
+
+
 def mask_dtype_for(model: nn.Module) -> torch.dtype | None:
     """None (bool mask) for sdpa attention; fp32 additive for eager and the rest."""
-    config = getattr(model, "config", None)
-    impl = getattr(config, "_attn_implementation", None) or "sdpa"
-    if impl.startswith("flash"):
+    impl = attention_implementation(model)
+    if not takes_4d_mask(model):
         from alignloop.errors import ModelError
 
         raise ModelError(

@@ -27,6 +27,7 @@ from alignloop.train.rl_config import RLOptions, steps_per_rollout
 from alignloop.train.rl_experience import Experience
 from alignloop.train.rl_monitors import SampleLog, rollout_monitors
 from alignloop.train.rl_rewards import RunningMoments, apply_truncation, normalise_scores, prompt_text, score_rollout
+from alignloop.train.dpo_batch import takes_4d_mask
 from alignloop.train.rl_shared_prompt import shared_prompt_logprobs
 from alignloop.train.rl_source import RolloutBatchSource, rollout_seed
 from alignloop.train.stage import Stage, StepOutput
@@ -188,10 +189,8 @@ class RLStage(Stage):
     def shares_prompt(self) -> bool:
         """Forward a group's prompt once (rl_shared_prompt.py): a stage option (GRPO's ``share_prompt``), G > 1
         and an attention that takes 4D masks. PPO keeps plain rows (its critic forward would not share)."""
-        if not (getattr(self.opts, "share_prompt", False) and self.opts.num_generations > 1):
-            return False
-        config = getattr(self.unwrap("policy"), "config", None)
-        return not str(getattr(config, "_attn_implementation", None) or "sdpa").startswith("flash")
+        return bool(getattr(self.opts, "share_prompt", False) and self.opts.num_generations > 1
+                    and takes_4d_mask(self.unwrap("policy")))
 
     def logprobs(self, model, input_ids, attention_mask, response_start: int, temperature: float) -> torch.Tensor:
         """Response log-probs ``[N, R]``: shared-prompt rows when ``shares_prompt()``, else plain rows."""
