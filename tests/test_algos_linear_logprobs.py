@@ -52,6 +52,19 @@ def test_matches_naive_logits_path_values_and_gradients(chunk, temperature, with
         assert torch.allclose(g, ref, atol=1e-10)
 
 
+def test_masked_vocabulary_entries_get_no_probability():
+    # a -inf bias removes token 2: the remaining two share the mass, as log_softmax over logits with -inf does
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([0.0, 0.0, -math.inf], dtype=torch.float64)
+    out = linear_log_softmax(h, w, torch.tensor([0, 0]), bias=b)
+    want = torch.tensor([1 - math.log(math.e + 1), -math.log(math.e + 1)], dtype=torch.float64)
+    assert torch.allclose(out, want, atol=1e-12)
+    out.sum().backward()
+    assert torch.isfinite(h.grad).all() and torch.isfinite(w.grad).all()
+    assert torch.equal(w.grad[2], torch.zeros(2, dtype=torch.float64))  # p(token 2) = 0 exactly
+
+
 def test_bf16_autocast_close_to_fp32():
     torch.manual_seed(1)
     h = torch.randn(16, 32, requires_grad=True)

@@ -57,6 +57,19 @@ def test_only_frozen_inner_linears_are_cast():
     assert cast_frozen_linears([full]) == 0
 
 
+def test_run_autocast_keeps_no_weight_cast_cache(tmp_path):
+    from alignloop.train.loop import Run
+    from alignloop.train.sft import SFTConfig
+
+    for precision, active in (("bf16", True), ("fp32", False)):
+        run = Run(load_config(SFTConfig, None, [f"train.precision={precision}", "train.device=cpu"]), tmp_path)
+        with run.autocast():
+            assert torch.is_autocast_enabled("cpu") is active
+            if active:
+                assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+                assert not torch.is_autocast_cache_enabled()
+
+
 def test_forward_outside_autocast_fails_loudly():
     model = _lora_model()
     cast_frozen_linears([model])

@@ -45,8 +45,9 @@ class _LinearLogSoftmax(torch.autograd.Function):
             w = weight.to(mm)
             for s in range(0, n, chunk_size):
                 logits = _chunk_logits(hidden[s : s + chunk_size], w, bias, mm, out_dtype, inv_temperature)
-                chunk_lse = torch.logsumexp(logits, dim=-1)
-                out[s : s + chunk_size] = logits.gather(-1, labels[s : s + chunk_size, None]).squeeze(-1) - chunk_lse
+                picked = logits.gather(-1, labels[s : s + chunk_size, None]).squeeze(-1)
+                chunk_lse = _logsumexp_(logits)
+                out[s : s + chunk_size] = picked - chunk_lse
                 lse[s : s + chunk_size] = chunk_lse
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.mm, ctx.chunk_size, ctx.inv_temperature = mm, chunk_size, inv_temperature
@@ -66,19 +67,29 @@ class _LinearLogSoftmax(torch.autograd.Function):
             w = weight.to(mm)
             for s in range(0, hidden.shape[0], ctx.chunk_size):
                 h = hidden[s : s + ctx.chunk_size]
-                logits = _chunk_logits(h, w, bias, mm, lse.dtype, inv_t)
                 g_out = grad_out[s : s + ctx.chunk_size, None].to(lse.dtype) * inv_t
-                g = torch.exp(logits - lse[s : s + ctx.chunk_size, None]).mul_(-g_out)
+                # in place: the chunk's [c, V] logits are the largest tensors here, so no temporaries of that size
+                g = _chunk_logits(h, w, bias, mm, lse.dtype, inv_t)
+                g.sub_(lse[s : s + ctx.chunk_size, None]).exp_().mul_(-g_out)
                 g.scatter_add_(-1, labels[s : s + ctx.chunk_size, None], g_out)
+                if grad_b is not None:
+                    grad_b += g.sum(0).to(acc)
                 g_mm = g.to(mm)
+                del g
                 if grad_h is not None:
                     grad_h[s : s + ctx.chunk_size] = (g_mm @ w).to(hidden.dtype)
                 if grad_w is not None:
-                    grad_w += (g_mm.t() @ h.to(mm)).to(acc)
-                if grad_b is not None:
-                    grad_b += g.sum(0).to(acc)
+                    grad_w.add_(g_mm.t() @ h.to(mm))
+                del g_mm
         return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
                 None if grad_b is None else grad_b.to(bias.dtype), None, None, None)
+
+
+def _logsumexp_(x: Tensor) -> Tensor:
+    """``logsumexp`` over the last dim that overwrites ``x`` instead of allocating temporaries of its size."""
+    m = x.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf rows: lse -inf, as torch.logsumexp
+    return x.sub_(m).exp_().sum(dim=-1).log_().add_(m.squeeze(-1))
 
 
 def _chunk_logits(h: Tensor, w: Tensor, bias: Tensor | None, mm: torch.dtype, dtype: torch.dtype,
