@@ -79,6 +79,29 @@ def test_bf16_autocast_close_to_fp32():
     assert torch.allclose(approx, exact, atol=0.3) and not torch.equal(approx, exact)
 
 
+def test_bf16_chunking_matches_the_same_bf16_math_by_hand():
+    # chunks 1 and 7: the weight-gradient term gets its own buffer; 20 and 40: it shares the logits buffer
+    torch.manual_seed(2)
+    n, hdim, vocab = 40, 32, 100
+    h0, w0 = torch.randn(n, hdim), torch.randn(vocab, hdim) * 0.3
+    labels = torch.randint(0, vocab, (n,))
+    upstream = torch.randn(n)
+    logits = (h0.bfloat16() @ w0.bfloat16().t()).float()
+    want = torch.log_softmax(logits, -1).gather(-1, labels[:, None]).squeeze(-1)
+    g = torch.nn.functional.one_hot(labels, vocab).float() - torch.softmax(logits, -1)
+    g = (g * upstream[:, None]).bfloat16()
+    want_gh = (g @ w0.bfloat16()).float()
+    want_gw = (g.t() @ h0.bfloat16()).float()
+    for chunk in (1, 7, 20, 40):
+        h, w = h0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = linear_log_softmax(h, w, labels, chunk_size=chunk)
+        (got * upstream).sum().backward()
+        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.allclose(h.grad, want_gh, atol=2e-2, rtol=1e-2)
+        assert torch.allclose(w.grad, want_gw, atol=5e-2, rtol=2e-2)
+
+
 def test_bad_shapes_and_labels_are_clear_errors():
     h, w = torch.zeros(3, 4), torch.zeros(6, 4)
     with pytest.raises(ValueError, match="labels"):

@@ -142,3 +142,24 @@ def test_prompt_grouped_batches_keep_a_prompts_examples_together_and_cover_the_e
     seen = [[i for _ in range(s.batches_per_epoch) for i in s.next_batch()] for s in ranks]
     assert ranks[0].batches_per_epoch == ranks[1].batches_per_epoch == 2
     assert sorted(seen[0] + seen[1]) == list(range(12))
+
+
+def test_checkpoint_state_copies_only_parameters_that_share_storage(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from alignloop.train.checkpoint import trainable_state
+
+    model = torch.nn.Module()
+    model.own = torch.nn.Parameter(torch.arange(6.0).view(2, 3))
+    flat = torch.arange(10.0, 20.0)  # two parameters viewing one buffer, as flat-parameter wrappers do
+    model.a = torch.nn.Parameter(flat[:4].view(2, 2))
+    model.b = torch.nn.Parameter(flat[4:])
+    model.frozen = torch.nn.Parameter(torch.zeros(2), requires_grad=False)
+    state = trainable_state(model)
+    assert set(state) == {"own", "a", "b"}
+    assert state["own"].data_ptr() == model.own.data_ptr()  # no copy of a parameter that is its whole storage
+    assert state["a"].data_ptr() != model.a.data_ptr() and state["b"].data_ptr() != model.b.data_ptr()
+    save_file(state, str(tmp_path / "m.safetensors"))  # raises on shared storage
+    loaded = load_file(str(tmp_path / "m.safetensors"))
+    for name in state:
+        assert torch.equal(loaded[name], getattr(model, name).detach())

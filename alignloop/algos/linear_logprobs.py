@@ -15,6 +15,8 @@ softmax in fp32; results are fp32 (fp64 for fp64 input).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -43,8 +45,9 @@ class _LinearLogSoftmax(torch.autograd.Function):
         lse = torch.empty_like(out)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(mm)
+            chunk_logits = _ChunkLogits(min(chunk_size, n), w, bias, mm, out_dtype, inv_temperature)
             for s in range(0, n, chunk_size):
-                logits = _chunk_logits(hidden[s : s + chunk_size], w, bias, mm, out_dtype, inv_temperature)
+                logits = chunk_logits(hidden[s : s + chunk_size])
                 picked = logits.gather(-1, labels[s : s + chunk_size, None]).squeeze(-1)
                 chunk_lse = _logsumexp_(logits)
                 out[s : s + chunk_size] = picked - chunk_lse
@@ -65,22 +68,26 @@ class _LinearLogSoftmax(torch.autograd.Function):
         grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b and bias is not None else None
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(mm)
+            chunk_logits = _ChunkLogits(min(ctx.chunk_size, hidden.shape[0]), w, bias, mm, lse.dtype, inv_t)
+            # one chunk's [V, H] weight-gradient term, when it must be cast before adding into the fp32 sum
+            w_part = chunk_logits.scratch(weight.shape, mm) if need_w and mm != acc else None
             for s in range(0, hidden.shape[0], ctx.chunk_size):
                 h = hidden[s : s + ctx.chunk_size]
                 g_out = grad_out[s : s + ctx.chunk_size, None].to(lse.dtype) * inv_t
                 # in place: the chunk's [c, V] logits are the largest tensors here, so no temporaries of that size
-                g = _chunk_logits(h, w, bias, mm, lse.dtype, inv_t)
+                g = chunk_logits(h)
                 g.sub_(lse[s : s + ctx.chunk_size, None]).exp_().mul_(-g_out)
                 g.scatter_add_(-1, labels[s : s + ctx.chunk_size, None], g_out)
                 if grad_b is not None:
                     grad_b += g.sum(0).to(acc)
-                g_mm = g.to(mm)
-                del g
+                g_mm = chunk_logits.as_matmul_dtype(g)
                 if grad_h is not None:
                     grad_h[s : s + ctx.chunk_size] = (g_mm @ w).to(hidden.dtype)
                 if grad_w is not None:
-                    grad_w.add_(g_mm.t() @ h.to(mm))
-                del g_mm
+                    if w_part is None:
+                        grad_w.addmm_(g_mm.t(), h.to(mm))
+                    else:
+                        grad_w.add_(torch.matmul(g_mm.t(), h.to(mm), out=w_part))
         return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
                 None if grad_b is None else grad_b.to(bias.dtype), None, None, None)
 
@@ -92,12 +99,45 @@ def _logsumexp_(x: Tensor) -> Tensor:
     return x.sub_(m).exp_().sum(dim=-1).log_().add_(m.squeeze(-1))
 
 
-def _chunk_logits(h: Tensor, w: Tensor, bias: Tensor | None, mm: torch.dtype, dtype: torch.dtype,
-                  inv_temperature: float) -> Tensor:
-    logits = (h.to(mm) @ w.t()).to(dtype)
-    if bias is not None:
-        logits = logits + bias.to(dtype)
-    return logits if inv_temperature == 1.0 else logits * inv_temperature
+class _ChunkLogits:
+    """``(h @ wᵀ + bias) · inv_temperature`` for one chunk of rows, written into buffers allocated once per call.
+
+    A chunk's logits are ~100 MB (512 × 49k × fp32): above glibc's mmap threshold, so a fresh tensor per chunk
+    costs a map, ~25k page faults and an unmap each time. The result is a view of the buffer, valid until the
+    next call.
+    """
+
+    def __init__(self, rows: int, w: Tensor, bias: Tensor | None, mm: torch.dtype, dtype: torch.dtype,
+                 inv_temperature: float):
+        self.w, self.mm, self.inv_temperature = w, mm, inv_temperature
+        self.bias = None if bias is None else bias.to(dtype)
+        self.buf = torch.empty(rows, w.shape[0], dtype=dtype, device=w.device)
+        self.mm_buf = None if mm == dtype else torch.empty(rows, w.shape[0], dtype=mm, device=w.device)
+
+    def __call__(self, h: Tensor) -> Tensor:
+        k = h.shape[0]
+        out = self.buf[:k]
+        if self.mm_buf is None:
+            torch.matmul(h.to(self.mm), self.w.t(), out=out)
+        else:
+            out.copy_(torch.matmul(h.to(self.mm), self.w.t(), out=self.mm_buf[:k]))
+        if self.bias is not None:
+            out.add_(self.bias)
+        if self.inv_temperature != 1.0:
+            out.mul_(self.inv_temperature)
+        return out
+
+    def scratch(self, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+        """A tensor that shares the logits buffer's memory when it fits (else a new one): for results used up
+        between the last read of one chunk's logits and the next call, which overwrites them."""
+        n, size = math.prod(shape), self.buf.element_size()
+        if size % dtype.itemsize == 0 and self.buf.numel() * size >= n * dtype.itemsize:
+            return self.buf.view(-1).view(dtype)[:n].view(shape)
+        return torch.empty(shape, dtype=dtype, device=self.buf.device)
+
+    def as_matmul_dtype(self, x: Tensor) -> Tensor:
+        """``x`` (a result of ``__call__``) in the matmul dtype, through the second buffer when it differs."""
+        return x if self.mm_buf is None else self.mm_buf[: x.shape[0]].copy_(x)
 
 
 def linear_log_softmax(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None = None,

@@ -32,7 +32,16 @@ log = logging.getLogger("alignloop")
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     # named_parameters() yields tied weights once, so safetensors never sees shared storage
-    return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: _own_storage(p.detach().to("cpu")) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when it is all of its storage, else a copy: safetensors refuses tensors that share storage,
+    and copying every parameter would briefly double a full fine-tune's weights in memory."""
+    t = t.contiguous()
+    if t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size():
+        return t
+    return t.clone()
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
