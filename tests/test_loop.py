@@ -144,7 +144,7 @@ def test_prompt_grouped_batches_keep_a_prompts_examples_together_and_cover_the_e
     assert sorted(seen[0] + seen[1]) == list(range(12))
 
 
-def test_checkpoint_state_copies_only_parameters_that_share_storage(tmp_path):
+def test_checkpoint_state_copies_only_parameters_that_share_storage_unless_a_snapshot(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from alignloop.train.checkpoint import trainable_state
@@ -155,8 +155,10 @@ def test_checkpoint_state_copies_only_parameters_that_share_storage(tmp_path):
     model.a = torch.nn.Parameter(flat[:4].view(2, 2))
     model.b = torch.nn.Parameter(flat[4:])
     model.frozen = torch.nn.Parameter(torch.zeros(2), requires_grad=False)
-    state = trainable_state(model)
-    assert set(state) == {"own", "a", "b"}
+    snapshot = trainable_state(model)
+    assert all(snapshot[n].data_ptr() != getattr(model, n).data_ptr() for n in snapshot)
+    state = trainable_state(model, snapshot=False)
+    assert set(state) == set(snapshot) == {"own", "a", "b"}
     assert state["own"].data_ptr() == model.own.data_ptr()  # no copy of a parameter that is its whole storage
     assert state["a"].data_ptr() != model.a.data_ptr() and state["b"].data_ptr() != model.b.data_ptr()
     save_file(state, str(tmp_path / "m.safetensors"))  # raises on shared storage

@@ -30,15 +30,18 @@ except ImportError:  # torch without DTensor: nothing can be sharded that way
 log = logging.getLogger("alignloop")
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def trainable_state(model: nn.Module, snapshot: bool = True) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name, on CPU. ``snapshot=False`` for a caller that writes them out at once:
+    it skips copying parameters that own their storage, which would briefly double a full fine-tune's weights
+    (such tensors can change or be freed later, e.g. FSDP frees its gathered full weights on leaving
+    ``_full_weights``)."""
     # named_parameters() yields tied weights once, so safetensors never sees shared storage
-    return {n: _own_storage(p.detach().to("cpu")) for n, p in model.named_parameters() if p.requires_grad}
+    take = (lambda t: t.clone()) if snapshot else _own_storage
+    return {n: take(p.detach().to("cpu").contiguous()) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _own_storage(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when it is all of its storage, else a copy: safetensors refuses tensors that share storage,
-    and copying every parameter would briefly double a full fine-tune's weights in memory."""
-    t = t.contiguous()
+    """``t`` itself when it is all of its storage, else a copy (safetensors refuses tensors that share storage)."""
     if t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size():
         return t
     return t.clone()
@@ -103,7 +106,7 @@ def save_checkpoint(
     name = f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
     for key, model in models.items():
-        save_file(trainable_state(model), str(tmp / f"{key}.safetensors"))
+        save_file(trainable_state(model, snapshot=False), str(tmp / f"{key}.safetensors"))
     torch.save(
         {
             "optimizer": optimizer.state_dict() if save_optimizer else None,
