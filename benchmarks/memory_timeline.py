@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -100,8 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
         return original_end(self, n, metrics)
 
     torch.Tensor.backward, SFTStage.step, SFTStage.on_step_end = backward, step, on_step_end
-    result = bench.run_alignloop("smollm2-135m-instruct", bench.DEFAULT_DATA, args.steps, 1, 8, 256, 2e-5,
-                                 args.threads, True, tempfile.mkdtemp(prefix="memtl-"))
+    out_dir = tempfile.mkdtemp(prefix="memory-timeline-")
+    try:
+        result = bench.run_alignloop("smollm2-135m-instruct", bench.DEFAULT_DATA, args.steps, 1, 8, 256, 2e-5,
+                                     args.threads, True, out_dir)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)  # the run's final checkpoint is large
     for row in timeline.summary():
         if row["phase"] in ("setup", "between steps"):
             label = "setup" if row["phase"] == "setup" else f"after step {row['step']}"
