@@ -165,3 +165,20 @@ def test_checkpoint_state_copies_only_parameters_that_share_storage_unless_a_sna
     loaded = load_file(str(tmp_path / "m.safetensors"))
     for name in state:
         assert torch.equal(loaded[name], getattr(model, name).detach())
+
+
+def test_failed_checkpoint_write_is_one_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import alignloop.train.checkpoint as ckpt
+
+    out = tmp_path / "run"
+    train(ToyStage(cfg(max_steps=2, save_every=1)), out)
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000002"
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 640801088 vs 640800976")
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    with pytest.raises(AlignloopError, match=r"could not write checkpoint .*step-0000003 .*GB free.*unexpected pos"):
+        train(ToyStage(cfg(max_steps=3, save_every=1)), out)
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000002"
+    assert not list((out / "checkpoints").glob(".step-*"))  # the partial write is gone

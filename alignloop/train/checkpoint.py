@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from alignloop.errors import AlignloopError
 from alignloop.utils.io import atomic_write_text
 
 try:
@@ -105,18 +106,26 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
-    for key, model in models.items():
-        save_file(trainable_state(model, snapshot=False), str(tmp / f"{key}.safetensors"))
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict() if save_optimizer else None,
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_states or [rng_state()],
-            "stage": stage_state,
-        },
-        tmp / "trainer.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+    try:
+        for key, model in models.items():
+            save_file(trainable_state(model, snapshot=False), str(tmp / f"{key}.safetensors"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict() if save_optimizer else None,
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_states or [rng_state()],
+                "stage": stage_state,
+            },
+            tmp / "trainer.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+    except (OSError, RuntimeError) as e:  # a full disk surfaces from torch.save as RuntimeError "unexpected pos"
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free / 2**30
+        raise AlignloopError(
+            f"could not write checkpoint {root / name} ({free:.1f} GB free on that disk): {str(e).strip()[:300]}; "
+            "earlier checkpoints are untouched"
+        ) from e
     final = root / name
     if final.exists():
         shutil.rmtree(final)
