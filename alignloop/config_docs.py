@@ -54,7 +54,7 @@ def config_reference(stages: dict[str, type[BaseModel]]) -> str:
 
 
 def main() -> None:
-    from alignloop.train.registry import STAGES, stage_classes
+    from alignloop.stages.registry import STAGES, stage_classes
 
     print(config_reference({name: stage_classes(name)[0] for name in STAGES}), end="")
 

@@ -83,7 +83,7 @@ class Clock:
 
 def alignloop_worker(args: argparse.Namespace) -> dict:
     from alignloop.config import load_config
-    from alignloop.train.dpo import DPOConfig, DPOStage
+    from alignloop.stages.dpo.stage import DPOConfig, DPOStage
     from alignloop.train.loop import train
 
     clock = Clock()
@@ -174,7 +174,7 @@ def trl_worker(args: argparse.Namespace) -> dict:
 def build_subset(args: argparse.Namespace, path: Path) -> int:
     """The first steps × batch pairs that fit max_length untruncated on both sides (same tokens for TRL)."""
     from alignloop.models import load_tokenizer
-    from alignloop.train.dpo_data import load_pairs, tokenize_pairs
+    from alignloop.stages.dpo.data import load_pairs, tokenize_pairs
 
     tokenizer = load_tokenizer(args.model)
     want = args.steps * args.batch

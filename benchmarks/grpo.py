@@ -32,7 +32,7 @@ def alignloop_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
     import torch
 
     from alignloop.config import load_config
-    from alignloop.train.grpo import GRPOConfig, GRPOStage
+    from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
     from alignloop.train.loop import train
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import argparse
 import json
 
 from alignloop.config import load_config
-from alignloop.feedback.label import LabelConfig, LabelStage
+from alignloop.stages.label import LabelConfig, LabelStage
 
 CRITERIA = "Which response is more positive, warm and cheerful in tone?"
 

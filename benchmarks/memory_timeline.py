@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     import sft as bench
-    from alignloop.train.sft import SFTStage
+    from alignloop.stages.sft import SFTStage
 
     original_backward = torch.Tensor.backward
     original_step, original_end = SFTStage.step, SFTStage.on_step_end

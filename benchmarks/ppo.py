@@ -42,7 +42,7 @@ def alignloop_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
     from alignloop.config import load_config
     from alignloop.models import ScalarHeadModel, load_tokenizer
     from alignloop.train.loop import train
-    from alignloop.train.ppo import PPOConfig, PPOStage
+    from alignloop.stages.rl.ppo import PPOConfig, PPOStage
 
     torch.manual_seed(0)
     rm_dir = Path(workdir) / "rm"

@@ -31,7 +31,7 @@ from alignloop.data import load_records
 from alignloop.rewards.arith_checker import solution_is_correct
 from alignloop.rewards.process import ProcessRewardSource, aggregate_steps
 from alignloop.train.loop import train
-from alignloop.train.prm import PRMConfig, PRMStage
+from alignloop.stages.prm import PRMConfig, PRMStage
 
 ROOT = Path(__file__).resolve().parent.parent
 _ACTION = re.compile(r"(add|subtract|multiply by) (\d+)")

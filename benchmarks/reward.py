@@ -59,7 +59,7 @@ def run_alignloop(data: str, model: str, batch: int, steps: int, max_length: int
     from alignloop.config import load_config
     from alignloop.train.batches import EpochBatchSource
     from alignloop.train.loop import train
-    from alignloop.train.rm import RMConfig, RMStage
+    from alignloop.stages.rm.stage import RMConfig, RMStage
 
     clock = StepClock()
 

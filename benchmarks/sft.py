@@ -67,7 +67,7 @@ def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, ma
     from alignloop.config import load_config
     from alignloop.data.packing import example_fields
     from alignloop.train.loop import train
-    from alignloop.train.sft import SFTConfig, SFTStage
+    from alignloop.stages.sft import SFTConfig, SFTStage
 
     torch.set_num_threads(threads)
     clock = StepClock()

@@ -12,9 +12,9 @@ import torch
 from alignloop.config import SFTConfig, load_config
 from alignloop.data import load_records
 from alignloop.errors import ConfigError
-from alignloop.train.bon import BoNConfig, BoNStage, expected_best_of_n, prompt_text
+from alignloop.stages.bon import BoNConfig, BoNStage, expected_best_of_n, prompt_text
 from alignloop.train.loop import train
-from alignloop.train.sft import SFTStage
+from alignloop.stages.sft import SFTStage
 
 
 def char_count(prompts: list[str], completions: list[str], **fields) -> list[float]:

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from alignloop.config_docs import config_reference
-from alignloop.train.registry import STAGES, stage_classes
+from alignloop.stages.registry import STAGES, stage_classes
 
 
 def test_configuration_reference_is_current():

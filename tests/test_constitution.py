@@ -10,7 +10,7 @@ import pytest
 from alignloop.config import load_config
 from alignloop.data import load_records
 from alignloop.errors import ConfigError
-from alignloop.feedback.constitution import (
+from alignloop.stages.constitution import (
     ConstitutionConfig,
     ConstitutionStage,
     Principle,

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from alignloop.config import StageConfig, TrainConfig
 from alignloop.distributed import launch_command, run_launched
 from alignloop.train.loop import train
-from alignloop.train.registry import run_stage
+from alignloop.stages.registry import run_stage
 from tests.toy_stage import ToyStage
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import torch
 from alignloop.distributed import launch_command, run_launched
 from alignloop.models import build_tiny_llama
 from alignloop.train.checkpoint import trainable_state
-from alignloop.train.sft import token_nll_sum
+from alignloop.stages.sft import token_nll_sum
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from alignloop.models import build_tiny_llama
 from alignloop.train.checkpoint import load_trainable_state, trainable_state
 from alignloop.train.engine import _full_weights
-from alignloop.train.sft import token_nll_sum
+from alignloop.stages.sft import token_nll_sum
 from tests.test_distributed_fsdp import batch_ids, LR
 
 out = Path(sys.argv[1])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from alignloop.config import load_config
-from alignloop.train.registry import STAGES, stage_classes
+from alignloop.stages.registry import STAGES, stage_classes
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -35,7 +35,7 @@ def _validate(kind: str, path: Path) -> None:
 
         load_pipeline(str(path))
     elif kind == "constitution-file":
-        from alignloop.feedback.constitution import load_constitution
+        from alignloop.stages.constitution import load_constitution
 
         assert load_constitution(str(path))
     else:

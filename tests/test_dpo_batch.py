@@ -10,14 +10,14 @@ import torch
 from alignloop.errors import DataError
 from alignloop.models import build_tiny_llama
 from alignloop.train.batches import EpochBatchSource
-from alignloop.train.dpo_batch import (
+from alignloop.stages.dpo.batch import (
     LengthGroupedBatchSource,
     PairExample,
     branch_attention_mask,
     collate_pairs,
     pair_logps,
 )
-from alignloop.train.dpo_data import detect_format, load_pairs
+from alignloop.stages.dpo.data import detect_format, load_pairs
 
 PAD = 2
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from alignloop.eval.eval_summary import best_of_n_kl, best_of_n_pick, overoptimisation_curve, summarize_policy
-from alignloop.eval.evaluate import EvalConfig, _pool_groups, evaluate
+from alignloop.stages.evaluate.stage import EvalConfig, _pool_groups, evaluate
 from alignloop.pipeline.runner import config_from_dict
 
 
@@ -105,7 +105,7 @@ def _lora_stage_dir(tmp_path, tokenizer):
 
 
 def test_checkpoint_policy_restores_checkpoint_weights(tmp_path):
-    from alignloop.eval.eval_sampling import checkpoint_steps, load_checkpoint_policy, load_policy
+    from alignloop.stages.evaluate.sampling import checkpoint_steps, load_checkpoint_policy, load_policy
     from alignloop.models import load_tokenizer
 
     tok = load_tokenizer("tiny-llama")
@@ -184,7 +184,7 @@ class _AutocastProbe:
 
 @pytest.mark.parametrize("bf16", [True, False])
 def test_proxy_scores_in_bf16_only_when_asked_and_kl_logprobs_stay_fp32(bf16):
-    from alignloop.eval.eval_sampling import sample_and_score
+    from alignloop.stages.evaluate.sampling import sample_and_score
     from alignloop.eval.gold import get_gold_scorer
     from alignloop.models import load_causal_lm, load_tokenizer
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from alignloop.config import load_config
 from alignloop.errors import ConfigError
-from alignloop.train.grpo import GRPOConfig, GRPOStage
+from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
 from alignloop.train.loop import train
 from tests.test_rl_tiny import make_word_model, write_prompts
 

@@ -13,7 +13,7 @@ from alignloop.config import load_config
 from alignloop.data import load_records
 from alignloop.models import build_tiny_llama, load_tokenizer
 from alignloop.rewards.judge import LLMJudge, choice_log_probs
-from alignloop.feedback.label import LabelConfig, LabelStage, agreement, rating_win_probability
+from alignloop.stages.label import LabelConfig, LabelStage, agreement, rating_win_probability
 
 
 def sigmoid(x: float) -> float:

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from alignloop.config import load_config
-from alignloop.feedback.label import LabelConfig, LabelStage
-from alignloop.train.registry import run_stage
+from alignloop.stages.label import LabelConfig, LabelStage
+from alignloop.stages.registry import run_stage
 
 
 @pytest.mark.slow

@@ -91,7 +91,7 @@ def test_stage_status(tmp_path):
 
 def test_example_files_validate():
     from alignloop.config import load_config
-    from alignloop.eval.evaluate import EvalConfig
+    from alignloop.stages.evaluate.stage import EvalConfig
 
     pipe = load_pipeline("examples/pipeline.yaml")
     kinds = [entry.stage for entry, _ in resolved_configs(pipe)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from alignloop.data import load_records
-from alignloop.pipeline.collect import CollectConfig, CollectStage, make_pairs
+from alignloop.stages.collect import CollectConfig, CollectStage, make_pairs
 from alignloop.pipeline.runner import config_from_dict
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from alignloop.config import load_config
 from alignloop.errors import ConfigError
 from alignloop.train.loop import train
-from alignloop.train.ppo import PPOConfig, PPOStage
+from alignloop.stages.rl.ppo import PPOConfig, PPOStage
 from tests.test_rl_tiny import make_word_model, write_prompts
 
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from alignloop.config import load_config
 from alignloop.models import ScalarHeadModel, load_causal_lm
 from alignloop.models.precision import cast_frozen_linears, native_bf16
-from alignloop.train.grpo import GRPOConfig, GRPOStage
+from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
 from alignloop.train.loop import train
 from tests.test_rl_tiny import make_word_model, write_prompts
 
@@ -59,7 +59,7 @@ def test_only_frozen_inner_linears_are_cast():
 
 def test_run_autocast_keeps_no_weight_cast_cache(tmp_path):
     from alignloop.train.loop import Run
-    from alignloop.train.sft import SFTConfig
+    from alignloop.stages.sft import SFTConfig
 
     for precision, active in (("bf16", True), ("fp32", False)):
         run = Run(load_config(SFTConfig, None, [f"train.precision={precision}", "train.device=cpu"]), tmp_path)
@@ -106,7 +106,7 @@ def test_ppo_critic_sharing_and_frozen_bf16_change_nothing_but_memory(tmp_path):
     """A LoRA policy, a LoRA critic on the same base and a reward-model dir: sharing the critic's frozen base with
     the policy and storing frozen weights in bf16 give bit-identical trained adapters and value head."""
     from alignloop.models import load_tokenizer
-    from alignloop.train.ppo import PPOConfig, PPOStage
+    from alignloop.stages.rl.ppo import PPOConfig, PPOStage
 
     model = str(make_word_model(tmp_path / "model"))
     prompts = write_prompts(tmp_path / "prompts.jsonl")

@@ -19,7 +19,7 @@ from alignloop.rewards.process import (
     tokenize_solution,
 )
 from alignloop.train.loop import train
-from alignloop.train.prm import PRMConfig, PRMStage, step_targets
+from alignloop.stages.prm import PRMConfig, PRMStage, step_targets
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from alignloop.algos import aggregate_loss, value_loss, whiten_advantages
-from alignloop.train.rl_experience import Experience, minibatch_schedule
-from alignloop.train.rl_monitors import pearson, rollout_monitors
-from alignloop.train.rl_rewards import RunningMoments, apply_truncation, normalise_scores, prompt_text, token_rewards
-from alignloop.train.rl_stage import loss_sum_factor
+from alignloop.stages.rl.experience import Experience, minibatch_schedule
+from alignloop.stages.rl.monitors import pearson, rollout_monitors
+from alignloop.stages.rl.rewards import RunningMoments, apply_truncation, normalise_scores, prompt_text, token_rewards
+from alignloop.stages.rl.stage import loss_sum_factor
 
 
 def test_token_rewards_hand_example_variable_lengths():

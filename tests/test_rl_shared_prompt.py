@@ -1,4 +1,4 @@
-"""Shared-prompt RL forwards (train/rl_shared_prompt.py): layout by hand, equal log-probs and gradients, whole groups."""
+"""Shared-prompt RL forwards (stages/rl/shared_prompt.py): layout by hand, equal log-probs and gradients, whole groups."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 from alignloop.config import load_config
 from alignloop.models import load_causal_lm
 from alignloop.rollout import forward_logprobs
-from alignloop.train.grpo import GRPOConfig, GRPOStage
+from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
 from alignloop.train.loop import train
-from alignloop.train.rl_experience import minibatch_schedule
-from alignloop.train.rl_shared_prompt import shared_prompt_batch, shared_prompt_logprobs
+from alignloop.stages.rl.experience import minibatch_schedule
+from alignloop.stages.rl.shared_prompt import shared_prompt_batch, shared_prompt_logprobs
 from tests.test_rl_tiny import make_word_model, write_prompts
 
 PAD = 0
@@ -67,7 +67,7 @@ def test_small_groups_share_a_row_and_cannot_see_each_other():
     grid = torch.zeros(5 * 4, dtype=torch.long)
     grid[batch.target] = batch.labels.flatten()[batch.source]
     assert grid.view(5, 4).tolist() == [[23, 24, 25, 26], [7, 0, 0, 0], [4, 0, 0, 0], [27, 0, 0, 0], [8, 0, 0, 0]]
-    from alignloop.train.dpo_batch import branch_attention_mask
+    from alignloop.stages.dpo.batch import branch_attention_mask
 
     allowed = branch_attention_mask(batch.segments, batch.owner)[1, 0]
     assert allowed[3, 2] and allowed[4, 3]  # A's first branch sees A's prefix and itself
@@ -148,7 +148,7 @@ def test_grpo_trains_the_same_with_and_without_shared_prompts(tmp_path):
         ])
         torch.manual_seed(0)
         stage = GRPOStage(cfg)
-        import alignloop.train.rl_stage as rl_stage
+        import alignloop.stages.rl.stage as rl_stage
 
         original = rl_stage.shared_prompt_logprobs
         counted = []

@@ -10,8 +10,8 @@ import torch
 from alignloop.models import TINY_MODEL
 from alignloop.rewards import WeightedSum
 from alignloop.rewards.model import RewardModel
-from alignloop.train.registry import run_stage
-from alignloop.train.rm_synthetic import synthetic_preferences, write_jsonl
+from alignloop.stages.registry import run_stage
+from alignloop.stages.rm.synthetic import synthetic_preferences, write_jsonl
 
 FAST = ["train.precision=fp32", "train.save_every=0", f"model={TINY_MODEL}"]
 PROMPTS = ["How was your visit to the cafe?"] * 3

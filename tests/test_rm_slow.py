@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.train.registry import run_stage
-from alignloop.train.rm_synthetic import bayes_accuracy, synthetic_preferences, write_jsonl
+from alignloop.stages.registry import run_stage
+from alignloop.stages.rm.synthetic import bayes_accuracy, synthetic_preferences, write_jsonl
 
 # The hidden-rule test (~45 s) runs in CI. The two human-data tests read ../shared/data (outside the repository,
 # skipped where it is absent) and take minutes each: they carry the `acceptance` marker, which `make test`

@@ -12,9 +12,9 @@ from alignloop.errors import ConfigError
 from alignloop.eval.report import read_metrics
 from alignloop.models import TINY_MODEL
 from alignloop.train.loop import train
-from alignloop.train.registry import run_stage
-from alignloop.train.rm import RMConfig, RMStage
-from alignloop.train.rm_synthetic import bayes_accuracy, synthetic_preferences, write_jsonl
+from alignloop.stages.registry import run_stage
+from alignloop.stages.rm.stage import RMConfig, RMStage
+from alignloop.stages.rm.synthetic import bayes_accuracy, synthetic_preferences, write_jsonl
 
 FAST = ["train.precision=fp32", "train.save_every=0", f"model={TINY_MODEL}"]
 

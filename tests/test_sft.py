@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from alignloop.config import SFTConfig, load_config
 from alignloop.train.loop import train
-from alignloop.train.sft import SFTStage
+from alignloop.stages.sft import SFTStage
 
 
 def make_cfg(tmp_path, *overrides: str) -> SFTConfig:

@@ -85,7 +85,7 @@ class RemoteReward:
 
 def remote_stage(stage_name: str, config: dict, workers: list, reward: Any = None, reference: Any = None):
     """The registered stage ``stage_name`` with its sampling (and optionally scoring) done by actors."""
-    from alignloop.train.registry import stage_classes
+    from alignloop.stages.registry import stage_classes
 
     cfg_cls, stage_cls = stage_classes(stage_name)
     return remote_stage_class(stage_cls)(cfg_cls.model_validate(config), workers, reward, reference)
@@ -155,7 +155,7 @@ def run_with_ray(stage: str, config: str | Path | None = None, overrides: list[s
                  learner_gpus: float = 0.0, threads_per_actor: int = 1, vllm_options: dict | None = None) -> dict:
     """``run_configured`` for a stage YAML + overrides, with the ``rollout`` section set from the arguments."""
     from alignloop.config import load_config
-    from alignloop.train.registry import resolve_out_dir, stage_classes
+    from alignloop.stages.registry import resolve_out_dir, stage_classes
 
     cfg_cls, _ = stage_classes(stage)
     cfg = load_config(cfg_cls, config, overrides or [])

@@ -46,8 +46,8 @@ def eval_command(config: str | Path | None, overrides: list[str] | None = None, 
     """``alignloop eval CONFIG.yaml``: evaluate one or several policies; prints the table, returns the report."""
     from alignloop.config import load_config
     from alignloop.eval.eval_report import print_report_table
-    from alignloop.eval.evaluate import EvalConfig, evaluate
-    from alignloop.train.registry import resolve_out_dir
+    from alignloop.stages.evaluate.stage import EvalConfig, evaluate
+    from alignloop.stages.registry import resolve_out_dir
 
     cfg = load_config(EvalConfig, config, overrides or [])
     out_dir = resolve_out_dir("eval", cfg, out)

@@ -26,20 +26,20 @@ log = logging.getLogger("alignloop")
 NOT_TRAINING = {"collect", "label", "eval", "bon"}  # stages without training curves
 # The stages this package defines; setdefault keeps any registration the registry already has.
 OWN_STAGES = {
-    "collect": "alignloop.pipeline.collect:CollectConfig:CollectStage",
-    "eval": "alignloop.eval.evaluate:EvalConfig:EvalStage",
+    "collect": "alignloop.stages.collect:CollectConfig:CollectStage",
+    "eval": "alignloop.stages.evaluate.stage:EvalConfig:EvalStage",
 }
 
 
 def _register_own_stages() -> None:
-    from alignloop.train.registry import STAGES
+    from alignloop.stages.registry import STAGES
 
     for name, spec in OWN_STAGES.items():
         STAGES.setdefault(name, spec)
 
 
 def stage_classes_or_explain(kind: str) -> tuple[type, type]:
-    from alignloop.train.registry import stage_classes
+    from alignloop.stages.registry import stage_classes
 
     _register_own_stages()
     try:

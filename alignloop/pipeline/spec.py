@@ -8,7 +8,7 @@ defaults:                       # merged under every stage's config (the stage's
   train: {seed: 0}
 stages:
   - name: sft                   # folder runs/quickstart/sft; referenced as ${sft}
-    stage: sft                  # a registered stage (alignloop.train.registry.STAGES)
+    stage: sft                  # a registered stage (alignloop.stages.registry.STAGES)
     config: {train: {max_steps: 30}}   # inline mapping, or a path to a stage YAML
     estimate_seconds: 120       # shown before the stage starts (measured on a 2-core CPU)
   - {name: prefs, stage: collect, config: {model: "${sft}"}}

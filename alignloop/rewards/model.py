@@ -24,8 +24,8 @@ from alignloop.data import tokenize_prompt_completion
 from alignloop.errors import DataError, ModelError
 from alignloop.models import ScalarHeadModel, load_causal_lm, load_tokenizer, resolve_model
 from alignloop.models.files import HEAD_META, HEAD_WEIGHTS, is_scalar_head_dir, read_json
-from alignloop.train.rm_data import truncate_pair
-from alignloop.train.rm_pack import PackedGroups, ScoreGroup, pack_groups, score_packed
+from alignloop.stages.rm.data import truncate_pair
+from alignloop.models.shared_prompt import PackedGroups, ScoreGroup, pack_groups, score_packed
 
 __all__ = ["ENSEMBLE_FILE", "ObjectiveReward", "RewardModel", "load_reward_model_source", "score_file"]
 
@@ -271,7 +271,7 @@ def score_file(rm_dir: str | Path, data_path: str | Path, out_path: str | Path |
     message. Ensembles add ``*_std`` / ``stds``; multi-objective models add ``*_objectives``. Returns a summary.
     """
     from alignloop.data import load_records
-    from alignloop.train.rm_data import first_record_keys
+    from alignloop.stages.rm.data import first_record_keys
 
     keys = first_record_keys(data_path)
     kind = "ranking" if "completions" in keys else "pair" if "chosen" in keys else "sft"

@@ -1,0 +1,257 @@
+"""Preference pairs as model inputs: chosen and rejected share ONE forward and ONE copy of the prompt.
+
+A pair ``(prompt, chosen, rejected)`` is laid out as a shared prefix and two branches::
+
+    prompt[:-1] | prompt[-1] chosen | prompt[-1] rejected
+    shared (0)  | branch 1          | branch 2
+
+The last prompt token is repeated at the start of each branch because it predicts the first completion token
+of both. A 4D attention mask lets a token see the shared prefix and the earlier tokens of its own branch only,
+and the position ids of branch 2 restart where branch 1's began. Every token therefore gets exactly the hidden
+state it would get in a plain ``prompt + completion`` forward, so the log-probs (and their gradients) equal
+those of the usual two-rows-per-pair layout, but the prompt is computed once instead of twice.
+
+Several pairs share a row when they fit in the width of the micro-batch's longest pair (first-fit decreasing),
+which removes most of the padding without changing what the batch holds; the mask keeps pairs apart. A row
+puts all its pairs' prefixes first and all their branches last, and rows are LEFT padded, so every row ends
+with branch tokens only: ``logits_to_keep`` then skips the LM head for the prompts, usually most tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from alignloop.models.head import token_logprobs
+from alignloop.data.collate import IGNORE_INDEX
+from alignloop.rollout.logprobs import accepts_logits_to_keep
+from alignloop.train.batches import EpochBatchSource
+
+PAD_SEGMENT, SHARED_SEGMENT, CHOSEN_SEGMENT, REJECTED_SEGMENT = -1, 0, 1, 2
+
+
+@dataclass
+class PairExample:
+    """A tokenised pair; ``index`` is its position in the data set (it keys the reference log-probs)."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    index: int
+
+    def __len__(self) -> int:
+        # tokens in the shared-prompt layout (the last prompt token appears twice)
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids) + 1
+
+
+@dataclass
+class PairLogps:
+    """Summed completion log-probs ``[B]`` and completion lengths ``[B]`` of a batch of pairs."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+
+
+Segment = tuple[list[int], list[int], list[int]]  # token ids, segment ids, position ids
+
+
+def _layout(example: PairExample) -> tuple[Segment, Segment]:
+    """The shared prefix and the two branches of one pair, each as (ids, segments, positions)."""
+    prompt, chosen, rejected = example.prompt_ids, example.chosen_ids, example.rejected_ids
+    shared = len(prompt) - 1
+    prefix = (prompt[:-1], [SHARED_SEGMENT] * shared, list(range(shared)))
+    branch_ids = prompt[-1:] + chosen + prompt[-1:] + rejected
+    segments = [CHOSEN_SEGMENT] * (len(chosen) + 1) + [REJECTED_SEGMENT] * (len(rejected) + 1)
+    positions = list(range(shared, shared + len(chosen) + 1)) + list(range(shared, shared + len(rejected) + 1))
+    return prefix, (branch_ids, segments, positions)
+
+
+@dataclass
+class _Row:
+    ids: list[int] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    owners: list[int] = field(default_factory=list)
+
+    def add(self, part: Segment, owner: int) -> None:
+        ids, segments, positions = part
+        self.ids += ids
+        self.segments += segments
+        self.positions += positions
+        self.owners += [owner] * len(ids)
+
+    @property
+    def branch_tokens(self) -> int:
+        return sum(1 for s in self.segments if s > SHARED_SEGMENT)
+
+
+def pack_pairs(lengths: list[int]) -> list[list[int]]:
+    """First-fit decreasing: groups of pair indices whose summed lengths fit the longest pair's length."""
+    capacity = max(lengths)
+    bins: list[tuple[int, list[int]]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, (used, members) in enumerate(bins):
+            if used + lengths[i] <= capacity:
+                bins[b] = (used + lengths[i], members + [i])
+                break
+        else:
+            bins.append((lengths[i], [i]))
+    return [members for _, members in bins]
+
+
+def _packed_row(examples: list[PairExample], members: list[int]) -> _Row:
+    row = _Row()
+    layouts = [_layout(examples[i]) for i in members]
+    for i, (prefix, _) in zip(members, layouts):  # every prefix first ...
+        row.add(prefix, owner=i)
+    for i, (_, branches) in zip(members, layouts):  # ... then every branch, so the row ends with branch tokens
+        row.add(branches, owner=i)
+    return row
+
+
+def collate_pairs(examples: list[PairExample], pad_id: int, mask_dtype: torch.dtype | None = None) -> dict:
+    """Packed, left-padded shared-prompt rows for ``examples``.
+
+    Returns ``input_ids``, ``position_ids``, a 4D ``attention_mask`` ``[R, 1, L, L]`` (bool, True = may attend,
+    for sdpa; or additive with ``mask_dtype`` for eager attention), ``labels`` (the token each position
+    predicts, -100 where none: next-token targets already shifted), ``segments``, ``pair`` (which example of
+    ``examples`` a token belongs to, -1 on padding), the number of final columns holding only branches
+    (``keep``), and ``index`` (the examples' data-set indices, in the order of ``examples``).
+    """
+    rows = [_packed_row(examples, members) for members in pack_pairs([len(e) for e in examples])]
+    width = max(len(r.ids) for r in rows)
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    segments = torch.full(shape, PAD_SEGMENT, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    pair = torch.full(shape, -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        cols = slice(width - len(row.ids), width)
+        input_ids[r, cols], segments[r, cols] = torch.tensor(row.ids), torch.tensor(row.segments)
+        positions[r, cols], pair[r, cols] = torch.tensor(row.positions), torch.tensor(row.owners)
+    # a position predicts the next token of its own branch; prefixes and branch ends predict nothing
+    same_branch = (segments[:, :-1] > SHARED_SEGMENT) & (segments[:, 1:] == segments[:, :-1]) & (pair[:, 1:] == pair[:, :-1])
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[:, :-1] = torch.where(same_branch, input_ids[:, 1:], IGNORE_INDEX)
+    return {
+        "input_ids": input_ids,
+        "position_ids": positions,
+        "attention_mask": branch_attention_mask(segments, pair, mask_dtype),
+        "labels": labels,
+        "segments": segments,
+        "pair": pair,
+        "keep": max(r.branch_tokens for r in rows),
+        "index": torch.tensor([e.index for e in examples], dtype=torch.long),
+    }
+
+
+def branch_attention_mask(segments: torch.Tensor, pair: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[R, 1, L, L]``: causal within a pair, and a branch token sees its prefix and its own branch only.
+
+    Padding sees only itself (a row with nothing to attend to would give NaNs). ``dtype=None`` gives a bool
+    mask (sdpa); a float dtype gives the additive form (0 or the dtype's minimum) that eager attention needs.
+    """
+    length = segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    query, key = segments[:, :, None], segments[:, None, :]
+    same_pair = pair[:, :, None] == pair[:, None, :]
+    allowed = causal & same_pair & (query != PAD_SEGMENT) & ((key == SHARED_SEGMENT) | (key == query))
+    allowed |= torch.eye(length, dtype=torch.bool)
+    if dtype is None:
+        return allowed[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def attention_implementation(model: nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
+
+
+def takes_4d_mask(model: nn.Module) -> bool:
+    """Whether shared-prompt layouts can run on ``model``: flash attention takes no 4D mask."""
+    return not attention_implementation(model).startswith("flash")
+
+
+def mask_dtype_for(model: nn.Module) -> torch.dtype | None:
+    """None (bool mask) for sdpa attention; fp32 additive for eager and the rest."""
+    impl = attention_implementation(model)
+    if not takes_4d_mask(model):
+        from alignloop.errors import ModelError
+
+        raise ModelError(
+            f"attention implementation {impl!r} takes no 4D mask; DPO's shared-prompt batches need 'sdpa' or 'eager'"
+        )
+    return None if impl == "sdpa" else torch.float32
+
+
+def batch_to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def pair_logps(model: nn.Module, batch: dict) -> PairLogps:
+    """One forward of ``model`` over a ``collate_pairs`` batch: summed chosen / rejected log-probs.
+
+    Only the scored branch tokens go through the LM head (``models.head.token_logprobs``).
+    """
+    keep = int(batch["keep"])
+    inner = getattr(model, "module", model)  # look through a DDP wrapper for the model's signature
+    labels = batch["labels"][:, -keep:]
+    segments = batch["segments"][:, -keep:]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    # 0 where the label is -100; the LM head runs on the scored tokens only (models/head.py)
+    token_logps = token_logprobs(model, inputs, labels, logits_to_keep=keep if accepts_logits_to_keep(inner) else None)
+    owner = batch["pair"][:, -keep:]
+    scored = labels != IGNORE_INDEX
+    n_pairs = batch["index"].shape[0]
+
+    def per_pair(segment: int, values: torch.Tensor) -> torch.Tensor:
+        hit = scored & (segments == segment)
+        return torch.zeros(n_pairs, dtype=values.dtype, device=values.device).index_add(0, owner[hit], values[hit])
+
+    ones = torch.ones_like(token_logps)
+    return PairLogps(
+        chosen=per_pair(CHOSEN_SEGMENT, token_logps),
+        rejected=per_pair(REJECTED_SEGMENT, token_logps),
+        chosen_tokens=per_pair(CHOSEN_SEGMENT, ones).long(),
+        rejected_tokens=per_pair(REJECTED_SEGMENT, ones).long(),
+    )
+
+
+def real_tokens(batch: dict) -> int:
+    return int((batch["segments"] != PAD_SEGMENT).sum())
+
+
+def pair_count(batch: dict) -> int:
+    return int(batch["index"].shape[0])
+
+
+class LengthGroupedBatchSource(EpochBatchSource):
+    """``EpochBatchSource`` whose micro-batches hold examples of similar length, so rows carry less padding.
+
+    Each epoch's seeded order (this rank's share) is cut into mega-batches of ``group`` micro-batches; a
+    mega-batch is sorted by length and cut into micro-batches, and the micro-batches are then shuffled with
+    the same ``(seed, epoch)`` seed, so long and short batches still alternate at random. The order depends
+    only on ``(seed, epoch)``: resuming needs no extra state.
+    """
+
+    def __init__(self, dataset, micro_batch_size: int, collate, lengths: list[int], group: int = 50, **kwargs):
+        super().__init__(dataset, micro_batch_size, collate, **kwargs)
+        self.lengths = lengths
+        self.group = group
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = super()._epoch_order(epoch)
+        mb = self.micro_batch_size
+        mega = mb * self.group
+        batches: list[list[int]] = []
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start : start + mega], key=lambda i: self.lengths[i], reverse=True)
+            batches.extend(chunk[k : k + mb] for k in range(0, len(chunk), mb))
+        # a short last micro-batch stays last, so every later batch still starts at a multiple of mb
+        tail = [batches.pop()] if batches and len(batches[-1]) < mb else []
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7)
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return [i for batch in shuffled + tail for i in batch]

@@ -1,0 +1,112 @@
+"""Options shared by the RL stages (PPO, GRPO/RLOO): rollout shape, sampling, clipping, KL, rewards, monitors.
+
+How optimizer steps relate to rollouts (the same in PPO and GRPO):
+
+* one **rollout** = ``prompts_per_rollout × num_generations`` sampled responses, scored once;
+* it is cut into mini-batches of ``train.batch_size`` responses (``micro_batch_size`` per forward) and
+  replayed for ``epochs`` passes, so a rollout gives ``epochs × rows / batch_size`` optimizer steps;
+* the run ends after ``rollouts`` rollouts. ``train.max_steps: -1`` (the RL default) means "derived":
+  ``rollouts × steps_per_rollout``; a positive ``train.max_steps`` caps optimizer steps as well,
+  whichever limit comes first. An approx-KL early stop skips the rest of a rollout's steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from alignloop.algos import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from alignloop.config import Section, StageConfig
+
+__all__ = ["RLOptions", "RolloutSettings", "check_rollout_shape", "steps_per_rollout"]
+
+
+class RLOptions(Section):
+    reward: Any = Field(
+        None,
+        description="Reward source: a reward-model run dir, 'module:function', 'rule:<name>', or a list of "
+        "{source, weight, args} (weighted sum; each part is logged).",
+    )
+    rollouts: int = Field(20, gt=0, description="Rollout batches to generate; the run ends after the last one.")
+    prompts_per_rollout: int = Field(8, gt=0, description="Prompts sampled per rollout (all processes together).")
+    num_generations: int = Field(1, gt=0, description="Responses sampled per prompt (G).")
+    max_new_tokens: int = Field(48, gt=0, description="Response length limit; a response reaching it is 'truncated'.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature; training log-probs use the same T.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (log-probs stay over the full vocabulary).")
+    top_k: int = Field(0, ge=0, description="Top-k sampling (0: off).")
+    stop: list[str] | None = Field(None, description="Stop strings that end a response besides EOS.")
+    generation_batch_size: int = Field(32, gt=0, description="Sequences decoded together.")
+    epochs: int = Field(1, gt=0, description="Passes over each rollout (PPO epochs, μ in GRPO).")
+    clip_eps: float = Field(0.2, gt=0, description="ε of the clipped surrogate (Schulman et al. 2017).")
+    clip_eps_high: float | None = Field(None, gt=0, description="Upper clip ε (DAPO clip-higher); null = clip_eps.")
+    policy_loss: str = Field("ppo_clip", description="Registered policy loss (algos.POLICY_LOSSES).")
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = Field(
+        "token_mean",
+        description="token_mean: every token weighs the same; seq_mean_token_mean: every response weighs the same; "
+        "seq_mean_token_sum: per-response token sum / max_new_tokens (Dr. GRPO). See docs/grpo.md for length bias.",
+    )
+    kl_coef: float = Field(0.05, ge=0, description="β of the KL penalty to the reference.")
+    kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field("k1", description="Per-token KL estimator (Schulman 2020).")
+    target_kl: float | None = Field(
+        None, gt=0, description="Early stop: skip the rest of a rollout's updates once policy/approxkl_avg exceeds this."
+    )
+    truncation: Literal["keep", "penalty", "score", "exclude"] = Field(
+        "keep",
+        description="Responses with no EOS (hit max_new_tokens): keep as scored; penalty: subtract truncation_value; "
+        "score: replace the score by truncation_value; exclude: leave them out of the losses.",
+    )
+    truncation_value: float = Field(1.0, description="Penalty or replacement score for truncated responses.")
+    reward_norm: Literal["none", "batch", "running"] = Field(
+        "none", description="Normalise scores to mean 0 / std 1 per rollout (batch) or with running statistics."
+    )
+    reward_clip: float | None = Field(None, gt=0, description="Clip (normalised) scores to ±reward_clip.")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient (adds -coef·H to the loss).")
+    reuse_sampler_logprobs: bool = Field(
+        True, description="Use the sampler's log-probs as the old log-probs (saves one policy forward per rollout)."
+    )
+    gold: str | None = Field(None, description="Gold scorer logged next to the proxy reward ('vader' or module:function).")
+    samples_every: int = Field(1, ge=0, description="Write a few samples to samples.jsonl every N rollouts (0: never).")
+    samples_count: int = Field(4, gt=0, description="Samples written each time.")
+    eval_prompts: int = Field(64, ge=0, description="Eval prompts decoded greedily by evaluate() (0: no evaluation).")
+    eval_before: bool = Field(True, description="Also evaluate before the first update (reported in summary.json).")
+
+
+class RolloutSettings(Section):
+    """Where rollouts are sampled. ``workers: 0`` samples in the learner process (every launcher, torchrun and
+    accelerate included); ``workers ≥ 1`` runs the stage on Ray (``alignloop.distributed.ray_stage``)."""
+
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers generate loop (CPU or GPU); vllm: vLLM engines (CUDA, needs rollout.workers ≥ 1)."
+    )
+    workers: int = Field(0, ge=0, description="Ray rollout workers (0: sample in the learner process, no Ray).")
+    worker_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker (fractions colocate roles on one GPU).")
+    learner_gpus: float = Field(0.0, ge=0, description="GPUs for the learner actor.")
+    remote_reward: bool = Field(False, description="Score on a separate reward actor.")
+    remote_reference: bool = Field(False, description="Reference log-probs on a separate reference actor.")
+    address: str | None = Field(None, description="An existing Ray cluster (null: start a local one).")
+    vllm: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM engine options (gpu_memory_utilization, max_model_len, ...)."
+    )
+
+
+def steps_per_rollout(opts: RLOptions, batch_size: int) -> int:
+    rows = opts.prompts_per_rollout * opts.num_generations
+    return opts.epochs * (rows // batch_size)
+
+
+def check_rollout_shape(cfg: StageConfig, opts: RLOptions, section: str) -> None:
+    """Raise ValueError (shown as a config error) when a rollout cannot be cut into whole mini-batches."""
+    rows = opts.prompts_per_rollout * opts.num_generations
+    if rows % cfg.train.batch_size:
+        raise ValueError(
+            f"{section}.prompts_per_rollout × {section}.num_generations ({opts.prompts_per_rollout} × "
+            f"{opts.num_generations} = {rows}) must be a multiple of train.batch_size ({cfg.train.batch_size})"
+        )
+    if opts.policy_loss not in POLICY_LOSSES:
+        raise ValueError(f"{section}.policy_loss: unknown {opts.policy_loss!r}; known: {', '.join(sorted(POLICY_LOSSES))}")
+    rollout = getattr(cfg, "rollout", None)
+    if rollout is not None and rollout.backend == "vllm" and rollout.workers < 1:
+        raise ValueError("rollout.backend: 'vllm' runs in Ray rollout workers; set rollout.workers ≥ 1")
+    if opts.loss_agg not in AGGREGATIONS or opts.kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"{section}: unknown loss_agg or kl_estimator")

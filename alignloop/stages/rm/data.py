@@ -1,0 +1,192 @@
+"""Reward-model data: pair and ranking files -> tokenised preference examples -> packed micro-batches.
+
+Every record becomes one ``PreferenceExample``: a prompt, its completions, and a ranking of them as tie
+groups, best first. A pair is the ranking ``[[0], [1]]`` (chosen, rejected) plus its optional ``margin`` and
+``criteria``. Records that cannot train anything after tokenisation (all completions tied, completions
+identical once truncated, a prompt that fills ``max_length``) are dropped, counted per reason and logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alignloop.algos.reward_losses import normalize_ranking
+from alignloop.data import load_records, resolve_data_path, tokenize_prompt_completion
+from alignloop.errors import DataError
+from alignloop.models.shared_prompt import PackedGroups, ScoreGroup, pack_groups
+
+log = logging.getLogger("alignloop")
+
+
+@dataclass
+class PreferenceExample:
+    """One tokenised pair or ranking record."""
+
+    prompt_ids: list[int]
+    completions: list[list[int]]
+    ranking: list[list[int]]  # tie groups of completion indices, best first; a pair is [[0], [1]]
+    is_pair: bool
+    margin: float | None = None
+    criteria: dict[str, int] = field(default_factory=dict)  # +1: completion 0 (chosen) better, -1: worse
+
+
+@dataclass
+class PreferenceBatch:
+    examples: list[PreferenceExample]
+    packed: PackedGroups
+
+
+@dataclass
+class TokenizeReport:
+    kept: int = 0
+    truncated: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def log(self, label: str) -> None:
+        if self.truncated:
+            log.info("rm: %s: %d record(s) truncated to data.max_length", label, self.truncated)
+        for reason, count in sorted(self.dropped.items()):
+            log.warning("rm: %s: dropped %d record(s): %s", label, count, reason)
+
+
+def first_record_keys(path: str | Path) -> set[str]:
+    """The field names of a file's first record (JSONL / JSON array), or its columns (Parquet, HF dataset)."""
+    resolved = resolve_data_path(path)
+    if resolved.is_dir():
+        import datasets
+
+        return set(datasets.load_from_disk(str(resolved)).column_names)
+    if resolved.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return set(pq.read_schema(resolved).names)
+    with resolved.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                first = json.loads(line)
+            except json.JSONDecodeError:
+                if line.lstrip().startswith("["):  # a .json file holding one array of records
+                    first = json.loads(resolved.read_text(encoding="utf-8") or "[]")
+                    first = first[0] if first else {}
+                else:
+                    raise DataError(f"{path}:{number}: invalid JSON") from None
+            return set(first) if isinstance(first, dict) else set()
+    return set()
+
+
+def record_kind(path: str | Path) -> str:
+    """``"pair"`` or ``"ranking"``, from the first record of a file (a file holds one kind)."""
+    keys = first_record_keys(path)
+    if "completions" in keys:
+        return "ranking"
+    if "chosen" in keys or "rejected" in keys:
+        return "pair"
+    raise DataError(
+        f"{path}:1: record: neither a preference pair (prompt, chosen, rejected) nor a ranking "
+        "(prompt, completions, ranking)"
+    )
+
+
+def load_preference_records(paths: list[str], skip_invalid: bool) -> tuple[list[dict], int]:
+    """Validated records of every file (pairs and rankings may be in separate files), and how many were skipped."""
+    records: list[dict] = []
+    skipped = 0
+    for path in paths:
+        kind = record_kind(path)
+        loaded = load_records(path, kind, skip_invalid=skip_invalid)
+        skipped += loaded.skipped
+        records.extend({**r, "_kind": kind} for r in loaded)
+    return records, skipped
+
+
+def criterion_labels(record: dict, names: list[str]) -> dict[str, int]:
+    votes = record.get("criteria") or {}
+    return {name: int(votes[name]) for name in names if votes.get(name) in (1, -1)}
+
+
+def tokenize_preferences(
+    records: list[dict],
+    tokenizer: Any,
+    max_length: int,
+    max_prompt_length: int | None,
+    criteria: list[str],
+) -> tuple[list[PreferenceExample], TokenizeReport]:
+    report = TokenizeReport()
+    examples = []
+    for record in records:
+        if record["_kind"] == "pair":
+            completions, ranking = [record["chosen"], record["rejected"]], [[0], [1]]
+        else:
+            completions, ranking = record["completions"], normalize_ranking(record["ranking"])
+        if len(ranking) < 2:
+            report.dropped["every completion is tied: no preference to learn"] += 1
+            continue
+        prompt_ids: list[int] = []
+        ids: list[list[int]] = []
+        truncated = False
+        for completion in completions:
+            full_prompt, full_completion = tokenize_prompt_completion(tokenizer, record["prompt"], completion)
+            prompt_ids, completion_ids = truncate_pair(full_prompt, full_completion, max_length, max_prompt_length)
+            truncated = truncated or len(prompt_ids) + len(completion_ids) < len(full_prompt) + len(full_completion)
+            ids.append(completion_ids)
+        if any(not c for c in ids):
+            report.dropped["the prompt fills data.max_length (raise it or set rm.max_prompt_length)"] += 1
+            continue
+        if _ranked_apart_but_identical(ids, ranking):
+            report.dropped["completions ranked apart are identical after truncation to data.max_length"] += 1
+            continue
+        report.truncated += truncated
+        is_pair = record["_kind"] == "pair"
+        examples.append(
+            PreferenceExample(
+                prompt_ids=prompt_ids,
+                completions=ids,
+                ranking=ranking,
+                is_pair=is_pair,
+                margin=float(record["margin"]) if is_pair and "margin" in record else None,
+                criteria=criterion_labels(record, criteria) if is_pair else {},
+            )
+        )
+    report.kept = len(examples)
+    return examples, report
+
+
+def truncate_pair(
+    prompt_ids: list[int], completion_ids: list[int], max_length: int, max_prompt_length: int | None
+) -> tuple[list[int], list[int]]:
+    """Same rule as ``tokenize_prompt_completion``: prompt cut from the left, then completion from the right."""
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    if len(prompt_ids) >= max_length:
+        return prompt_ids[-max_length:], []
+    return prompt_ids, completion_ids[: max_length - len(prompt_ids)]
+
+
+def _ranked_apart_but_identical(ids: list[list[int]], ranking: list[list[int]]) -> bool:
+    level = {index: rank for rank, group in enumerate(ranking) for index in group}
+    seen: dict[tuple[int, ...], int] = {}
+    for index, tokens in enumerate(ids):
+        key = tuple(tokens)
+        if key in seen and level[seen[key]] != level[index]:
+            return True
+        seen.setdefault(key, index)
+    return False
+
+
+def collate_preferences(
+    examples: list[PreferenceExample], pad_id: int, *, share_prompt: bool = True, max_segment: int | None = None
+) -> PreferenceBatch:
+    """One micro-batch: every completion of every example in one packed forward pass."""
+    groups = [ScoreGroup(ex.prompt_ids, ex.completions) for ex in examples]
+    return PreferenceBatch(examples, pack_groups(groups, pad_id, share_prompt=share_prompt, max_segment=max_segment))

@@ -1,0 +1,341 @@
+"""Reward modelling: a scalar head on a causal-LM backbone learns which completion people prefer.
+
+One step function on the shared loop. A micro-batch of pair and ranking records is scored in ONE forward
+pass where every prompt and every unique completion is encoded once (``rm_pack``); the loss is
+Bradley–Terry for pairs and InstructGPT's all-pairs or Plackett–Luce for rankings (``rm_loss``).
+Ensembles (``rm.ensemble.size > 1``) are k ordinary runs into ``member-<i>/`` (``rm_ensemble``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from alignloop.config import DataConfig, Section, StageConfig, TrainConfig
+from alignloop.data import split_records
+from alignloop.errors import ConfigError, DataError, ModelError
+from alignloop.models import enable_gradient_checkpointing, ScalarHeadModel, load_causal_lm, load_tokenizer, resolve_model
+from alignloop.models.files import is_scalar_head_dir, write_json
+from alignloop.train.batches import EpochBatchSource, PromptGroupedBatchSource
+from alignloop.stages.rm.data import (
+    PreferenceBatch,
+    PreferenceExample,
+    collate_preferences,
+    load_preference_records,
+    tokenize_preferences,
+)
+from alignloop.stages.rm.loss import LossSettings, evaluate_examples, preference_loss
+from alignloop.models.shared_prompt import score_packed
+from alignloop.train.stage import Stage, StepOutput
+
+__all__ = ["EnsembleOptions", "RMConfig", "RMOptions", "RMStage", "RM_SETTINGS_FILE", "OVERALL"]
+
+log = logging.getLogger("alignloop")
+
+RM_SETTINGS_FILE = "alignloop_rm.json"  # beside the model: how to tokenise and pack for scoring
+OVERALL = "score"  # name of head 0, trained on the chosen/rejected (or ranking) label
+DEFAULT_INIT = "runs/sft"
+FALLBACK_INIT = "smollm2-135m-instruct"
+
+
+class EnsembleOptions(Section):
+    size: int = Field(1, ge=1, description="Reward models to train (k > 1: an ensemble; its std is the uncertainty).")
+    bootstrap: bool = Field(False, description="Each member trains on a bootstrap resample of the data (bagging).")
+    member: int | None = Field(
+        None, ge=0, description="Set by the ensemble runner: which member this run is (seed and data order offset)."
+    )
+
+
+class RMOptions(Section):
+    ranking_loss: Literal["pairwise", "plackett_luce"] = Field(
+        "pairwise", description="Rankings: mean over all K(K−1)/2 ordered pairs (InstructGPT) or Plackett–Luce."
+    )
+    use_margin: bool = Field(True, description="Use a pair's `margin` field: −log σ(r_c − r_r − margin).")
+    center_coef: float = Field(0.0, ge=0, description="Reward-centering weight: coef·(r_c + r_r)² keeps scores near 0.")
+    criteria: list[str] = Field(
+        default_factory=list, description="Per-criterion heads (e.g. [helpful, harmless]) trained from `criteria` labels."
+    )
+    more_train: list[str] = Field(
+        default_factory=list, description="More training files (pairs or rankings) added to data.train."
+    )
+    max_prompt_length: int | None = Field(
+        None, gt=0, description="Prompt tokens kept (cut from the left); default: half of data.max_length."
+    )
+    share_prompt: bool = Field(True, description="Encode each prompt once for all its completions (same scores, fewer tokens).")
+    group_by_prompt: bool = Field(
+        False, description="Keep a prompt's pairs in the same batch (InstructGPT): its completions are encoded once "
+        "(fewer tokens per pair), but batches are less diverse (on the tiny-model test, worse calibration)."
+    )
+    pack_length: int | None = Field(
+        None, gt=8, description="Most tokens in one prompt+completions block; default: 2 × data.max_length."
+    )
+    eval_each_epoch: bool = Field(True, description="Evaluate on the held-out set at every epoch end.")
+    early_stopping_patience: int = Field(
+        0, ge=0, description="Stop after this many evaluations without a lower eval loss (0: never)."
+    )
+    early_stopping_min_delta: float = Field(
+        0.0, ge=0, description="A smaller drop of the eval loss does not count as an improvement."
+    )
+    calibration_bins: int = Field(10, ge=2, description="Bins of the expected calibration error.")
+    ensemble: EnsembleOptions = Field(default_factory=EnsembleOptions)
+
+
+class RMConfig(StageConfig):
+    stage: Literal["rm"] = "rm"
+    model: str = Field(DEFAULT_INIT, description="Initial backbone: an SFT run dir, a causal LM name/dir, or an RM dir.")
+    data: DataConfig = Field(default_factory=lambda: DataConfig(eval_fraction=0.1, max_length=512))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=-1, epochs=1.0, lr=1e-5, batch_size=8))
+    rm: RMOptions = Field(default_factory=RMOptions)
+
+
+def resolve_init(name: str) -> str:
+    """``runs/sft`` (the default) falls back to the bundled model when no SFT run exists yet."""
+    if name == DEFAULT_INIT and not Path(name).is_dir():
+        log.warning("rm: model %s not found (no SFT run yet); starting from %s", name, FALLBACK_INIT)
+        return FALLBACK_INIT
+    return name
+
+
+def output_names(options: RMOptions) -> list[str]:
+    names = [OVERALL, *options.criteria]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"rm.criteria: names must be unique and not {OVERALL!r} (got {options.criteria})")
+    return names
+
+
+def loss_settings(options: RMOptions) -> LossSettings:
+    return LossSettings(options.ranking_loss, options.use_margin, options.center_coef, list(options.criteria))
+
+
+def load_scalar_model(cfg: RMConfig, names: list[str]) -> ScalarHeadModel:
+    """A fresh head on the backbone, or (for an RM directory) the saved reward model to train further."""
+    init = resolve_init(cfg.model)
+    source = resolve_model(init)
+    if isinstance(source, Path) and is_scalar_head_dir(source):
+        model = ScalarHeadModel.from_pretrained(source)
+        if model.output_names != names:
+            raise ModelError(f"model {init}: its heads {model.output_names} differ from the configured {names}")
+        if cfg.lora is not None and not model.is_lora:
+            raise ConfigError("lora: cannot add a LoRA adapter to a saved full reward model; drop `lora`")
+        return model
+    # an SFT LoRA run is merged into plain weights first: the head sits on base + SFT adapter
+    causal_lm = load_causal_lm(init, merge=True)
+    return ScalarHeadModel.from_causal_lm(causal_lm, len(names), lora=cfg.lora, output_names=names)
+
+
+def load_rm_examples(
+    cfg: RMConfig, tokenizer: Any, *, with_train: bool = True
+) -> tuple[list[PreferenceExample], list[PreferenceExample], dict[str, int]]:
+    """Tokenised train and held-out examples, and counts of skipped, dropped and truncated records."""
+    opts = cfg.rm
+    if not cfg.data.train:
+        raise DataError("data.train: no training data given (pair or ranking records)")
+    train_records, skipped = load_preference_records([cfg.data.train, *opts.more_train], cfg.data.skip_invalid)
+    if cfg.data.eval:
+        eval_records, eval_skipped = load_preference_records([cfg.data.eval], cfg.data.skip_invalid)
+        skipped += eval_skipped
+    elif cfg.data.eval_fraction > 0:
+        # the split depends on train.seed only, so every ensemble member holds out the same records
+        train_records, eval_records = split_records(train_records, cfg.data.eval_fraction, cfg.train.seed)
+    else:
+        eval_records = []
+    max_prompt = opts.max_prompt_length or cfg.data.max_length // 2
+    tokenize = lambda records: tokenize_preferences(  # noqa: E731
+        records, tokenizer, cfg.data.max_length, max_prompt, opts.criteria
+    )
+    train, report = tokenize(train_records if with_train else [])
+    evals, eval_report = tokenize(eval_records)
+    report.log("train")
+    eval_report.log("eval")
+    if skipped:
+        log.warning("rm: skipped %d invalid record(s) (data.skip_invalid)", skipped)
+    counts = {
+        "skipped_records": skipped,
+        "dropped_records": report.n_dropped + eval_report.n_dropped,
+        "truncated_records": report.truncated + eval_report.truncated,
+        "train_records": len(train),
+        "eval_records": len(evals),
+    }
+    if with_train and not train:
+        raise DataError(f"{cfg.data.train}: no usable preference records after tokenisation")
+    if with_train and opts.criteria and not any(ex.criteria for ex in train):
+        raise DataError(f"{cfg.data.train}: rm.criteria is set but no pair record carries those `criteria` labels")
+    return train, evals, counts
+
+
+def collate_for(cfg: RMConfig, pad_id: int, examples: list[PreferenceExample]) -> PreferenceBatch:
+    max_segment = cfg.rm.pack_length or 2 * cfg.data.max_length
+    return collate_preferences(examples, pad_id, share_prompt=cfg.rm.share_prompt, max_segment=max_segment)
+
+
+class RMStage(Stage):
+    name = "rm"
+    config: RMConfig
+
+    def __init__(self, config: RMConfig):
+        super().__init__(config)
+        self.member = config.rm.ensemble.member or 0
+        self.settings = loss_settings(config.rm)
+        self.last_scores = None
+        self._best_eval = math.inf
+        self._bad_evals = 0
+        self._stop = False
+        self._last_epoch = 0
+        self._total_steps = 0
+        self.counts: dict[str, int] = {}
+
+    # --- setup ----------------------------------------------------------------------------
+    def setup(self, run) -> None:
+        cfg, opts = self.config, self.config.rm
+        if opts.ensemble.size > 1 and opts.ensemble.member is None:
+            raise ConfigError(
+                "rm.ensemble.size > 1: train ensembles with `alignloop rm` (RMStage.run_standalone), "
+                "which runs one member per member-<i>/ directory"
+            )
+        names = output_names(opts)
+        self.tokenizer = load_tokenizer(resolve_init(cfg.model))
+        train, evals, self.counts = load_rm_examples(cfg, self.tokenizer)
+        # members differ in head initialisation and data order (and data, with bootstrap)
+        torch.manual_seed(cfg.train.seed + self.member)
+        model = load_scalar_model(cfg, names)
+        if cfg.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model.backbone)
+        self.models["rm"] = model.to(run.device)
+        if opts.ensemble.bootstrap and opts.ensemble.size > 1:
+            g = torch.Generator().manual_seed(cfg.train.seed * 7919 + self.member)
+            train = [train[i] for i in torch.randint(len(train), (len(train),), generator=g).tolist()]
+        self.train_examples, self.eval_examples = train, evals
+        self.eval_batches = self._batches_of(evals)
+        log.info("rm: %d train, %d eval records; heads %s", len(train), len(evals), names)
+
+    def _collate(self, examples: list[PreferenceExample]) -> PreferenceBatch:
+        return collate_for(self.config, self.tokenizer.pad_token_id, examples)
+
+    def _batches_of(self, examples: list[PreferenceExample]) -> list[PreferenceBatch]:
+        micro = self.config.train.micro_batch_size or self.config.train.batch_size
+        return [self._collate(examples[i : i + micro]) for i in range(0, len(examples), micro)]
+
+    def batches(self):
+        tc = self.config.train
+        run = self.run
+        micro = tc.micro_batch_size or tc.batch_size
+        common = dict(seed=tc.seed + self.member, rank=run.rank, world_size=run.world_size)
+        if self.config.rm.group_by_prompt:
+            keys = [tuple(ex.prompt_ids) for ex in self.train_examples]
+            source = PromptGroupedBatchSource(self.train_examples, micro, self._collate, keys=keys, **common)
+        else:
+            source = EpochBatchSource(self.train_examples, micro, self._collate, **common)
+        accum = max(1, tc.batch_size // (micro * run.world_size))
+        per_epoch = source.batches_per_epoch
+        self._total_steps = tc.max_steps if tc.max_steps >= 0 else max(1, math.ceil(tc.epochs * per_epoch / accum))
+        return source
+
+    # --- step -----------------------------------------------------------------------------
+    def units(self, batch: PreferenceBatch) -> float:
+        return float(len(batch.examples))
+
+    def step(self, batch: PreferenceBatch) -> StepOutput:
+        packed = batch.packed.to(self.run.device)
+        scores = score_packed(self.models["rm"], packed).float()
+        loss, metrics = preference_loss(scores, batch, self.settings)
+        return StepOutput(loss=loss, units=len(batch.examples), n_tokens=packed.n_tokens, metrics=metrics)
+
+    # --- evaluation -----------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_batches:
+            return {}
+        model = self.models["rm"]
+        with self.eval_mode():
+            metrics, self.last_scores = evaluate_examples(
+                self.eval_batches,
+                lambda packed: (score_packed(model, packed.to(self.run.device)).float().cpu(), None),
+                self.settings,
+                self.config.rm.calibration_bins,
+            )
+        self._track_early_stopping(metrics["eval/loss"])
+        return metrics
+
+    def _track_early_stopping(self, eval_loss: float) -> None:
+        patience = self.config.rm.early_stopping_patience
+        if eval_loss < self._best_eval - self.config.rm.early_stopping_min_delta:
+            self._best_eval, self._bad_evals = eval_loss, 0
+        else:
+            self._bad_evals += 1
+        if patience and self._bad_evals >= patience:
+            if not self._stop:
+                log.info("rm: early stop: eval loss has not improved for %d evaluations", self._bad_evals)
+            self._stop = True
+
+    def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
+        # held-out evaluation at each epoch end (the loop adds its own eval_every evaluations and a final one)
+        epoch = int(metrics.get("epoch", 0.0) + 1e-9)
+        finished_epoch = epoch > self._last_epoch
+        self._last_epoch = max(self._last_epoch, epoch)
+        every = self.config.train.eval_every
+        scheduled = bool(every) and step % every == 0
+        if finished_epoch and self.config.rm.eval_each_epoch and step < self._total_steps and not scheduled:
+            metrics.update(self.evaluate())
+
+    def should_stop(self) -> bool:
+        return self._stop
+
+    def state_dict(self) -> dict:
+        return {"best_eval": self._best_eval, "bad_evals": self._bad_evals, "stop": self._stop, "last_epoch": self._last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._best_eval = float(state.get("best_eval", math.inf))
+        self._bad_evals = int(state.get("bad_evals", 0))
+        self._stop = bool(state.get("stop", False))
+        self._last_epoch = int(state.get("last_epoch", 0))
+
+    # --- results --------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.counts)
+        if self.last_scores is not None:
+            from alignloop.eval.rm_report import preference_metrics
+
+            held_out = preference_metrics(self.last_scores.winners, self.last_scores.losers, self.config.rm.calibration_bins)
+            out.update(eval_accuracy=held_out["accuracy"], eval_ece=held_out["ece"], eval_margin=held_out["margin"])
+        if self._stop:
+            out["early_stopped"] = True
+        return out
+
+    def save(self, out_dir: Path) -> None:
+        out_dir = Path(out_dir)
+        model_dir = out_dir / "model"
+        self.unwrap("rm").save_pretrained(model_dir, tokenizer=self.tokenizer)
+        write_json(model_dir / RM_SETTINGS_FILE, scoring_settings(self.config))
+        if self.last_scores is not None:
+            from alignloop.eval.rm_report import write_rm_report
+
+            write_rm_report(
+                out_dir, self.last_scores, metrics_path=out_dir / "metrics.jsonl",
+                title="Reward model report", n_bins=self.config.rm.calibration_bins,
+            )
+
+    @classmethod
+    def run_standalone(cls, cfg: RMConfig, out_dir: Path) -> dict[str, Any]:
+        """``alignloop rm``: one run through the loop, or k member runs and the ensemble's evaluation."""
+        from alignloop.train.loop import train
+
+        if cfg.rm.ensemble.size == 1 or cfg.rm.ensemble.member is not None:
+            return train(cls(cfg), out_dir)
+        from alignloop.stages.rm.ensemble import train_ensemble
+
+        return train_ensemble(cls, cfg, Path(out_dir))
+
+
+def scoring_settings(cfg: RMConfig) -> dict[str, Any]:
+    """What ``RewardModel.load`` needs to tokenise and pack exactly as in training."""
+    return {
+        "max_length": cfg.data.max_length,
+        "max_prompt_length": cfg.rm.max_prompt_length or cfg.data.max_length // 2,
+        "share_prompt": cfg.rm.share_prompt,
+        "pack_length": cfg.rm.pack_length or 2 * cfg.data.max_length,
+        "criteria": list(cfg.rm.criteria),
+    }
