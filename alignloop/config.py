@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alignloop.errors import ConfigError
+from alignloop.utils.io import atomic_write_text
 
 
 class Section(BaseModel):
@@ -196,6 +197,4 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
 
 
 def dump_config(cfg: BaseModel, path: str | Path) -> None:
-    from alignloop.utils.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

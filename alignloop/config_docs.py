@@ -6,6 +6,8 @@ import typing
 
 from pydantic import BaseModel
 
+from alignloop.stages.registry import STAGES, stage_classes
+
 
 def _type_name(ann) -> str:
     text = repr(ann) if not isinstance(ann, type) else ann.__name__
@@ -54,8 +56,6 @@ def config_reference(stages: dict[str, type[BaseModel]]) -> str:
 
 
 def main() -> None:
-    from alignloop.stages.registry import STAGES, stage_classes
-
     print(config_reference({name: stage_classes(name)[0] for name in STAGES}), end="")
 
 

@@ -10,7 +10,15 @@ from alignloop.data.chat import (
 )
 from alignloop.data.collate import IGNORE_INDEX, block_causal_mask, collate_packed, pad_batch, sequence_ids
 from alignloop.data.packing import PackedRow, pack_examples
-from alignloop.data.records import Records, load_records, rankings_to_pairs, resolve_data_path, split_records
+from alignloop.data.records import (
+    Records,
+    first_record_keys,
+    load_records,
+    rankings_to_pairs,
+    resolve_data_path,
+    split_records,
+    truncate_pair,
+)
 from alignloop.data.schema import KINDS, validate_record
 
 __all__ = [
@@ -21,6 +29,7 @@ __all__ = [
     "TokenizedExample",
     "block_causal_mask",
     "collate_packed",
+    "first_record_keys",
     "load_records",
     "pack_examples",
     "pad_batch",
@@ -33,5 +42,6 @@ __all__ = [
     "tokenize_conversation",
     "tokenize_prompt",
     "tokenize_prompt_completion",
+    "truncate_pair",
     "validate_record",
 ]

@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import datasets
+import pyarrow.parquet as pq
+
 from alignloop.data.schema import KINDS, validate_record
 from alignloop.errors import DataError
 
@@ -87,14 +90,10 @@ def _iter_rows(rows: list[dict], label: str) -> Iterator[tuple[str, Any, str | N
 
 
 def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
     return pq.read_table(path).to_pylist()
 
 
 def _read_hf_dataset(path: Path, label: str) -> list[dict]:
-    import datasets
-
     try:
         dataset = datasets.load_from_disk(str(path))
     except FileNotFoundError as err:
@@ -153,6 +152,39 @@ def load_records(
         logger.warning("skipped %d invalid record(s) in %s; the first: %s", bad_records, label, first_problem)
     return Records(records, source=label, skipped=bad_records)
 
+
+def first_record_keys(path: str | Path) -> set[str]:
+    """The field names of a file's first record (JSONL / JSON array), or its columns (Parquet, HF dataset)."""
+    resolved = resolve_data_path(path)
+    if resolved.is_dir():
+        return set(datasets.load_from_disk(str(resolved)).column_names)
+    if resolved.suffix.lower() == ".parquet":
+        return set(pq.read_schema(resolved).names)
+    with resolved.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                first = json.loads(line)
+            except json.JSONDecodeError:
+                if line.lstrip().startswith("["):  # a .json file holding one array of records
+                    first = json.loads(resolved.read_text(encoding="utf-8") or "[]")
+                    first = first[0] if first else {}
+                else:
+                    raise DataError(f"{path}:{number}: invalid JSON") from None
+            return set(first) if isinstance(first, dict) else set()
+    return set()
+
+
+def truncate_pair(
+    prompt_ids: list[int], completion_ids: list[int], max_length: int, max_prompt_length: int | None
+) -> tuple[list[int], list[int]]:
+    """Same rule as ``tokenize_prompt_completion``: prompt cut from the left, then completion from the right."""
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    if len(prompt_ids) >= max_length:
+        return prompt_ids[-max_length:], []
+    return prompt_ids, completion_ids[: max_length - len(prompt_ids)]
 
 
 def _as_completion(value: str | list[dict]) -> list[dict]:

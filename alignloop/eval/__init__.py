@@ -1,4 +1,5 @@
 """Evaluation: gold scorers (``gold``), metrics (``metrics``) and the HTML report (``report``).
 
-Import the submodules directly; this package does not import matplotlib until a report is drawn.
+Import the submodules directly; this package imports none of them. ``metrics`` needs only numpy;
+``report`` (and ``rm_report``, ``eval_report``, which build on it) import matplotlib.
 """

@@ -6,6 +6,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from rich.console import Console
+from rich.table import Table as RichTable
+
 from alignloop.eval.eval_summary import prompt_text
 from alignloop.eval.report import (
     Section,
@@ -41,8 +44,10 @@ def sample_rows(records: Mapping[str, Sequence[dict]]) -> list[dict]:
     return rows
 
 
-def write_eval_outputs(out_dir: Path, report: dict, records: Mapping[str, Sequence[dict]], show_samples: int = 6,
-                       training: Mapping[str, Sequence[dict]] | None = None, title: str = "alignloop evaluation") -> None:
+def write_eval_outputs(
+    out_dir: Path, report: dict, records: Mapping[str, Sequence[dict]], show_samples: int = 6,
+    training: Mapping[str, Sequence[dict]] | None = None, title: str = "alignloop evaluation",
+) -> None:
     rows = sample_rows(records)
     write_jsonl(out_dir / "samples.jsonl", rows)
     write_report_json(out_dir / "report.json", report)
@@ -80,8 +85,8 @@ def policy_rows(report: dict) -> list[list[str]]:
     for name, e in report.get("policies", {}).items():
         label = f"{name} (ref)" if name == report.get("reference") else name
         rows.append([label, _fmt(e["gold_reward_mean"]), _ci(e, "gold_reward_ci95"), _fmt(e.get("proxy_reward_mean")),
-                     _kl(e), _fmt(e.get("win_rate_vs_ref"), 2), _fmt(e.get("mean_length"), 1), _fmt(e.get("distinct_2"), 2),
-                     _fmt(e.get("self_bleu"), 2), _fmt(e.get("no_eos_fraction"), 2)])
+                     _kl(e), _fmt(e.get("win_rate_vs_ref"), 2), _fmt(e.get("mean_length"), 1),
+                     _fmt(e.get("distinct_2"), 2), _fmt(e.get("self_bleu"), 2), _fmt(e.get("no_eos_fraction"), 2)])
     return rows
 
 
@@ -92,9 +97,6 @@ def stage_rows(report: dict) -> list[list[str]]:
 
 def print_report_table(report: dict, console: Any = None) -> None:
     """The rich table printed at the end of ``alignloop eval`` / ``run`` / ``quickstart``."""
-    from rich.console import Console
-    from rich.table import Table as RichTable
-
     console = console or Console()
     if report.get("policies"):
         table = RichTable(title=f"policies on held-out prompts (gold = {report.get('gold_scorer')})")
@@ -157,15 +159,17 @@ def _sample_table(samples: Sequence[dict], report: dict, show: int) -> Table | N
 def render_html(path: Path, report: dict, samples: Sequence[dict], training: Mapping[str, Sequence[dict]] | None = None,
                 show_samples: int = 6, title: str = "alignloop evaluation") -> Path:
     sections: list[Section] = []
-    intro = (f"Reference policy: {report.get('reference')}. Gold scorer: {report.get('gold_scorer')} (never seen by the "
-             f"reward model). Proxy reward: {report.get('proxy_reward') or 'none'}. Prompts: {report.get('prompts')} "
+    intro = (f"Reference policy: {report.get('reference')}. Gold scorer: {report.get('gold_scorer')} "
+             f"(never seen by the reward model). Proxy reward: {report.get('proxy_reward') or 'none'}. "
+             f"Prompts: {report.get('prompts')} "
              f"({report.get('n_prompts')} prompts × {report.get('samples_per_prompt')} samples).")
     blocks: list[Any] = [intro]
     if report.get("policies"):
         blocks.append(Table(POLICY_COLUMNS, policy_rows(report), caption="policies"))
-        blocks.append("KL is the Monte-Carlo estimate (± standard error) from the policy's own samples at temperature 1; "
-                      "for best-of-N (marked *) it is the analytic bound log N − (N−1)/N. Win rate is judged by the gold scorer "
-                      "against the reference's sample for the same prompt, ties counting one half.")
+        blocks.append("KL is the Monte-Carlo estimate (± standard error) from the policy's own samples at "
+                      "temperature 1; for best-of-N (marked *) it is the analytic bound log N − (N−1)/N. Win rate is "
+                      "judged by the gold scorer against the reference's sample for the same prompt, ties counting "
+                      "one half.")
     if report.get("stages"):
         blocks.append(Table(["stage", "kind", "seconds", "status"], stage_rows(report), caption="stages"))
     sections.append(Section("Summary", blocks))
@@ -174,8 +178,9 @@ def render_html(path: Path, report: dict, samples: Sequence[dict], training: Map
         proxy_points = _frontier(report, "proxy_reward_mean", "proxy_reward_ci95")
         if proxy_points:
             frontier.append(plot_reward_kl_frontier(proxy_points, "proxy (reward-model) reward"))
-        sections.append(Section("Reward vs KL", ["Each point is a policy; up and to the left is better. Bars: 95% intervals.",
-                                                 *frontier]))
+        sections.append(Section("Reward vs KL", [
+            "Each point is a policy; up and to the left is better. Bars: 95% intervals.", *frontier
+        ]))
     curves = [(name, c) for name, c in (report.get("overoptimisation") or {}).items()
               if c.get("kl") and all(v is not None for v in c["proxy"] + c["gold"])]
     if curves:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
 from alignloop.errors import AlignloopError, ConfigError
+from alignloop.utils.callables import load_callable
 
 
 @runtime_checkable
@@ -31,8 +34,6 @@ class VaderGold:
     name = "vader"
 
     def __init__(self) -> None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
         self._analyzer = SentimentIntensityAnalyzer()
 
     def score(self, prompts: list[str], completions: list[str]) -> list[float]:
@@ -70,12 +71,11 @@ def get_gold_scorer(name: str | GoldScorer) -> GoldScorer:
     if name in GOLD_SCORERS:
         return GOLD_SCORERS[name]()
     if ":" in name:
-        from alignloop.rewards.base import load_callable
-
         fn = load_callable(name, what="gold scorer")
         if isinstance(fn, GoldScorer):
             return fn
         if not callable(fn):
             raise ConfigError(f"gold scorer {name!r}: {type(fn).__name__} object is not callable")
         return FunctionGold(fn, name)
-    raise ConfigError(f"gold scorer {name!r}: unknown; use one of {', '.join(sorted(GOLD_SCORERS))} or 'module:function'")
+    known = ", ".join(sorted(GOLD_SCORERS))
+    raise ConfigError(f"gold scorer {name!r}: unknown; use one of {known} or 'module:function'")

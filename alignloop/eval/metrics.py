@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -89,7 +88,9 @@ def sentence_bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]]
     return _bleu_from_counts(hypothesis, max_ref_counts, [len(r) for r in references], n)
 
 
-def _bleu_from_counts(hypothesis: Sequence[str], max_ref_counts: list[Counter], ref_lengths: list[int], n: int) -> float:
+def _bleu_from_counts(
+    hypothesis: Sequence[str], max_ref_counts: list[Counter], ref_lengths: list[int], n: int
+) -> float:
     log_precision = 0.0
     for k in range(1, n + 1):
         hyp_counts = Counter(_ngrams(hypothesis, k))
@@ -196,13 +197,6 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 10) -> flo
     return float(np.sum(counts[filled] / counts.sum() * np.abs(frequency[filled] - confidence[filled])))
 
 
-def reliability_diagram(probs: Any, labels: Any, path: str | Path, n_bins: int = 10, title: str = "Reliability") -> Path:
-    """Writes a reliability diagram (observed frequency vs predicted probability, with ECE) as a PNG."""
-    from alignloop.eval.report import plot_reliability, save_figure
-
-    return save_figure(plot_reliability(probs, labels, n_bins=n_bins, title=title), path)
-
-
 def _average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks; tied values share the mean of their positions (as in Spearman's rho)."""
     order = np.argsort(values, kind="stable")
@@ -228,7 +222,9 @@ def length_reward_correlation(lengths: Any, rewards: Any) -> dict[str, float]:
     """Pearson and Spearman correlation of completion length with reward (NaN when either is constant)."""
     x, y = _as_array(lengths), _as_array(rewards)
     if x.shape != y.shape or x.size < 2:
-        raise ValueError(f"length_reward_correlation needs two equal-length arrays of 2+ values, got {x.size} and {y.size}")
+        raise ValueError(
+            f"length_reward_correlation needs two equal-length arrays of 2+ values, got {x.size} and {y.size}"
+        )
     return {"pearson": _pearson(x, y), "spearman": _pearson(_average_ranks(x), _average_ranks(y))}
 
 

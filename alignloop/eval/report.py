@@ -21,6 +21,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from alignloop.eval.metrics import calibration_bins, expected_calibration_error
+
 # A report section holds blocks: str (a paragraph), Preformatted (e.g. a sample), Table, or Figure.
 
 
@@ -162,7 +164,9 @@ def read_metrics(path: str | Path) -> list[dict]:
     return records
 
 
-def plot_training_curves(metrics: str | Path | Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None) -> Figure:
+def plot_training_curves(
+    metrics: str | Path | Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None
+) -> Figure:
     """One subplot per metric against ``step`` (default: every numeric key except ``step``)."""
     records = read_metrics(metrics) if isinstance(metrics, (str, Path)) else list(metrics)
     if keys is None:
@@ -195,8 +199,9 @@ def plot_reward_kl_frontier(points: Sequence[Mapping[str, Any]], reward_label: s
     figure = Figure(figsize=(6, 4.2))
     axis = figure.add_subplot(1, 1, 1)
     for point in points:
-        axis.errorbar(point["kl"], point["reward"], xerr=point.get("kl_err"), yerr=point.get("reward_err"), fmt="o", capsize=3)
-        axis.annotate(str(point["label"]), (point["kl"], point["reward"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        xy = (point["kl"], point["reward"])
+        axis.errorbar(*xy, xerr=point.get("kl_err"), yerr=point.get("reward_err"), fmt="o", capsize=3)
+        axis.annotate(str(point["label"]), xy, textcoords="offset points", xytext=(5, 5), fontsize=8)
     axis.set_xlabel("KL(policy ‖ reference) [nats]")
     axis.set_ylabel(reward_label)
     axis.set_title("Reward vs KL")
@@ -204,7 +209,9 @@ def plot_reward_kl_frontier(points: Sequence[Mapping[str, Any]], reward_label: s
     return figure
 
 
-def plot_overoptimisation(kls: Sequence[float], proxy: Sequence[float], gold: Sequence[float], labels: Sequence[str] | None = None) -> Figure:
+def plot_overoptimisation(
+    kls: Sequence[float], proxy: Sequence[float], gold: Sequence[float], labels: Sequence[str] | None = None
+) -> Figure:
     """Proxy (reward model) and gold reward against √KL over checkpoints, on twin y-axes.
 
     Proxy rising while gold falls is reward over-optimisation (Gao et al. 2022).
@@ -214,7 +221,8 @@ def plot_overoptimisation(kls: Sequence[float], proxy: Sequence[float], gold: Se
     figure = Figure(figsize=(6, 4.2))
     proxy_axis = figure.add_subplot(1, 1, 1)
     gold_axis = proxy_axis.twinx()
-    proxy_axis.plot(root_kl, np.asarray(proxy, dtype=float)[order], "o-", color="tab:blue", label="proxy (reward model)")
+    proxy_values = np.asarray(proxy, dtype=float)[order]
+    proxy_axis.plot(root_kl, proxy_values, "o-", color="tab:blue", label="proxy (reward model)")
     gold_axis.plot(root_kl, np.asarray(gold, dtype=float)[order], "s--", color="tab:orange", label="gold")
     if labels is not None:
         for x, y, text in zip(root_kl, np.asarray(gold, dtype=float)[order], np.asarray(labels, dtype=object)[order]):
@@ -261,8 +269,6 @@ def plot_reward_histograms(chosen: Sequence[float], rejected: Sequence[float]) -
 
 def plot_reliability(probs: Any, labels: Any, n_bins: int = 10, title: str = "Reliability") -> Figure:
     """Observed frequency of label 1 per bin of predicted probability, the diagonal, and the ECE."""
-    from alignloop.eval.metrics import calibration_bins, expected_calibration_error
-
     confidence, frequency, counts = calibration_bins(probs, labels, n_bins)
     centres = (np.arange(n_bins) + 0.5) / n_bins
     filled = counts > 0
@@ -278,3 +284,10 @@ def plot_reliability(probs: Any, labels: Any, n_bins: int = 10, title: str = "Re
     axis.set_title(f"{title} (ECE = {expected_calibration_error(probs, labels, n_bins):.3f})")
     axis.legend(fontsize=8, loc="upper left")
     return figure
+
+
+def reliability_diagram(
+    probs: Any, labels: Any, path: str | Path, n_bins: int = 10, title: str = "Reliability"
+) -> Path:
+    """Writes a reliability diagram (observed frequency vs predicted probability, with ECE) as a PNG."""
+    return save_figure(plot_reliability(probs, labels, n_bins=n_bins, title=title), path)

@@ -14,8 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from alignloop.eval.metrics import expected_calibration_error, length_reward_correlation
+from alignloop.eval.report import (
+    Section,
+    Table,
+    figure_png,
+    plot_reliability,
+    plot_reward_histograms,
+    plot_training_curves,
+    write_report,
+    write_report_json,
+)
 
 
 @dataclass
@@ -72,9 +83,7 @@ def report_numbers(scores: PreferenceScores, n_bins: int = 10) -> dict[str, Any]
     return numbers
 
 
-def _length_scatter(lengths: np.ndarray, rewards: np.ndarray):
-    from matplotlib.figure import Figure
-
+def _length_scatter(lengths: np.ndarray, rewards: np.ndarray) -> Figure:
     figure = Figure(figsize=(5.5, 4))
     axis = figure.add_subplot(1, 1, 1)
     axis.scatter(lengths, rewards, s=8, alpha=0.5)
@@ -94,17 +103,6 @@ def write_rm_report(
     n_bins: int = 10,
 ) -> dict[str, Any]:
     """Write ``report.html``, ``reliability.png`` and ``rm_report.json`` into ``out_dir``; return the numbers."""
-    from alignloop.eval.report import (
-        Section,
-        Table,
-        figure_png,
-        plot_reliability,
-        plot_reward_histograms,
-        plot_training_curves,
-        write_report,
-        write_report_json,
-    )
-
     out_dir = Path(out_dir)
     numbers = report_numbers(scores, n_bins)
     if extra_rows:
@@ -117,7 +115,10 @@ def write_rm_report(
     ]
     correlation = numbers.get("length_reward_correlation")
     if correlation:
-        rows += [["length–reward Pearson r", correlation["pearson"]], ["length–reward Spearman ρ", correlation["spearman"]]]
+        rows += [
+            ["length–reward Pearson r", correlation["pearson"]],
+            ["length–reward Spearman ρ", correlation["spearman"]],
+        ]
     if "uncertainty" in numbers:
         rows += [["mean ensemble std", numbers["uncertainty"]["mean_std"]]]
     for key, value in (extra_rows or {}).items():
@@ -126,7 +127,8 @@ def write_rm_report(
     sections: list[Any] = [Section("Held-out evaluation", [Table(["metric", "value"], rows)])]
     if numbers["criteria"]:
         criteria_rows = [[name, m["pairs"], m["accuracy"], m["ece"]] for name, m in numbers["criteria"].items()]
-        sections.append(Section("Per-criterion heads", [Table(["criterion", "pairs", "accuracy", "ECE"], criteria_rows)]))
+        criteria_table = Table(["criterion", "pairs", "accuracy", "ECE"], criteria_rows)
+        sections.append(Section("Per-criterion heads", [criteria_table]))
     if scores.winners.size:
         probs, labels = calibration_inputs(scores.winners, scores.losers)
         reliability = figure_png(plot_reliability(probs, labels, n_bins=n_bins, title="Reward-model calibration"))

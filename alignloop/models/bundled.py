@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from rich.console import Console
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alignloop.errors import ModelError
 
@@ -132,8 +134,6 @@ def _convert_atomically(target: Path, done_file: str, write: Callable[[Path], No
 
 
 def _load_gguf_tokenizer(name: str):
-    from transformers import AutoTokenizer
-
     path = gguf_path(name)
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
 
@@ -165,9 +165,6 @@ def ensure_bundled_model(name: str) -> Path:
         return target
 
     def write(tmp: Path) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM
-
         path = gguf_path(name)
         Console(stderr=True).print(
             f"[bold]Converting bundled model (one time, ~30 s):[/bold] {name} -> {target}"
@@ -193,6 +190,4 @@ def ensure_bundled_model(name: str) -> Path:
 
 
 def _load_local_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)

@@ -7,14 +7,13 @@ portable form (a bundled name stays a name), which is what ``load_causal_lm`` fo
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from alignloop.errors import ModelError
 from alignloop.models.bundled import BUNDLED_MODELS, ensure_bundled_tokenizer
@@ -28,6 +27,8 @@ from alignloop.models.files import (
     read_json,
     write_json,
 )
+from alignloop.models.lora import apply_lora
+from alignloop.models.origin import ORIGIN_ATTR, model_origin, quiet_peft, set_origin
 from alignloop.models.registry import (
     TINY_MODEL,
     TINY_TOKENIZER_SOURCE,
@@ -36,13 +37,22 @@ from alignloop.models.registry import (
     resolve_model,
 )
 
-_ORIGIN_ATTR = "_alignloop_origin"
+__all__ = [
+    "build_tiny_llama",
+    "enable_gradient_checkpointing",
+    "load_causal_lm",
+    "load_tokenizer",
+    "load_trainable_lm",
+    "model_origin",
+    "quiet_peft",
+    "save_adapter",
+    "save_model",
+    "set_origin",
+]
 
 
 def build_tiny_llama(seed: int = 0):
     """A ~3.2M-parameter random Llama over the bundled 49152-token vocabulary; same seed, same weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(
         vocab_size=49152,
         hidden_size=64,
@@ -63,7 +73,7 @@ def build_tiny_llama(seed: int = 0):
         model = LlamaForCausalLM(config)
     model.config._name_or_path = TINY_MODEL
     model.eval()  # same mode as from_pretrained gives
-    setattr(model, _ORIGIN_ATTR, TINY_MODEL)
+    setattr(model, ORIGIN_ATTR, TINY_MODEL)
     return model
 
 
@@ -83,29 +93,6 @@ def load_trainable_lm(model: str, lora, gradient_checkpointing: bool, device) ->
     if gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     return policy.to(device)
-
-
-@contextmanager
-def quiet_peft() -> Iterator[None]:
-    """Hide peft's call of a deprecated transformers API: noise for our users, nothing to act on."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
-
-
-def model_origin(model: nn.Module) -> str | None:
-    """The portable name of the model ``model`` was loaded from (its base, for a LoRA model)."""
-    from peft import PeftModel
-
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    origin = getattr(base, _ORIGIN_ATTR, None)
-    if origin is None and getattr(base, "config", None) is not None:
-        origin = getattr(base.config, "_name_or_path", None) or None
-    return origin
-
-
-def set_origin(model: nn.Module, origin: str) -> None:
-    setattr(model, _ORIGIN_ATTR, origin)
 
 
 def _tokenizer_folder(name_or_path: str | Path) -> Path:
@@ -129,8 +116,6 @@ def _tokenizer_folder(name_or_path: str | Path) -> Path:
 
 def load_tokenizer(name_or_path: str | Path, *, padding_side: str | None = None):
     """The tokenizer of a model, always with a pad token (eos when the model has none)."""
-    from transformers import AutoTokenizer
-
     folder = _tokenizer_folder(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -182,8 +167,6 @@ def load_causal_lm(
             model = _load_full(folder, dtype)
             set_origin(model, origin_name(name_or_path, folder))
     if lora is not None:
-        from alignloop.models.lora import apply_lora
-
         model = apply_lora(model, lora)
     if not trainable:
         model.eval()
@@ -192,8 +175,6 @@ def load_causal_lm(
 
 
 def _load_full(folder: Path, dtype: torch.dtype) -> nn.Module:
-    from transformers import AutoModelForCausalLM
-
     try:
         return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
@@ -201,8 +182,6 @@ def _load_full(folder: Path, dtype: torch.dtype) -> nn.Module:
 
 
 def _load_adapter(folder: Path, dtype: torch.dtype, *, trainable: bool, merge: bool) -> nn.Module:
-    from peft import PeftModel
-
     # A base that is itself an adapter (stacked LoRA runs) is merged into plain weights first.
     base = load_causal_lm(adapter_base(folder), dtype=dtype, merge=True)
     try:
@@ -238,8 +217,6 @@ def save_adapter(peft_model: nn.Module, folder: Path, origin: str) -> None:
 
 def save_model(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
     """Save a full model or a LoRA adapter (+ tokenizer) atomically in plain HF format."""
-    from peft import PeftModel
-
     model = _unwrap(model)
     out_dir = Path(out_dir)
     origin = model_origin(model)

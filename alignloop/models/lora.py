@@ -12,10 +12,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora.layer import Linear as LoraLinear
+from peft.tuners.lora.layer import LoraLayer
 from torch import nn
+from transformers import GenerationMixin
 
 from alignloop.errors import ModelError
-from alignloop.models.loading import model_origin, quiet_peft
+from alignloop.models.origin import model_origin, quiet_peft
 from alignloop.models.registry import loadable_path
 
 
@@ -26,8 +30,6 @@ def _field(lora: Any, key: str, default: Any) -> Any:
 
 def lora_config(lora: Any, *, task_type: str | None):
     """A ``peft.LoraConfig`` from any object or mapping with ``r``, ``alpha``, ``dropout``, ``target_modules``."""
-    from peft import LoraConfig
-
     r = int(_field(lora, "r", 8))
     target_modules = _field(lora, "target_modules", "all-linear")
     if not isinstance(target_modules, str):
@@ -42,8 +44,6 @@ def lora_config(lora: Any, *, task_type: str | None):
 
 
 def _is_causal_lm(model: nn.Module) -> bool:
-    from transformers import GenerationMixin
-
     return isinstance(model, GenerationMixin)
 
 
@@ -53,8 +53,6 @@ def apply_lora(model: nn.Module, lora: Any) -> nn.Module:
     Works for causal LMs (task ``CAUSAL_LM``, so ``AutoPeftModelForCausalLM`` can reload it) and for
     bare transformer backbones (used by scalar-head models).
     """
-    from peft import PeftModel, get_peft_model
-
     if isinstance(model, PeftModel):
         raise ModelError("this model already has a LoRA adapter; load it with merge=True before adding a new one")
     origin = model_origin(model)
@@ -102,8 +100,6 @@ class Reference:
     """
 
     def __init__(self, policy: nn.Module):
-        from peft import PeftModel
-
         self.policy = policy
         self.shares_weights = isinstance(policy, PeftModel)
         self.model: nn.Module | None = None if self.shares_weights else frozen_copy(policy)
@@ -142,9 +138,6 @@ def make_reference(policy: nn.Module) -> Reference:
 def _plain_lora_linears(model: nn.Module) -> list[tuple[nn.Module, list[str]]] | None:
     """Every LoRA layer with its active adapters, or None when one cannot be merged as ``W + s·B·A``
     (DoRA, a non-linear LoRA layer, or an adapter already merged into the weights)."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
-    from peft.tuners.lora.layer import LoraLayer
-
     layers = []
     for module in model.modules():
         if not isinstance(module, LoraLayer):
@@ -169,8 +162,6 @@ def lora_merged_view(model: nn.Module) -> Iterator[nn.Module]:
     and swapped back after, so the stored base is never modified (merging in place and unmerging would
     not restore a bf16 base exactly). A model that is not plain LoRA is yielded unchanged.
     """
-    from peft import PeftModel
-
     layers = _plain_lora_linears(model) if isinstance(model, PeftModel) else None
     if not layers:
         yield model

@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import scan_cache_dir, try_to_load_from_cache
+
 from alignloop.errors import ModelError
 from alignloop.models.bundled import (
     BUNDLED_MODELS,
@@ -66,8 +68,6 @@ def hub_cache_snapshot(name: str) -> Path | None:
     """The local snapshot of a hub model id if it is fully on disk; reads only the cache folder."""
     if not _HUB_ID.match(name):
         return None
-    from huggingface_hub import try_to_load_from_cache
-
     try:
         found = try_to_load_from_cache(name, "config.json")
     except Exception:  # any malformed id or unreadable cache simply means "not cached"
@@ -111,8 +111,6 @@ def loadable_path(origin: str) -> str:
 
 
 def _cached_hub_models() -> list[dict[str, Any]]:
-    from huggingface_hub import scan_cache_dir
-
     try:
         cache = scan_cache_dir()
     except Exception:  # no cache folder yet, or an unreadable one: nothing is cached

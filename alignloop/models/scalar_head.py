@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModel
 
 from alignloop.errors import ModelError
 from alignloop.models.files import (
@@ -24,7 +27,9 @@ from alignloop.models.files import (
     read_json,
     write_json,
 )
-from alignloop.models.loading import load_causal_lm, model_origin, quiet_peft, save_adapter, set_origin
+from alignloop.models.loading import load_causal_lm, save_adapter
+from alignloop.models.lora import apply_lora
+from alignloop.models.origin import model_origin, quiet_peft, set_origin
 from alignloop.models.registry import resolve_model
 
 POOLING = "last_non_pad_token"
@@ -73,8 +78,6 @@ class ScalarHeadModel(nn.Module):
 
     @property
     def is_lora(self) -> bool:
-        from peft import PeftModel
-
         return isinstance(self.backbone, PeftModel)
 
     def forward(
@@ -118,15 +121,11 @@ class ScalarHeadModel(nn.Module):
         else:
             # A LoRA SFT folder is merged: the head sits on the SFT model's actual weights.
             causal_lm = load_causal_lm(name_or_model, dtype=dtype, merge=True)
-        from peft import PeftModel
-
         if isinstance(causal_lm, PeftModel):
             raise ModelError("pass a causal LM without an adapter (merge it first) to build a scalar-head model")
         origin = model_origin(causal_lm)
         backbone = causal_lm.base_model  # e.g. LlamaForCausalLM.model: no LM-head logits computed
         if lora is not None:
-            from alignloop.models.lora import apply_lora
-
             # apply_lora reads the origin from the backbone, which does not carry it itself.
             if origin is not None:
                 set_origin(backbone, origin)
@@ -135,8 +134,6 @@ class ScalarHeadModel(nn.Module):
 
     def save_pretrained(self, out_dir: str | Path, tokenizer: Any = None) -> Path:
         """Backbone (full HF folder, or LoRA adapter), ``head.safetensors``, ``alignloop_head.json``."""
-        from safetensors.torch import save_file
-
         out_dir = Path(out_dir)
         with atomic_directory(out_dir) as tmp:
             if self.is_lora:
@@ -165,21 +162,15 @@ class ScalarHeadModel(nn.Module):
         cls, name_or_dir: str | Path, *, trainable: bool = True, dtype: torch.dtype = torch.float32
     ) -> ScalarHeadModel:
         """Load a folder written by ``save_pretrained`` (a stage folder holding ``model/`` works too)."""
-        from safetensors.torch import load_file
-
         folder = resolve_model(name_or_dir)
         if not isinstance(folder, Path) or not is_scalar_head_dir(folder):
             raise ModelError(f"'{name_or_dir}' is not a scalar-head model folder (no {HEAD_META})")
         meta = read_json(folder / HEAD_META)
         if meta.get("format") == "lora":
-            from peft import PeftModel
-
             base = load_causal_lm(meta["base_model"], dtype=dtype, merge=True).base_model
             with quiet_peft():
                 backbone = PeftModel.from_pretrained(base, folder, is_trainable=trainable)
         else:
-            from transformers import AutoModel
-
             try:
                 backbone = AutoModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
             except (OSError, ValueError, KeyError) as err:

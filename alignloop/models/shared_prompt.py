@@ -19,6 +19,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from alignloop.errors import ModelError
+
+# segment ids of a packed row: padding, the shared prompt prefix, then branch k = k (1, 2, ...)
+PAD_SEGMENT, SHARED_SEGMENT = -1, 0
+
 
 @dataclass
 class ScoreGroup:
@@ -159,19 +164,64 @@ def pack_groups(
     return PackedGroups(input_ids, position_ids, allowed, end_rows, end_cols, index, n_tokens)
 
 
-def _attention_implementation(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    return str(getattr(config, "_attn_implementation", None) or "sdpa")
+def pack_pairs(lengths: list[int]) -> list[list[int]]:
+    """First-fit decreasing: groups of pair indices whose summed lengths fit the longest pair's length."""
+    capacity = max(lengths)
+    bins: list[tuple[int, list[int]]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b, (used, members) in enumerate(bins):
+            if used + lengths[i] <= capacity:
+                bins[b] = (used + lengths[i], members + [i])
+                break
+        else:
+            bins.append((lengths[i], [i]))
+    return [members for _, members in bins]
+
+
+def branch_attention_mask(segments: torch.Tensor, pair: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[R, 1, L, L]``: causal within a pair, and a branch token sees its prefix and its own branch only.
+
+    Padding sees only itself (a row with nothing to attend to would give NaNs). ``dtype=None`` gives a bool
+    mask (sdpa); a float dtype gives the additive form (0 or the dtype's minimum) that eager attention needs.
+    """
+    length = segments.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    query, key = segments[:, :, None], segments[:, None, :]
+    same_pair = pair[:, :, None] == pair[:, None, :]
+    allowed = causal & same_pair & (query != PAD_SEGMENT) & ((key == SHARED_SEGMENT) | (key == query))
+    allowed |= torch.eye(length, dtype=torch.bool)
+    if dtype is None:
+        return allowed[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def attention_implementation(model: nn.Module) -> str:
+    return str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa")
+
+
+def takes_4d_mask(model: nn.Module) -> bool:
+    """Whether shared-prompt layouts can run on ``model``: flash attention takes no 4D mask."""
+    return not attention_implementation(model).startswith("flash")
+
+
+def mask_dtype_for(model: nn.Module) -> torch.dtype | None:
+    """None (bool mask) for sdpa attention; fp32 additive for eager and the rest."""
+    impl = attention_implementation(model)
+    if not takes_4d_mask(model):
+        raise ModelError(
+            f"attention implementation {impl!r} takes no 4D mask; shared-prompt batches need 'sdpa' or 'eager'"
+        )
+    return None if impl == "sdpa" else torch.float32
 
 
 def attention_mask_for(model: nn.Module, allowed: torch.Tensor) -> torch.Tensor:
     """The ``[R, 1, W, W]`` mask the backbone's attention takes: boolean for sdpa, additive float for eager."""
     mask = allowed[:, None]
-    implementation = _attention_implementation(model)
+    implementation = attention_implementation(model)
     if implementation == "eager":
         dtype = next(model.parameters()).dtype
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    if "flash" in implementation:
+    if not takes_4d_mask(model):
         raise ValueError("shared-prompt packing needs a 4D attention mask: load the model with sdpa or eager attention")
     return mask
 

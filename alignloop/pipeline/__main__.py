@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
+from rich.console import Console
+
 from alignloop.errors import AlignloopError
+from alignloop.pipeline.commands import quickstart, run_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,13 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("alignloop").setLevel(logging.INFO)
-    from rich.console import Console
-
-    from alignloop.pipeline.commands import quickstart, run_command
 
     console = Console()
     try:

@@ -7,8 +7,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
+from alignloop.config import load_config
+from alignloop.eval.eval_report import print_report_table
 from alignloop.pipeline.runner import run_pipeline
 from alignloop.pipeline.spec import load_pipeline
+from alignloop.stages.evaluate.stage import EvalConfig, evaluate
+from alignloop.stages.registry import resolve_out_dir
 
 QUICKSTART = "quickstart.yaml"
 
@@ -27,8 +33,6 @@ def run_command(pipeline: str | Path, overrides: list[str] | None = None, out: s
 def quickstart(fast: bool = False, out: str | Path | None = None, overrides: list[str] | None = None,
                console: Any = None) -> dict:
     """``alignloop quickstart [--fast] [--out DIR]``: the whole loop on the bundled model, then the report."""
-    from rich.console import Console
-
     console = console or Console()
     default_out = Path("runs") / ("quickstart-fast" if fast else "quickstart")
     console.print(
@@ -44,11 +48,6 @@ def quickstart(fast: bool = False, out: str | Path | None = None, overrides: lis
 def eval_command(config: str | Path | None, overrides: list[str] | None = None, out: str | Path | None = None,
                  console: Any = None) -> dict:
     """``alignloop eval CONFIG.yaml``: evaluate one or several policies; prints the table, returns the report."""
-    from alignloop.config import load_config
-    from alignloop.eval.eval_report import print_report_table
-    from alignloop.stages.evaluate.stage import EvalConfig, evaluate
-    from alignloop.stages.registry import resolve_out_dir
-
     cfg = load_config(EvalConfig, config, overrides or [])
     out_dir = resolve_out_dir("eval", cfg, out)
     report = evaluate(cfg, out_dir)

@@ -15,33 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
 
-from alignloop.config import format_validation_error, merge_defaults as merge_stage_defaults
+from alignloop.config import format_validation_error
+from alignloop.config import merge_defaults as merge_stage_defaults
 from alignloop.errors import AlignloopError, ConfigError
+from alignloop.eval.eval_report import print_report_table, render_html
+from alignloop.eval.report import write_report_json
+from alignloop.pipeline.launch import launch
 from alignloop.pipeline.spec import Pipeline, StageEntry, merge_defaults, resolve_references
-from alignloop.utils.io import atomic_write_json, read_jsonl
+from alignloop.stages.registry import stage_classes
+from alignloop.utils.io import atomic_write_json, read_jsonl, write_jsonl
 
 log = logging.getLogger("alignloop")
 
 NOT_TRAINING = {"collect", "label", "eval", "bon"}  # stages without training curves
-# The stages this package defines; setdefault keeps any registration the registry already has.
-OWN_STAGES = {
-    "collect": "alignloop.stages.collect:CollectConfig:CollectStage",
-    "eval": "alignloop.stages.evaluate.stage:EvalConfig:EvalStage",
-}
-
-
-def _register_own_stages() -> None:
-    from alignloop.stages.registry import STAGES
-
-    for name, spec in OWN_STAGES.items():
-        STAGES.setdefault(name, spec)
 
 
 def stage_classes_or_explain(kind: str) -> tuple[type, type]:
-    from alignloop.stages.registry import stage_classes
-
-    _register_own_stages()
     try:
         return stage_classes(kind)
     except ModuleNotFoundError as err:
@@ -58,14 +50,9 @@ def config_from_dict(cls: type[BaseModel], data: dict, source: str) -> BaseModel
 
 def run_stage_config(kind: str, config: dict | BaseModel, out_dir: str | Path, source: str = "<config>") -> dict:
     """Run registered stage ``kind`` with a config mapping (or an already-validated config) in ``out_dir``."""
-    from alignloop.train.loop import train
-
     cfg_cls, stage_cls = stage_classes_or_explain(kind)
     cfg = config if isinstance(config, cfg_cls) else config_from_dict(cfg_cls, dict(config), source)
-    runner = getattr(stage_cls, "run_standalone", None)
-    if runner is not None:
-        return runner(cfg, Path(out_dir))
-    return train(stage_cls(cfg), Path(out_dir))
+    return launch(kind, stage_cls, cfg, Path(out_dir))
 
 
 def stage_status(out_dir: Path) -> str:
@@ -125,8 +112,6 @@ class _Ledger:
 
 
 def _print_plan(console: Any, pipeline: Pipeline, statuses: dict[str, str]) -> None:
-    from rich.table import Table
-
     table = Table(title=f"pipeline {pipeline.name} → {pipeline.out}")
     for col in ("#", "stage", "kind", "status", "expected time"):
         table.add_column(col)
@@ -144,8 +129,6 @@ def _print_plan(console: Any, pipeline: Pipeline, statuses: dict[str, str]) -> N
 
 def run_pipeline(pipeline: Pipeline, console: Any = None) -> dict:
     """Run (or finish) every stage of ``pipeline``; return the run's report (also written to disk)."""
-    from rich.console import Console
-
     console = console or Console()
     plan = resolved_configs(pipeline)
     pipeline.out.mkdir(parents=True, exist_ok=True)
@@ -177,10 +160,6 @@ def run_pipeline(pipeline: Pipeline, console: Any = None) -> dict:
 
 
 def write_pipeline_report(pipeline: Pipeline, stages: dict[str, dict], console: Any = None) -> dict:
-    from alignloop.eval.eval_report import print_report_table, render_html
-    from alignloop.eval.report import write_report_json
-    from alignloop.utils.io import write_jsonl
-
     evals = [e for e in pipeline.stages if e.stage == "eval"]
     report: dict[str, Any] = {"policies": {}, "reference": None, "gold_scorer": None}
     samples: list[dict] = []

@@ -1,8 +1,45 @@
 """Reward sources behind one protocol: ``score(prompts, completions, **fields) -> Tensor[batch]``.
 
-See docs/rewards.md. ``build_reward(spec)`` turns a config ``reward:`` value into a source.
+See docs/rewards.md. ``build_reward(spec)`` (``alignloop.rewards.build``) turns a config ``reward:`` value
+into a source; the optional abilities of a source are the ``Has*`` protocols of ``alignloop.rewards.base``.
 """
 
-from alignloop.rewards.base import RewardSource, RuleReward, WeightedSum, build_reward, load_reward_function
+from alignloop.rewards.base import (
+    HasDenseRewards,
+    HasMetrics,
+    HasObjectiveHeads,
+    HasOnlineState,
+    HasUncertainty,
+    HoldsFrozenModules,
+    RewardSource,
+    RuleReward,
+    StepRewardSource,
+    UncertaintySource,
+    WeightedSum,
+    has_uncertainty,
+    load_reward_function,
+    reward_members,
+    reward_parts,
+)
+from alignloop.rewards.build import build_constrained, build_reward, build_source
 
-__all__ = ["RewardSource", "RuleReward", "WeightedSum", "build_reward", "load_reward_function"]
+__all__ = [
+    "HasDenseRewards",
+    "HasMetrics",
+    "HasObjectiveHeads",
+    "HasOnlineState",
+    "HasUncertainty",
+    "HoldsFrozenModules",
+    "RewardSource",
+    "RuleReward",
+    "StepRewardSource",
+    "UncertaintySource",
+    "WeightedSum",
+    "build_constrained",
+    "build_reward",
+    "build_source",
+    "has_uncertainty",
+    "load_reward_function",
+    "reward_members",
+    "reward_parts",
+]

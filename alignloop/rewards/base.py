@@ -1,28 +1,51 @@
-"""The one reward protocol, plain-function rule rewards, weighted sums, and ``build_reward(spec)``.
+"""The one reward protocol, its optional abilities, plain-function rule rewards and weighted sums.
 
 A reward source scores a batch: ``score(prompts, completions, **fields) -> Tensor[batch]``
-(float32, CPU). Optional extras, looked up with ``hasattr``:
-  - ``uncertainty(prompts, completions, **fields) -> Tensor[batch]`` (an ensemble's std); call
-    ``has_uncertainty(source)`` rather than ``hasattr``, because a weighted sum only has one when
-    one of its parts does;
-  - ``score_steps(prompts, steps, **fields) -> list[Tensor[n_steps]]`` (process rewards).
+(float32, CPU). Optional abilities are runtime-checkable protocols, tested with ``isinstance``:
+  - ``HasUncertainty``: ``uncertainty(prompts, completions, **fields) -> Tensor[batch]`` (an ensemble's
+    std); call ``has_uncertainty(source)`` rather than ``isinstance``, because a weighted sum only has a
+    meaningful one when one of its parts does;
+  - ``StepRewardSource``: ``score_steps(prompts, steps, **fields) -> list[Tensor[n_steps]]`` (process rewards);
+  - ``HasDenseRewards``: ``dense_rewards(prompts, response_ids, response_mask, tokenizer) -> Tensor[N, R]``;
+  - ``HasMetrics`` / ``HasOnlineState``: ``metrics()`` to log and ``state_dict()`` / ``load_state_dict(state)``
+    to checkpoint online state (a constrained reward's Lagrange multipliers);
+  - ``HasObjectiveHeads``: ``objective(name)``, one criterion head of a multi-objective reward model;
+  - ``HoldsFrozenModules``: ``frozen_modules()``, the frozen torch modules a source holds (a reward model's
+    members); ``reward_members(reward)`` collects them over a weighted sum's parts.
+
+``build_reward(spec)`` (the config factory) lives in ``alignloop.rewards.build``.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-import math
-import os
-import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
 from alignloop.errors import AlignloopError, ConfigError
+from alignloop.utils.callables import load_callable
+
+__all__ = [
+    "HasDenseRewards",
+    "HasMetrics",
+    "HasObjectiveHeads",
+    "HasOnlineState",
+    "HasUncertainty",
+    "HoldsFrozenModules",
+    "RewardSource",
+    "RuleReward",
+    "StepRewardSource",
+    "UncertaintySource",
+    "WeightedSum",
+    "as_score_tensor",
+    "has_uncertainty",
+    "load_callable",
+    "load_reward_function",
+    "reward_members",
+    "reward_parts",
+]
 
 
 @runtime_checkable
@@ -35,10 +58,15 @@ class RewardSource(Protocol):
 
 
 @runtime_checkable
-class UncertaintySource(RewardSource, Protocol):
-    """A reward source that also estimates the std of its score (an ensemble)."""
+class HasUncertainty(Protocol):
+    """Estimates the std of its score (an ensemble, a judge); see ``has_uncertainty``."""
 
     def uncertainty(self, prompts: list[str], completions: list[str], **fields: Any) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class UncertaintySource(RewardSource, HasUncertainty, Protocol):
+    """A reward source that also estimates the std of its score (an ensemble)."""
 
 
 @runtime_checkable
@@ -48,9 +76,69 @@ class StepRewardSource(RewardSource, Protocol):
     def score_steps(self, prompts: list[str], steps: list[list[str]], **fields: Any) -> list[torch.Tensor]: ...
 
 
+@runtime_checkable
+class HasDenseRewards(Protocol):
+    """Per-token rewards ``[N, R]`` for PPO (a process reward model: each step's reward at its last token).
+
+    ``tokenizer`` is the policy's: it decodes ``response_ids``.
+    """
+
+    def dense_rewards(
+        self, prompts: Sequence[Any], response_ids: torch.Tensor, response_mask: torch.Tensor, tokenizer: Any
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class HasMetrics(Protocol):
+    """Numbers to log after each step (e.g. ``lagrange/<constraint>``)."""
+
+    def metrics(self) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class HasOnlineState(Protocol):
+    """State that changes while training (Lagrange multipliers) and goes into checkpoints.
+
+    A ``torch.nn.Module`` also has these methods; callers that want only online state, never
+    weights, exclude modules themselves.
+    """
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@runtime_checkable
+class HasObjectiveHeads(Protocol):
+    """A multi-objective reward model: ``objective(name)`` is a reward source for one criterion head."""
+
+    def objective(self, name: str) -> Any: ...
+
+
+@runtime_checkable
+class HoldsFrozenModules(Protocol):
+    """A source holding frozen torch modules (a reward model's members), e.g. for ``train.frozen_bf16``."""
+
+    def frozen_modules(self) -> list[torch.nn.Module]: ...
+
+
 def has_uncertainty(source: Any) -> bool:
     """Whether ``source.uncertainty(...)`` gives a meaningful std (not just an inherited method)."""
-    return callable(getattr(source, "uncertainty", None)) and bool(getattr(source, "supports_uncertainty", True))
+    return (
+        isinstance(source, HasUncertainty)
+        and callable(source.uncertainty)
+        and bool(getattr(source, "supports_uncertainty", True))
+    )
+
+
+def reward_parts(reward: Any) -> list[Any]:
+    """The sources a reward is made of: a weighted sum's parts, else the reward itself."""
+    return list(reward.sources) if isinstance(reward, WeightedSum) else [reward]
+
+
+def reward_members(reward: Any) -> list[torch.nn.Module]:
+    """The frozen torch modules ``reward`` holds, over a weighted sum's parts (reward models' members)."""
+    return [m for part in reward_parts(reward) if isinstance(part, HoldsFrozenModules) for m in part.frozen_modules()]
 
 
 def as_score_tensor(values: Any, expected: int, who: str) -> torch.Tensor:
@@ -73,7 +161,8 @@ def as_score_tensor(values: Any, expected: int, who: str) -> torch.Tensor:
         tensor = torch.tensor([float(item) for item in items], dtype=torch.float32)
     if tensor.dim() != 1 or tensor.shape[0] != expected:
         raise AlignloopError(
-            f"reward {who} returned {tuple(tensor.shape)} values for {expected} completions; expected one per completion"
+            f"reward {who} returned {tuple(tensor.shape)} values for {expected} completions; "
+            "expected one per completion"
         )
     bad = (~torch.isfinite(tensor)).nonzero()
     if len(bad):
@@ -114,7 +203,8 @@ def _keyword_names(fn: Callable[..., Any]) -> set[str] | None:
         return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return None
-    return {p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in parameters if p.kind in named}
 
 
 class WeightedSum:
@@ -154,7 +244,8 @@ class WeightedSum:
         variance = torch.zeros(len(completions), dtype=torch.float32)
         for name, source, weight in zip(self.component_names, self.sources, self.weights):
             if has_uncertainty(source):
-                std = as_score_tensor(source.uncertainty(prompts, completions, **fields), len(completions), f"source {name!r}")
+                std = source.uncertainty(prompts, completions, **fields)
+                std = as_score_tensor(std, len(completions), f"source {name!r}")
                 variance += (weight * std) ** 2
         return variance.sqrt()
 
@@ -173,141 +264,9 @@ def _unique_names(names: list[str]) -> list[str]:
     return unique
 
 
-def _import_module(module_name: str, spec: str, what: str) -> Any:
-    # Console scripts do not put the working directory on sys.path; user reward modules usually live there.
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        missing = err.name or ""
-        if module_name == missing or module_name.startswith(missing + "."):
-            raise ConfigError(f"{what} {spec!r}: module {module_name!r} not found") from err
-        raise ConfigError(f"{what} {spec!r}: importing {module_name!r} failed: {err}") from err
-
-
-def _import_file(path_text: str, spec: str, what: str) -> Any:
-    path = Path(path_text).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{what} {spec!r}: file {path_text!r} not found")
-    module_name = f"alignloop_user_{path.stem}_{abs(hash(str(path.resolve()))):x}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    import_spec = importlib.util.spec_from_file_location(module_name, path)
-    if import_spec is None or import_spec.loader is None:
-        raise ConfigError(f"{what} {spec!r}: cannot import {path_text!r} as Python")
-    module = importlib.util.module_from_spec(import_spec)
-    sys.modules[module_name] = module  # lets dataclasses and pickling inside the file find it
-    try:
-        import_spec.loader.exec_module(module)
-    except Exception as err:
-        del sys.modules[module_name]
-        raise ConfigError(f"{what} {spec!r}: importing {path_text!r} failed: {type(err).__name__}: {err}") from err
-    return module
-
-
-def load_callable(spec: str, what: str = "reward") -> Any:
-    """The object named by ``"package.module:attr"`` or ``"path/to/file.py:attr"`` (``attr`` may be dotted).
-
-    ``what`` starts the error messages (``"reward 'm:f': module 'm' not found"``).
-    """
-    module_part, sep, attr_path = spec.rpartition(":")
-    if not sep or not module_part or not attr_path:
-        raise ConfigError(f"{what} {spec!r}: expected 'module:function' or 'path/to/file.py:function'")
-    is_file = module_part.endswith(".py") or "/" in module_part or os.sep in module_part
-    module = _import_file(module_part, spec, what) if is_file else _import_module(module_part, spec, what)
-    obj: Any = module
-    for attr in attr_path.split("."):
-        if not hasattr(obj, attr):
-            raise ConfigError(f"{what} {spec!r}: {module_part!r} has no function {attr_path!r}")
-        obj = getattr(obj, attr)
-    return obj
-
-
 def load_reward_function(spec: str) -> Callable[..., Any]:
     """The reward function named by ``"module:function"`` or ``"path/to/file.py:function"``."""
     obj = load_callable(spec)
     if not callable(obj):
         raise ConfigError(f"reward {spec!r}: {type(obj).__name__} object is not callable")
     return obj
-
-
-def _build_rule(spec: str, args: Mapping[str, Any]) -> RuleReward:
-    from alignloop.rewards.rules import BUILTIN_RULES
-
-    rule_name = spec.removeprefix("rule:")
-    if rule_name not in BUILTIN_RULES:
-        raise ConfigError(f"reward {spec!r}: unknown rule; known rules: {', '.join(sorted(BUILTIN_RULES))}")
-    try:
-        fn = BUILTIN_RULES[rule_name](**args)
-    except TypeError as err:
-        raise ConfigError(f"reward {spec!r}: bad args {dict(args)}: {err}") from err
-    except AlignloopError as err:
-        raise ConfigError(f"reward {spec!r}: {err}") from err
-    return RuleReward(fn, name=rule_name)
-
-
-def _build_reward_model(path: str) -> Any:
-    try:
-        from alignloop.rewards.model import load_reward_model_source
-    except ModuleNotFoundError as err:
-        if err.name in ("alignloop.rewards.model", "alignloop.rewards"):
-            raise ConfigError(
-                f"reward {path!r}: is a directory, but reward-model loading (alignloop.rewards.model) is not available"
-            ) from err
-        raise
-    return load_reward_model_source(path)
-
-
-def _build_one(spec: Any, args: Mapping[str, Any] | None = None) -> Any:
-    if isinstance(spec, RewardSource):
-        if args:
-            raise ConfigError(f"reward {spec.name!r}: 'args' only apply to 'rule:<name>' sources")
-        return spec
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"reward: expected a string, a list of {{source, weight}} or a reward source, got {spec!r}")
-    spec = spec.strip()
-    if spec.startswith("rule:"):
-        return _build_rule(spec, args or {})
-    if args:
-        raise ConfigError(f"reward {spec!r}: 'args' only apply to 'rule:<name>' sources")
-    if Path(spec).expanduser().is_dir():
-        return _build_reward_model(spec)
-    if ":" in spec:
-        obj = load_reward_function(spec)
-        return obj if isinstance(obj, RewardSource) else RuleReward(obj, name=spec)
-    raise ConfigError(
-        f"reward {spec!r}: not a reward-model directory, a 'module:function' or a 'rule:<name>' "
-        "(no such directory)"
-    )
-
-
-def build_reward(spec: Any) -> Any:
-    """A reward source from a config ``reward:`` value.
-
-    ``spec`` is a reward source; a string (``"module:function"``, ``"path/file.py:function"``,
-    ``"rule:<name>"`` or a reward-model directory); or a list of ``{source, weight, args?}``
-    mappings, which becomes a ``WeightedSum`` (``weight`` defaults to 1).
-    """
-    if isinstance(spec, Mapping) and "objective" in spec:  # constrained multi-objective (alignloop.rewards.multi)
-        from alignloop.rewards.multi import build_constrained
-
-        return build_constrained(spec)
-    if isinstance(spec, Mapping):
-        spec = [spec]
-    if isinstance(spec, Sequence) and not isinstance(spec, str):
-        sources, weights = [], []
-        for index, entry in enumerate(spec):
-            if not isinstance(entry, Mapping) or "source" not in entry:
-                raise ConfigError(f"reward[{index}]: expected a mapping with 'source' (and 'weight'), got {entry!r}")
-            unknown = set(entry) - {"source", "weight", "args"}
-            if unknown:
-                raise ConfigError(f"reward[{index}]: unknown keys {sorted(unknown)}; allowed: source, weight, args")
-            weight = entry.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                raise ConfigError(f"reward[{index}].weight: expected a finite number, got {weight!r}")
-            sources.append(_build_one(entry["source"], entry.get("args")))
-            weights.append(float(weight))
-        return WeightedSum(sources, weights)
-    return _build_one(spec)

@@ -19,7 +19,9 @@ from typing import Any, Sequence
 import torch
 
 from alignloop.errors import ConfigError
+from alignloop.models import load_causal_lm, load_tokenizer
 from alignloop.models.scalar_head import position_ids_from_mask
+from alignloop.rollout import HFSampler
 
 DEFAULT_CRITERIA = "Which response is more helpful, honest and harmless for the user?"
 RATING_CHOICES = [str(k) for k in range(1, 11)]
@@ -55,7 +57,8 @@ _DIRECT = {
     "Answer with a single number.",
 }
 _COT = {
-    "pairwise": "Think briefly about both responses (two or three sentences), then end with 'Verdict: A' or 'Verdict: B'.",
+    "pairwise": "Think briefly about both responses (two or three sentences), "
+    "then end with 'Verdict: A' or 'Verdict: B'.",
     "pointwise": "Think briefly about the response (two or three sentences), then end with 'Verdict: <1-10>'.",
 }
 VERDICT_CUE = "\nVerdict:"
@@ -120,7 +123,8 @@ def _last_token_log_probs(model: torch.nn.Module, rows: list[list[int]], device:
         ids[i, width - len(row) :] = torch.tensor(row)
         mask[i, width - len(row) :] = 1
     ids, mask = ids.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False).logits
+    positions = position_ids_from_mask(mask)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
     return torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
 
 
@@ -216,8 +220,6 @@ class LLMJudge:
 
     @classmethod
     def from_model(cls, model_name: str | Path, **options: Any) -> "LLMJudge":
-        from alignloop.models import load_causal_lm, load_tokenizer
-
         model = load_causal_lm(model_name, trainable=False)
         options.setdefault("name", Path(str(model_name)).name or str(model_name))
         return cls(model, load_tokenizer(model_name), **options)
@@ -248,8 +250,6 @@ class LLMJudge:
         prompts = [self._prompt_ids(text) for text in user_texts]
         if not self.chain_of_thought:
             return prompts, None
-        from alignloop.rollout import HFSampler
-
         sampler = HFSampler(self.model, self.tokenizer, batch_size=self.batch_size, dtype="fp32")
         rollout = sampler.generate(prompts, max_new_tokens=self.cot_max_tokens, temperature=0.0, stop="Verdict")
         reasoning = [text.strip() for text in rollout.responses]
@@ -262,7 +262,9 @@ class LLMJudge:
     # --- judging ---------------------------------------------------------------------------
     def _slot_a_probs(self, prompts, first, second, criteria) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
         texts = [
-            PAIRWISE_TEMPLATE.format(criteria=c, prompt=as_text(p), a=as_text(x), b=as_text(y), instruction=self._instruction())
+            PAIRWISE_TEMPLATE.format(
+                criteria=c, prompt=as_text(p), a=as_text(x), b=as_text(y), instruction=self._instruction()
+            )
             for p, x, y, c in zip(prompts, first, second, criteria)
         ]
         contexts, reasoning = self._contexts(texts)
@@ -283,11 +285,15 @@ class LLMJudge:
         reasoning = [[x, y] for x, y in zip(why_ab, why_ba)] if why_ab else None
         return PairJudgement(p_ab, p_ba, (mass_ab + mass_ba) / 2, reasoning)
 
-    def rate(self, prompts: Sequence[Any], completions: Sequence[Any], criteria: Sequence[str] | str | None = None) -> RatingJudgement:
+    def rate(
+        self, prompts: Sequence[Any], completions: Sequence[Any], criteria: Sequence[str] | str | None = None
+    ) -> RatingJudgement:
         """A distribution over ratings 1..10 for each completion."""
         crit = _per_item(criteria, self.criteria, len(prompts))
         texts = [
-            POINTWISE_TEMPLATE.format(criteria=c, prompt=as_text(p), response=as_text(r), instruction=self._instruction())
+            POINTWISE_TEMPLATE.format(
+                criteria=c, prompt=as_text(p), response=as_text(r), instruction=self._instruction()
+            )
             for p, r, c in zip(prompts, completions, crit)
         ]
         contexts, reasoning = self._contexts(texts)

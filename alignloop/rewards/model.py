@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from peft import PeftModel
+from safetensors.torch import load_file
 
-from alignloop.data import tokenize_prompt_completion
+from alignloop.algos.reward_losses import normalize_ranking
+from alignloop.data import first_record_keys, load_records, tokenize_prompt_completion, truncate_pair
 from alignloop.errors import DataError, ModelError
 from alignloop.models import ScalarHeadModel, load_causal_lm, load_tokenizer, resolve_model
 from alignloop.models.files import HEAD_META, HEAD_WEIGHTS, is_scalar_head_dir, read_json
-from alignloop.stages.rm.data import truncate_pair
 from alignloop.models.shared_prompt import PackedGroups, ScoreGroup, pack_groups, score_packed
 
 __all__ = ["ENSEMBLE_FILE", "ObjectiveReward", "RewardModel", "load_reward_model_source", "score_file"]
@@ -46,7 +48,9 @@ def _model_folder(path: str | Path) -> Path:
     try:
         folder = resolve_model(path)
     except ModelError:
-        raise ModelError(f"{path}: not a reward-model directory (no model/ with {HEAD_META} or {ENSEMBLE_FILE})") from None
+        raise ModelError(
+            f"{path}: not a reward-model directory (no model/ with {HEAD_META} or {ENSEMBLE_FILE})"
+        ) from None
     if not isinstance(folder, Path):
         raise ModelError(f"{path}: not a reward-model directory")
     return folder
@@ -61,9 +65,6 @@ def _find_ensemble(path: Path) -> Path | None:
 
 def _load_shared_lora(folders: list[Path], dtype: torch.dtype) -> list[ScalarHeadModel]:
     """LoRA members on the same base: one backbone in memory, one adapter (+ head) per member."""
-    from peft import PeftModel
-    from safetensors.torch import load_file
-
     meta = read_json(folders[0] / HEAD_META)
     base = load_causal_lm(meta["base_model"], dtype=dtype, trainable=False).base_model
     backbone = PeftModel.from_pretrained(base, folders[0], adapter_name="member-0", is_trainable=False)
@@ -72,7 +73,8 @@ def _load_shared_lora(folders: list[Path], dtype: torch.dtype) -> list[ScalarHea
     members = []
     for folder in folders:
         meta = read_json(folder / HEAD_META)
-        member = ScalarHeadModel(backbone, int(meta["num_outputs"]), meta.get("output_names"), base_model=meta["base_model"])
+        outputs, names = int(meta["num_outputs"]), meta.get("output_names")
+        member = ScalarHeadModel(backbone, outputs, names, base_model=meta["base_model"])
         member.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
         members.append(member.eval().requires_grad_(False))
     return members
@@ -156,6 +158,10 @@ class RewardModel:
     def supports_uncertainty(self) -> bool:
         return self.size > 1
 
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """The members' modules (frozen, eval mode): what ``reward_members`` collects for ``train.frozen_bf16``."""
+        return list(self.members)
+
     # --- scoring --------------------------------------------------------------------------
     def encode(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[ScoreGroup]:
         """One ``ScoreGroup`` per (prompt, completion), tokenised and truncated as in training."""
@@ -163,7 +169,8 @@ class RewardModel:
             raise DataError(f"got {len(prompts)} prompts for {len(completions)} completions")
         groups = []
         for prompt, completion in zip(prompts, completions):
-            p, c = tokenize_prompt_completion(self.tokenizer, _messages(prompt, "user"), _messages(completion, "assistant"))
+            messages = _messages(prompt, "user"), _messages(completion, "assistant")
+            p, c = tokenize_prompt_completion(self.tokenizer, *messages)
             p, c = truncate_pair(p, c, self.settings["max_length"], self.settings["max_prompt_length"])
             groups.append(ScoreGroup(p, [c]))
         return groups
@@ -214,7 +221,9 @@ class RewardModel:
         scores = self.member_scores(prompts, completions)[:, :, 0]
         return scores.std(0) if self.size > 1 else torch.zeros(scores.shape[1])
 
-    def score_objectives(self, prompts: Sequence[Any], completions: Sequence[Any], **fields: Any) -> dict[str, torch.Tensor]:
+    def score_objectives(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **fields: Any
+    ) -> dict[str, torch.Tensor]:
         """Every head's score (ensemble mean): ``{"score": overall, "<criterion>": ...}``."""
         scores = self.member_scores(prompts, completions).mean(0)
         return {name: scores[:, j] for j, name in enumerate(self.output_names)}
@@ -270,9 +279,6 @@ def score_file(rm_dir: str | Path, data_path: str | Path, out_path: str | Path |
     ``scores`` in completion order; prompt/completion (SFT) records get ``score`` for the last assistant
     message. Ensembles add ``*_std`` / ``stds``; multi-objective models add ``*_objectives``. Returns a summary.
     """
-    from alignloop.data import load_records
-    from alignloop.stages.rm.data import first_record_keys
-
     keys = first_record_keys(data_path)
     kind = "ranking" if "completions" in keys else "pair" if "chosen" in keys else "sft"
     records = load_records(data_path, kind)
@@ -298,10 +304,13 @@ def score_file(rm_dir: str | Path, data_path: str | Path, out_path: str | Path |
         start += n
         scores = [float(mean[r, 0]) for r in rows]
         stds = [float(std[r]) for r in rows] if std is not None else None
-        objectives = [{name: float(mean[r, j]) for j, name in enumerate(names)} for r in rows] if len(names) > 1 else None
+        objectives = None
+        if len(names) > 1:
+            objectives = [{name: float(mean[r, j]) for j, name in enumerate(names)} for r in rows]
         line: dict[str, Any] = {"index": i}
         if kind == "pair":
-            line.update(chosen_score=scores[0], rejected_score=scores[1], p_chosen=1 / (1 + math.exp(scores[1] - scores[0])))
+            p_chosen = 1 / (1 + math.exp(scores[1] - scores[0]))
+            line.update(chosen_score=scores[0], rejected_score=scores[1], p_chosen=p_chosen)
             if stds:
                 line.update(chosen_std=stds[0], rejected_std=stds[1])
             if objectives:
@@ -314,8 +323,6 @@ def score_file(rm_dir: str | Path, data_path: str | Path, out_path: str | Path |
                 line["stds"] = stds
             if objectives:
                 line["objectives"] = objectives
-            from alignloop.algos.reward_losses import normalize_ranking
-
             groups = normalize_ranking(record["ranking"])
             for level, better in enumerate(groups):
                 for worse in groups[level + 1 :]:

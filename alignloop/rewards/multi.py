@@ -11,22 +11,20 @@ and after each scored batch every multiplier takes a projected gradient step on 
 
 so λ_i rises while the constraint is violated on average and falls (to 0) once it holds. Every
 objective's scores are in ``last_components`` (logged by the RL stages); ``metrics()`` gives the
-multipliers and constraint means.
+multipliers and constraint means. ``build_constrained`` (in ``alignloop.rewards.build``) reads the config form.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from alignloop.errors import ConfigError
-from alignloop.rewards.base import RewardSource, WeightedSum, as_score_tensor, build_reward, has_uncertainty
+from alignloop.rewards.base import RewardSource, WeightedSum, as_score_tensor, has_uncertainty
 
-__all__ = ["Constraint", "ConstrainedReward", "WeightedSum", "build_constrained", "build_source"]
+__all__ = ["Constraint", "ConstrainedReward", "WeightedSum"]
 
 
 @dataclass
@@ -82,14 +80,16 @@ class ConstrainedReward:
 
     def score(self, prompts: list[str], completions: list[str], **fields: Any) -> torch.Tensor:
         n = len(completions)
-        values = [as_score_tensor(self.objective.score(prompts, completions, **fields), n, f"objective {self.objective.name!r}")]
+        objective = self.objective.score(prompts, completions, **fields)
+        values = [as_score_tensor(objective, n, f"objective {self.objective.name!r}")]
         for c in self.constraints:
             values.append(as_score_tensor(c.source.score(prompts, completions, **fields), n, f"constraint {c.label!r}"))
         weights = self._weights()
         total = weights[0] * values[0]
         for weight, c, v in zip(weights[1:], self.constraints, values[1:]):
             total = total + weight * (v - c.threshold)
-        self.last_components = {self.objective.name: values[0], **{c.label: v for c, v in zip(self.constraints, values[1:])}}
+        constraint_values = {c.label: v for c, v in zip(self.constraints, values[1:])}
+        self.last_components = {self.objective.name: values[0], **constraint_values}
         self.last_means = {name: float(v.mean()) for name, v in self.last_components.items()}
         if self.update_on_score:
             self.update([float(v.mean()) for v in values[1:]])
@@ -127,70 +127,7 @@ class ConstrainedReward:
         self.multipliers = [float(x) for x in state["multipliers"]]
 
     def __repr__(self) -> str:
-        parts = ", ".join(f"{c.label}≥{c.threshold:g} (λ={lam:.3g})" for c, lam in zip(self.constraints, self.multipliers))
+        parts = ", ".join(
+            f"{c.label}≥{c.threshold:g} (λ={lam:.3g})" for c, lam in zip(self.constraints, self.multipliers)
+        )
         return f"ConstrainedReward(max {self.objective.name} s.t. {parts})"
-
-
-_SOURCE_KEYS = {"source", "judge", "args", "name", "head"}
-
-
-def build_source(entry: Any, where: str) -> Any:
-    """One reward source from a config entry: a string/source, ``{source, args?, head?, name?}`` or ``{judge: {...}}``.
-
-    ``head`` picks one criterion head of a multi-objective reward-model directory (``rm.criteria``).
-
-    ``judge`` takes ``model`` plus ``LLMJudge`` options (``mode`` defaults to ``pointwise``: the
-    expected 1–10 rating is the reward).
-    """
-    if not isinstance(entry, Mapping):
-        return build_reward(entry)
-    if "judge" in entry:
-        from alignloop.rewards.judge import LLMJudge
-
-        options = dict(entry["judge"])
-        if "model" not in options:
-            raise ConfigError(f"{where}.judge.model: missing")
-        options.setdefault("mode", "pointwise")
-        if "name" in entry:
-            options["name"] = entry["name"]
-        return LLMJudge.from_model(options.pop("model"), **options)
-    if "source" not in entry:
-        raise ConfigError(f"{where}: expected 'source' or 'judge'")
-    if "args" in entry:
-        source = build_reward([{"source": entry["source"], "args": entry["args"]}]).sources[0]
-    else:
-        source = build_reward(entry["source"])
-    if "head" in entry:
-        if not callable(getattr(source, "objective", None)):
-            raise ConfigError(f"{where}.head: {entry['source']!r} is not a reward model with criterion heads")
-        source = source.objective(str(entry["head"]))
-    if "name" in entry:
-        source.name = str(entry["name"])
-    return source
-
-
-def build_constrained(spec: Mapping[str, Any]) -> ConstrainedReward:
-    """A ``ConstrainedReward`` from ``{objective: ..., constraints: [{..., threshold, lr?}], normalize?}``."""
-    unknown = set(spec) - {"objective", "constraints", "normalize", "update_on_score"}
-    if unknown:
-        raise ConfigError(f"reward: unknown keys {sorted(unknown)}; allowed: objective, constraints, normalize, update_on_score")
-    if "objective" not in spec or not spec.get("constraints"):
-        raise ConfigError("reward: a constrained reward needs 'objective' and a non-empty 'constraints' list")
-    objective = build_source(spec["objective"], "reward.objective")
-    constraints = []
-    for i, entry in enumerate(spec["constraints"]):
-        where = f"reward.constraints[{i}]"
-        if not isinstance(entry, Mapping) or "threshold" not in entry:
-            raise ConfigError(f"{where}.threshold: missing")
-        extra = set(entry) - _SOURCE_KEYS - {"threshold", "lr", "initial_multiplier", "max_multiplier"}
-        if extra:
-            raise ConfigError(f"{where}: unknown keys {sorted(extra)}")
-        numbers = {k: entry[k] for k in ("threshold", "lr", "initial_multiplier", "max_multiplier") if k in entry}
-        for key, value in numbers.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{where}.{key}: expected a finite number, got {value!r}")
-        source = build_source({k: v for k, v in entry.items() if k in _SOURCE_KEYS}, where)
-        constraints.append(Constraint(source, name=entry.get("name"), **{k: float(v) for k, v in numbers.items()}))
-    return ConstrainedReward(
-        objective, constraints, normalize=bool(spec.get("normalize", True)), update_on_score=bool(spec.get("update_on_score", True))
-    )

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from alignloop.errors import ConfigError, ModelError
+from alignloop.models import ScalarHeadModel, load_tokenizer
 
 AGGREGATES = ("min", "product", "last")
 PRM_META = "alignloop_prm.json"
@@ -83,7 +84,9 @@ def tokenize_solution(tokenizer: Any, prompt: Any, steps: Sequence[str], separat
     return StepExample(list(encoding["input_ids"]), ends)
 
 
-def response_step_ends(tokenizer: Any, response_ids: Sequence[int], separator: str = "\n") -> tuple[list[str], list[int]]:
+def response_step_ends(
+    tokenizer: Any, response_ids: Sequence[int], separator: str = "\n"
+) -> tuple[list[str], list[int]]:
     """The steps of a generated response and, for each, the index (within ``response_ids``) of its last token.
 
     Character offsets come from decoding growing prefixes of the ids, so they match what the
@@ -102,7 +105,9 @@ def response_step_ends(tokenizer: Any, response_ids: Sequence[int], separator: s
     return [text[s:e] for s, e in spans], step_end_tokens(offsets, [e for _, e in spans])
 
 
-def place_step_rewards(step_scores: Sequence[torch.Tensor], step_ends: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+def place_step_rewards(
+    step_scores: Sequence[torch.Tensor], step_ends: Sequence[Sequence[int]], width: int
+) -> torch.Tensor:
     """Dense rewards ``[N, width]``: row i gets ``step_scores[i][k]`` at column ``step_ends[i][k]``, zero elsewhere.
 
     Steps with no token (end -1) are dropped; two steps ending on one token add up.
@@ -148,14 +153,16 @@ class ProcessRewardSource:
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> "ProcessRewardSource":
         """Load a PRM folder written by the ``prm`` stage (the stage folder or its ``model/``)."""
-        from alignloop.models import ScalarHeadModel, load_tokenizer
-
         folder = Path(path)
         folder = folder / "model" if (folder / "model" / PRM_META).is_file() else folder
         if not (folder / PRM_META).is_file():
             raise ModelError(f"'{path}' is not a process reward model (no {PRM_META})")
         meta = json.loads((folder / PRM_META).read_text())
-        options = {"aggregate": meta.get("aggregate", "min"), "separator": meta.get("separator", "\n"), "name": folder.parent.name or "prm"}
+        options = {
+            "aggregate": meta.get("aggregate", "min"),
+            "separator": meta.get("separator", "\n"),
+            "name": folder.parent.name or "prm",
+        }
         options.update(overrides)
         return cls(ScalarHeadModel.from_pretrained(folder, trainable=False), load_tokenizer(folder), **options)
 
@@ -165,9 +172,13 @@ class ProcessRewardSource:
         return [s for s in item if s.strip()]
 
     @torch.no_grad()
-    def score_steps(self, prompts: Sequence[Any], completions: Sequence[str | Sequence[str]], **fields: Any) -> list[torch.Tensor]:
+    def score_steps(
+        self, prompts: Sequence[Any], completions: Sequence[str | Sequence[str]], **fields: Any
+    ) -> list[torch.Tensor]:
         """P(step correct) for every step; a completion is a text (split on the separator) or a list of steps."""
-        examples = [tokenize_solution(self.tokenizer, p, self._steps(c), self.separator) for p, c in zip(prompts, completions)]
+        examples = [
+            tokenize_solution(self.tokenizer, p, self._steps(c), self.separator) for p, c in zip(prompts, completions)
+        ]
         device = next(self.model.parameters()).device
         out: list[torch.Tensor] = []
         for start in range(0, len(examples), self.batch_size):
@@ -175,7 +186,8 @@ class ProcessRewardSource:
             width = max(len(e.input_ids) for e in chunk)
             pad = self.tokenizer.pad_token_id or 0
             ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in chunk], device=device)
-            mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk], device=device)
+            mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk]
+            mask = torch.tensor(mask, device=device)
             logits = self.model(ids, mask)[..., 0].float().cpu()
             for row, example in enumerate(chunk):
                 out.append(torch.sigmoid(logits[row, torch.tensor(example.step_ends, dtype=torch.long)]))
@@ -185,13 +197,18 @@ class ProcessRewardSource:
         steps = self.score_steps(prompts, completions)
         return torch.tensor([aggregate_steps(s, self.aggregate) for s in steps], dtype=torch.float32)
 
-    def dense_rewards(self, prompts: Sequence[Any], response_ids: torch.Tensor, response_mask: torch.Tensor, tokenizer: Any) -> torch.Tensor:
+    def dense_rewards(
+        self, prompts: Sequence[Any], response_ids: torch.Tensor, response_mask: torch.Tensor, tokenizer: Any
+    ) -> torch.Tensor:
         """Per-token rewards ``[N, R]`` for PPO: each step's P(correct) at the policy token ending that step.
 
         ``tokenizer`` is the POLICY's (it decodes ``response_ids``); the PRM re-tokenises the step texts itself.
         """
         lengths = response_mask.sum(-1).tolist()
-        split = [response_step_ends(tokenizer, ids[: int(n)].tolist(), self.separator) for ids, n in zip(response_ids, lengths)]
+        split = [
+            response_step_ends(tokenizer, ids[: int(n)].tolist(), self.separator)
+            for ids, n in zip(response_ids, lengths)
+        ]
         scores = self.score_steps(list(prompts), [steps for steps, _ in split])
         return place_step_rewards(scores, [ends for _, ends in split], response_ids.shape[1])
 

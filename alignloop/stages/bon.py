@@ -15,22 +15,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
 
 from alignloop.algos.best_of_n import best_of_n_indices, bon_kl_bound
-from alignloop.config import DataConfig, Section, StageConfig, dump_config
+from alignloop.config import DataConfig, Section, StageConfig
 from alignloop.data import load_records
 from alignloop.errors import ConfigError
+from alignloop.eval.gold import get_gold_scorer
 from alignloop.models import load_causal_lm, load_tokenizer
 from alignloop.rewards import build_reward
 from alignloop.rollout import HFSampler
-from alignloop.train.metrics import peak_rss_mb
-from alignloop.train.stage import Stage
-from alignloop.utils.io import atomic_write_json, write_jsonl
+from alignloop.train.run_dir import RunDir
+from alignloop.train.stage import StandaloneStage
+from alignloop.utils.io import write_jsonl
 
 __all__ = ["BoNConfig", "BoNOptions", "BoNStage", "expected_best_of_n", "prompt_text"]
 
@@ -119,17 +119,14 @@ def expected_best_of_n(rewards: torch.Tensor, n: int, values: torch.Tensor | Non
     return (ranked * log_weight.exp()).sum(dim=1)
 
 
-class BoNStage(Stage):
-    """Not a training loop: ``run_standalone`` samples, scores, selects and writes the files."""
+class BoNStage(StandaloneStage):
+    """Not a training loop: ``run`` samples, scores, selects and writes the files."""
 
     name = "bon"
 
     @classmethod
-    def run_standalone(cls, cfg: BoNConfig, out_dir: str | Path) -> dict[str, Any]:
-        started = time.time()
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out_dir / "config.yaml")
+    def run(cls, cfg: BoNConfig, run_dir: RunDir) -> dict[str, Any]:
+        out_dir = run_dir.begin(cfg).path
         opts = cfg.bon
         if cfg.reward is None:
             raise ConfigError(
@@ -139,8 +136,6 @@ class BoNStage(Stage):
         reward = build_reward(cfg.reward)
         gold = None
         if opts.gold:
-            from alignloop.eval.gold import get_gold_scorer
-
             gold = get_gold_scorer(opts.gold)
         torch.manual_seed(cfg.train.seed)
         records = list(load_records(cfg.data.train, "prompt", skip_invalid=cfg.data.skip_invalid))
@@ -173,11 +168,8 @@ class BoNStage(Stage):
             "sft_records": len(sft_records),
             "pairs": len(pairs),
             **sampling,
-            "wall_seconds": round(time.time() - started, 2),
-            "peak_rss_mb": peak_rss_mb(),
         }
-        atomic_write_json(out_dir / "summary.json", summary)
-        return summary
+        return run_dir.finish(summary)
 
     @staticmethod
     def _sample_and_score(cfg: BoNConfig, records: list[dict], reward, gold):

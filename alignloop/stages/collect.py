@@ -11,14 +11,21 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import time
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from alignloop.config import DataConfig, Section, StageConfig, dump_config
-from alignloop.utils.io import atomic_write_json, read_jsonl, write_jsonl
+from alignloop.config import DataConfig, Section, StageConfig
+from alignloop.data import load_records
+from alignloop.eval.eval_summary import prompt_text, simplify_prompt
+from alignloop.feedback.simulated import SimulatedAnnotator
+from alignloop.models import load_tokenizer
+from alignloop.rollout import HFSampler
+from alignloop.stages.evaluate.progress import SampleProgress
+from alignloop.stages.evaluate.sampling import load_policy
+from alignloop.train.run_dir import RunDir
+from alignloop.train.stage import StandaloneStage
+from alignloop.utils.io import read_jsonl, write_jsonl
 
 __all__ = ["CollectConfig", "CollectOptions", "CollectStage", "make_pairs"]
 
@@ -53,10 +60,6 @@ def make_pairs(k: int, pairing: str) -> list[tuple[int, int]]:
 
 
 def _chunk_records(model, tokenizer, prompts: list, opts: CollectOptions, chunk: int, annotator_seed: int) -> list[dict]:
-    from alignloop.eval.eval_summary import prompt_text
-    from alignloop.feedback.simulated import SimulatedAnnotator
-    from alignloop.rollout import HFSampler
-
     k = opts.samples_per_prompt
     sampler = HFSampler(model, tokenizer, batch_size=opts.batch_size)
     ro = sampler.generate(prompts, n=k, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
@@ -86,24 +89,14 @@ def _chunk_records(model, tokenizer, prompts: list, opts: CollectOptions, chunk:
     return labelled
 
 
-class CollectStage:
+class CollectStage(StandaloneStage):
     """Registered as ``collect``: a standalone stage (no training loop)."""
 
     name = "collect"
 
     @classmethod
-    def run_standalone(cls, cfg: CollectConfig, out_dir: str | Path) -> dict:
-        from alignloop.data import load_records
-        from alignloop.stages.evaluate.progress import SampleProgress
-        from alignloop.stages.evaluate.sampling import load_policy
-        from alignloop.eval.eval_summary import simplify_prompt
-        from alignloop.models import load_tokenizer
-        from alignloop.train.metrics import peak_rss_mb
-
-        t0 = time.time()
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out_dir / "config.yaml")
+    def run(cls, cfg: CollectConfig, run_dir: RunDir) -> dict:
+        out_dir = run_dir.begin(cfg).path
         opts = cfg.collect
         prompts = [simplify_prompt(r["prompt"]) for r in load_records(cfg.data.train, "prompt")][: opts.n_prompts]
         per_chunk = max(1, opts.batch_size // opts.samples_per_prompt)
@@ -133,10 +126,9 @@ class CollectStage:
             "pairs_skipped": n_possible - len(records),  # identical or empty responses
             "agreement_with_gold": agree / len(records) if records else None,
             "mean_abs_gold_margin": sum(abs(r["gold_margin"]) for r in records) / len(records) if records else None,
-            "wall_seconds": round(time.time() - t0, 2),
-            "peak_rss_mb": peak_rss_mb(),
         }
-        write_jsonl(out_dir / "metrics.jsonl", [{"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}])
-        atomic_write_json(out_dir / "summary.json", summary)
+        summary = run_dir.finish(summary, write=False)
+        write_jsonl(run_dir.metrics_path, [{"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}])
+        run_dir.write_summary(summary)
         partial.unlink(missing_ok=True)
         return summary

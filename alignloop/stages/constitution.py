@@ -12,10 +12,10 @@ A/B orders averaged. ``pairs.jsonl`` holds preference pairs for the RM or DPO st
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,11 +24,15 @@ import torch
 import yaml
 from pydantic import Field
 
-from alignloop.config import DataConfig, Section, StageConfig, dump_config
+from alignloop.config import DataConfig, Section, StageConfig
 from alignloop.data import load_records
 from alignloop.errors import ConfigError, DataError
-from alignloop.train.metrics import peak_rss_mb
-from alignloop.utils.io import atomic_write_json, atomic_write_text
+from alignloop.models import load_causal_lm, load_tokenizer
+from alignloop.rewards.judge import LLMJudge
+from alignloop.rollout import HFSampler
+from alignloop.train.run_dir import RunDir
+from alignloop.train.stage import StandaloneStage
+from alignloop.utils.io import atomic_write_text
 
 __all__ = ["ConstitutionConfig", "ConstitutionOptions", "ConstitutionStage", "Principle", "critique_revision_chains",
            "load_constitution", "principle_pairs"]
@@ -61,8 +65,6 @@ class Principle:
 
 def constitution_path(spec: str) -> Path:
     if spec in (DEFAULT_CONSTITUTION, f"bundled:{DEFAULT_CONSTITUTION}"):
-        import importlib.resources
-
         return Path(str(importlib.resources.files("alignloop.resources") / "constitutions" / "default.yaml"))
     path = Path(spec).expanduser()
     if not path.is_file():
@@ -113,8 +115,6 @@ class _Generator:
     """Batched chat generation with fixed sampling settings and a running seed."""
 
     def __init__(self, model, tokenizer, opts: ConstitutionOptions, seed: int):
-        from alignloop.rollout import HFSampler
-
         self.sampler = HFSampler(model, tokenizer, batch_size=opts.batch_size)
         self.opts = opts
         self.seed = seed
@@ -184,20 +184,14 @@ def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-class ConstitutionStage:
-    """Not a training loop: ``run_standalone`` writes ``sft.jsonl`` and/or ``pairs.jsonl`` plus a summary."""
+class ConstitutionStage(StandaloneStage):
+    """Not a training loop: ``run`` writes ``sft.jsonl`` and/or ``pairs.jsonl`` plus a summary."""
 
     name = "constitution"
 
     @classmethod
-    def run_standalone(cls, cfg: ConstitutionConfig, out_dir: str | Path) -> dict[str, Any]:
-        from alignloop.models import load_causal_lm, load_tokenizer
-        from alignloop.rewards.judge import LLMJudge
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out_dir / "config.yaml")
-        t0 = time.time()
+    def run(cls, cfg: ConstitutionConfig, run_dir: RunDir) -> dict[str, Any]:
+        out_dir = run_dir.begin(cfg).path
         opts = cfg.constitution
         principles = load_constitution(opts.constitution)
         if not cfg.data.train:
@@ -230,7 +224,4 @@ class ConstitutionStage:
             summary["pairs"] = len(pairs)
             if pairs:
                 summary["position_bias_rate"] = sum(not p["position_consistent"] for p in pairs) / len(pairs)
-        summary["wall_seconds"] = round(time.time() - t0, 2)
-        summary["peak_rss_mb"] = peak_rss_mb()
-        atomic_write_json(out_dir / "summary.json", summary)
-        return summary
+        return run_dir.finish(summary)

@@ -16,19 +16,22 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import time
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from alignloop.config import DataConfig, Section, StageConfig, dump_config
+from alignloop.config import DataConfig, Section, StageConfig
 from alignloop.data import load_records, resolve_data_path, validate_record
 from alignloop.errors import DataError
+from alignloop.eval.gold import get_gold_scorer
+from alignloop.models import load_causal_lm, load_tokenizer
 from alignloop.rewards.judge import DEFAULT_CRITERIA, LLMJudge, as_text
-from alignloop.train.metrics import MetricsWriter, peak_rss_mb
-from alignloop.utils.io import atomic_write_json, atomic_write_text
+from alignloop.rollout import HFSampler
+from alignloop.train.metrics import MetricsWriter
+from alignloop.train.run_dir import RunDir
+from alignloop.train.stage import StandaloneStage
+from alignloop.utils.io import atomic_write_text
 
 __all__ = ["LabelConfig", "LabelOptions", "LabelStage", "judge_pairs", "load_label_inputs"]
 
@@ -86,9 +89,6 @@ def load_label_inputs(path: str, opts: LabelOptions | None = None, model: str | 
 
 
 def _sampled_pairs(records: list[dict], opts: LabelOptions, policy_name: str, seed: int) -> list[dict]:
-    from alignloop.models import load_causal_lm, load_tokenizer
-    from alignloop.rollout import HFSampler
-
     if opts.max_pairs is not None:  # sample no more prompts than the pairs asked for need
         per_prompt = opts.samples_per_prompt * (opts.samples_per_prompt - 1) // 2
         records = records[: -(-opts.max_pairs // per_prompt)]
@@ -193,17 +193,14 @@ def agreement(prob_a: list[float], reference: list[float | None]) -> tuple[float
     return hits / len(rows), len(rows)
 
 
-class LabelStage:
-    """Not a training loop: ``run_standalone`` judges the pairs and writes records and a summary."""
+class LabelStage(StandaloneStage):
+    """Not a training loop: ``run`` judges the pairs and writes records and a summary."""
 
     name = "label"
 
     @classmethod
-    def run_standalone(cls, cfg: LabelConfig, out_dir: str | Path) -> dict[str, Any]:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out_dir / "config.yaml")
-        t0 = time.time()
+    def run(cls, cfg: LabelConfig, run_dir: RunDir) -> dict[str, Any]:
+        out_dir = run_dir.begin(cfg).path
         opts = cfg.label
         if not cfg.data.train:
             raise DataError("data.train: no records to label")
@@ -234,12 +231,11 @@ class LabelStage:
         if opts.gold:
             gold_agree, n_gold = _gold_agreement(opts.gold, pairs, result["prob_a"])
             summary.update({f"agreement_with_gold_{opts.gold}": gold_agree, "gold_decisive_pairs": n_gold})
-        summary["wall_seconds"] = round(time.time() - t0, 2)
-        summary["peak_rss_mb"] = peak_rss_mb()
-        writer = MetricsWriter(out_dir / "metrics.jsonl")
+        summary = run_dir.finish(summary, write=False)
+        writer = MetricsWriter(run_dir.metrics_path)
         writer.write(len(pairs), {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
         writer.close()
-        atomic_write_json(out_dir / "summary.json", summary)
+        run_dir.write_summary(summary)
         return summary
 
 
@@ -262,8 +258,6 @@ def _pair_records(judge: LLMJudge, pairs: list[dict], result: dict, min_confiden
 
 
 def _gold_agreement(gold_name: str, pairs: list[dict], prob_a: list[float]) -> tuple[float | None, int]:
-    from alignloop.eval.gold import get_gold_scorer
-
     gold = get_gold_scorer(gold_name)
     prompts = [as_text(p["prompt"]) for p in pairs]
     gold_a = gold.score(prompts, [as_text(p["a"]) for p in pairs])

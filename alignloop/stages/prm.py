@@ -22,7 +22,7 @@ from pydantic import Field
 from alignloop.config import DataConfig, Section, StageConfig
 from alignloop.data import load_records, split_records
 from alignloop.errors import DataError
-from alignloop.models import enable_gradient_checkpointing, ScalarHeadModel, load_tokenizer
+from alignloop.models import ScalarHeadModel, enable_gradient_checkpointing, load_tokenizer
 from alignloop.rewards.process import PRM_META, aggregate_steps, tokenize_solution
 from alignloop.train.batches import EpochBatchSource
 from alignloop.train.stage import Stage, StepOutput

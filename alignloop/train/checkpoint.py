@@ -35,7 +35,7 @@ def trainable_state(model: nn.Module, snapshot: bool = True) -> dict[str, torch.
     """The trainable parameters by name, on CPU. ``snapshot=False`` for a caller that writes them out at once:
     it skips copying parameters that own their storage, which would briefly double a full fine-tune's weights
     (such tensors can change or be freed later, e.g. FSDP frees its gathered full weights on leaving
-    ``_full_weights``)."""
+    ``full_weights``)."""
     # named_parameters() yields tied weights once, so safetensors never sees shared storage
     take = (lambda t: t.clone()) if snapshot else _own_storage
     return {n: take(p.detach().to("cpu").contiguous()) for n, p in model.named_parameters() if p.requires_grad}

@@ -10,21 +10,27 @@ import contextlib
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
-from alignloop.train.stage import Stage
+__all__ = [
+    "backward_kwargs", "clip_and_norm", "configure_deepspeed", "full_weights", "no_sync", "shards_model",
+    "shards_optimizer", "uses_deepspeed",
+]
 
-def _uses_deepspeed(run) -> bool:
+
+def uses_deepspeed(run) -> bool:
     return run.accelerator.state.deepspeed_plugin is not None
 
 
-def _configure_deepspeed(run, micro: int, accum: int) -> None:
+def configure_deepspeed(run, micro: int, accum: int) -> None:
     """DeepSpeed owns accumulation and clipping: give it our micro-batch, accumulation and clip norm.
 
     Without a dataloader ``accelerate.prepare`` cannot infer the micro-batch size, and the loss is
     already normalised over the whole step, so the engine must not divide it by the accumulation again
-    (see ``_backward_kwargs``).
+    (see ``backward_kwargs``).
     """
-    if not _uses_deepspeed(run):
+    if not uses_deepspeed(run):
         return
     ds = run.accelerator.state.deepspeed_plugin.deepspeed_config
     ds["train_micro_batch_size_per_gpu"] = micro
@@ -33,19 +39,17 @@ def _configure_deepspeed(run, micro: int, accum: int) -> None:
     ds["gradient_clipping"] = run.config.train.max_grad_norm or 0.0
 
 
-def _shards_model(run) -> bool:
+def shards_model(run) -> bool:
     """FSDP or DeepSpeed: the engine owns parameter dtypes (mixed dtypes break flat parameters)."""
-    from accelerate.utils import DistributedType
-
     return run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def _shards_optimizer(run) -> bool:
-    return run.world_size > 1 and _shards_model(run)
+def shards_optimizer(run) -> bool:
+    return run.world_size > 1 and shards_model(run)
 
 
 @contextlib.contextmanager
-def _full_weights(run, models: dict[str, torch.nn.Module], for_writing: bool = False):
+def full_weights(run, models: dict[str, torch.nn.Module], for_writing: bool = False):
     """Inside, the modules hold their full parameters on every rank, so rank 0 can save them.
 
     All ranks must enter (the gathers are collective). A no-op unless FSDP or ZeRO-3 shards the weights.
@@ -57,13 +61,11 @@ def _full_weights(run, models: dict[str, torch.nn.Module], for_writing: bool = F
         return
     modules = list(models.values())
     with contextlib.ExitStack() as stack:
-        if _uses_deepspeed(run) and run.accelerator.state.deepspeed_plugin.zero_stage == 3:
-            import deepspeed
+        if uses_deepspeed(run) and run.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            import deepspeed  # optional dependency: only present when DeepSpeed is configured
 
             params = [p for m in modules for p in m.parameters()]
             stack.enter_context(deepspeed.zero.GatheredParameters(params, modifier_rank=0 if for_writing else None))
-        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
         for m in modules:
             if isinstance(m, FullyShardedDataParallel):  # FSDP1
                 stack.enter_context(FullyShardedDataParallel.summon_full_params(
@@ -75,12 +77,12 @@ def _full_weights(run, models: dict[str, torch.nn.Module], for_writing: bool = F
         yield
 
 
-def _backward_kwargs(run) -> dict[str, Any]:
-    return {"scale_wrt_gas": False} if _uses_deepspeed(run) else {}
+def backward_kwargs(run) -> dict[str, Any]:
+    return {"scale_wrt_gas": False} if uses_deepspeed(run) else {}
 
 
-def _clip_and_norm(run, params: list[torch.Tensor], max_norm: float | None) -> float:
-    if _uses_deepspeed(run):  # the engine clipped at its step; it only reports the norm
+def clip_and_norm(run, params: list[torch.Tensor], max_norm: float | None) -> float:
+    if uses_deepspeed(run):  # the engine clipped at its step; it only reports the norm
         norm = run.accelerator.clip_grad_norm_(params, max_norm or 0.0)
         return float(norm) if norm is not None else float("nan")
     if max_norm:
@@ -88,10 +90,11 @@ def _clip_and_norm(run, params: list[torch.Tensor], max_norm: float | None) -> f
     return float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
 
 
-def _no_sync(run, stage: Stage):
+def no_sync(run, models: dict[str, torch.nn.Module]):
+    """DDP: skip the gradient all-reduce of the modules (all but the last micro-batch of a step)."""
     if run.world_size == 1:
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
-    for m in stage.models.values():
+    for m in models.values():
         stack.enter_context(run.accelerator.no_sync(m))
     return stack

@@ -19,90 +19,32 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 
-from alignloop.config import StageConfig, dump_config
+from alignloop.config import StageConfig
 from alignloop.errors import AlignloopError
+from alignloop.models.precision import cast_frozen_linears, native_bf16
 from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from alignloop.train.engine import (
-    _backward_kwargs, _clip_and_norm, _configure_deepspeed, _full_weights, _no_sync, _shards_model, _shards_optimizer, _uses_deepspeed,
+    backward_kwargs,
+    clip_and_norm,
+    configure_deepspeed,
+    full_weights,
+    no_sync,
+    shards_model,
+    shards_optimizer,
+    uses_deepspeed,
 )
-from alignloop.train.metrics import MetricsWriter, Progress, peak_rss_mb
+from alignloop.train.metrics import MetricsWriter, Progress
+from alignloop.train.run import Run
+from alignloop.train.run_dir import RunDir
 from alignloop.train.schedule import make_scheduler
 from alignloop.train.stage import Stage, StepOutput
-from alignloop.utils.io import atomic_write_json
 
 log = logging.getLogger("alignloop")
 
 
 class Interrupted(AlignloopError):
     exit_code = 130
-
-
-class Run:
-    """What a stage sees of the loop: config, output dir, device, accelerator, autocast."""
-
-    def __init__(self, config: StageConfig, out_dir: Path):
-        self.config = config
-        self.out_dir = out_dir
-        tc = config.train
-        cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
-        if tc.device == "cuda" and not torch.cuda.is_available():
-            raise AlignloopError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
-        self.accelerator = Accelerator(cpu=cpu)
-        self.device = self.accelerator.device
-        self.rank = self.accelerator.process_index
-        self.world_size = self.accelerator.num_processes
-        self.is_main = self.accelerator.is_main_process
-        if self.world_size > 1:
-            _destroy_process_group_at_exit()
-
-    def autocast(self):
-        # No weight-cast cache: with gradient checkpointing it held a bf16 copy of every trainable weight for
-        # the whole forward (270 MB on a 135M model) and saved nothing, since each weight is cast once per forward.
-        if self.config.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
-        return contextlib.nullcontext()
-
-    def reduce_sum(self, values: list[float]) -> list[float]:
-        if self.world_size == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        return self.accelerator.reduce(t, reduction="sum").tolist()
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank if ``flag`` is true on any rank (keeps ranks taking the same branch)."""
-        return self.reduce_sum([float(flag)])[0] > 0 if self.world_size > 1 else flag
-
-    def gather(self, obj: Any) -> list[Any]:
-        """``obj`` from every rank, in rank order (a picklable object)."""
-        if self.world_size == 1:
-            return [obj]
-        from accelerate.utils import gather_object
-
-        return gather_object([obj])
-
-
-_teardown_registered = False
-
-
-def _destroy_process_group_at_exit() -> None:
-    """Tear the process group down before interpreter shutdown: a gloo group left to static destructors
-    can abort a rank at exit ("terminate called without an active exception") after a finished run."""
-    global _teardown_registered
-    if _teardown_registered:
-        return
-    _teardown_registered = True
-    import atexit
-
-    import torch.distributed as dist
-
-    def teardown() -> None:
-        if dist.is_available() and dist.is_initialized():
-            with contextlib.suppress(Exception):
-                dist.destroy_process_group()
-
-    atexit.register(teardown)
 
 
 def make_optimizer(groups: list[dict], tc) -> torch.optim.Optimizer:
@@ -157,10 +99,8 @@ def _total_steps(cfg: StageConfig, source: Any, accum: int) -> int:
 
 
 def _store_frozen_in_bf16(run: Run, stage: Stage) -> None:
-    from alignloop.models.precision import cast_frozen_linears, native_bf16
-
     tc = run.config.train
-    if not (tc.frozen_bf16 and tc.precision == "bf16" and native_bf16(run.device)) or _shards_model(run):
+    if not (tc.frozen_bf16 and tc.precision == "bf16" and native_bf16(run.device)) or shards_model(run):
         return
     saved = cast_frozen_linears([*stage.models.values(), *stage.frozen_modules()], torch.bfloat16)
     if saved and run.is_main:
@@ -173,14 +113,11 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     tc = cfg.train
     out_dir = Path(out_dir)
     run = Run(cfg, out_dir)
+    run_dir = RunDir(out_dir, is_main=run.is_main)
     stage.run = run
     seed_everything(tc.seed + run.rank)
-    t_start = time.time()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise AlignloopError(f"run directory {out_dir} exists and is not a directory; pass another --out")
-    if run.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out_dir / "config.yaml")
+    stage.resolve(run)  # derived config values, so config.yaml holds what the run uses
+    run_dir.begin(cfg)
 
     stage.setup(run)
     _store_frozen_in_bf16(run, stage)
@@ -194,7 +131,7 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     total = _total_steps(cfg, source, accum)
 
     names = list(stage.models)
-    _configure_deepspeed(run, micro, accum)
+    configure_deepspeed(run, micro, accum)
     groups = stage.param_groups()
     optimizer = make_optimizer(groups, tc)
     scheduler = make_scheduler(optimizer, tc.lr_schedule, tc.warmup_steps, total)
@@ -207,7 +144,7 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     writer = MetricsWriter(out_dir / "metrics.jsonl", enabled=run.is_main)
     ckpt = latest_checkpoint(out_dir) if tc.resume == "auto" else None
     if ckpt is not None:
-        with _full_weights(run, stage.models, for_writing=True):
+        with full_weights(run, stage.models, for_writing=True):
             meta, stage_state = load_checkpoint(ckpt, unwrapped(), optimizer, scheduler, rank=run.rank)
         step = int(meta["step"])
         if int(meta.get("world_size", 1)) != run.world_size:
@@ -222,13 +159,13 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     def checkpoint() -> None:
         run.accelerator.wait_for_everyone()
         rng_states = run.gather(rng_state())  # every rank's RNG, so sampling stays distinct per rank after resume
-        with _full_weights(run, stage.models):
+        with full_weights(run, stage.models):
             if run.is_main:
                 save_checkpoint(
                     out_dir, step, unwrapped(), optimizer, scheduler,
                     meta={"data": source.state_dict(), "total_steps": total, "world_size": run.world_size},
                     stage_state=stage.state_dict(), keep=tc.keep_checkpoints, rng_states=rng_states,
-                    save_optimizer=not _shards_optimizer(run),
+                    save_optimizer=not shards_optimizer(run),
                 )
         run.accelerator.wait_for_everyone()
 
@@ -251,7 +188,7 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
                 finite = True
                 for i, batch in enumerate(batches):
                     last = i == len(batches) - 1
-                    sync = contextlib.nullcontext() if last else _no_sync(run, stage)
+                    sync = contextlib.nullcontext() if last else no_sync(run, stage.models)
                     with sync:
                         with run.autocast():
                             out = stage.step(batch)
@@ -260,12 +197,12 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
                             finite = False
                             break
                         scale = run.world_size / max(total_units, 1e-12)
-                        run.accelerator.backward(out.loss * scale, **_backward_kwargs(run))
+                        run.accelerator.backward(out.loss * scale, **backward_kwargs(run))
                     outs.append(out)
                 grad_norm = float("nan")
                 if finite:
-                    grad_norm = _clip_and_norm(run, params, tc.max_grad_norm)
-                    finite = math.isfinite(grad_norm) or _uses_deepspeed(run)
+                    grad_norm = clip_and_norm(run, params, tc.max_grad_norm)
+                    finite = math.isfinite(grad_norm) or uses_deepspeed(run)
                 if finite:
                     optimizer.step()
                     bad_streak = 0
@@ -312,14 +249,13 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
         checkpoint()
     run.accelerator.wait_for_everyone()
     summary: dict[str, Any] = {"stage": stage.name, "steps": step, **writer.last_values(), **final_eval, **stage.summary()}
-    summary["wall_seconds"] = round(time.time() - t_start, 2)
-    summary["peak_rss_mb"] = peak_rss_mb()
     if torch.cuda.is_available():
         summary["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    with _full_weights(run, stage.models):
+    summary = run_dir.finish(summary, write=False)
+    with full_weights(run, stage.models):
         if run.is_main:
             stage.save(out_dir)
-            atomic_write_json(out_dir / "summary.json", summary)
+            run_dir.write_summary(summary)
     run.accelerator.wait_for_everyone()
     writer.close()
     return summary

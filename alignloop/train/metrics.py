@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import resource
-import sys
 import time
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 
 from alignloop.utils.io import read_jsonl, write_jsonl
-
-
-def peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(kb / 1024 if sys.platform != "darwin" else kb / 2**20, 1)
+from alignloop.utils.memory import peak_rss_mb  # noqa: F401  (re-exported for old imports)
 
 
 def _clean(v):
@@ -32,8 +27,8 @@ class MetricsWriter:
         self._last: dict[str, float] = {}
         self._tb = None
         if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+            try:  # optional dependency: TensorBoard logging only where the tensorboard package is installed
+                from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
             except Exception:

@@ -14,7 +14,8 @@ from alignloop.config import StageConfig
 
 if TYPE_CHECKING:
     from alignloop.train.batches import BatchSource
-    from alignloop.train.loop import Run
+    from alignloop.train.run import Run
+    from alignloop.train.run_dir import RunDir
 
 
 @dataclass
@@ -64,6 +65,9 @@ class Stage:
         raise NotImplementedError
 
     # --- optional -------------------------------------------------------------------------
+    def resolve(self, run: "Run") -> None:
+        """Fill config values derived from others or from the launch (before ``config.yaml`` is written)."""
+
     def param_groups(self) -> list[dict]:
         params = [p for m in self.models.values() for p in m.parameters() if p.requires_grad]
         return [{"params": params}]
@@ -107,3 +111,17 @@ class Stage:
         finally:
             for k, m in self.models.items():
                 m.train(was[k])
+
+
+class StandaloneStage:
+    """A stage that is not a training loop (labelling, constitution, collection, best-of-N, evaluation).
+
+    ``run`` does the work in ``run_dir``: ``run_dir.begin(cfg)`` once the inputs are checked, artifacts into
+    ``run_dir.path``, and ``run_dir.finish(summary)`` last (``summary.json`` marks the stage done).
+    """
+
+    name: str = "stage"
+
+    @classmethod
+    def run(cls, cfg: StageConfig, run_dir: "RunDir") -> dict[str, Any]:
+        raise NotImplementedError

@@ -24,12 +24,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from alignloop.models.head import token_logprobs
 from alignloop.data.collate import IGNORE_INDEX
+from alignloop.models.head import token_logprobs
+from alignloop.models.shared_prompt import (  # noqa: F401  (re-exported: DPO's public names)
+    PAD_SEGMENT,
+    SHARED_SEGMENT,
+    branch_attention_mask,
+    mask_dtype_for,
+    pack_pairs,
+    takes_4d_mask,
+)
 from alignloop.rollout.logprobs import accepts_logits_to_keep
 from alignloop.train.batches import EpochBatchSource
 
-PAD_SEGMENT, SHARED_SEGMENT, CHOSEN_SEGMENT, REJECTED_SEGMENT = -1, 0, 1, 2
+CHOSEN_SEGMENT, REJECTED_SEGMENT = 1, 2  # branch numbers of a pair (segments: models/shared_prompt.py)
 
 
 @dataclass
@@ -89,20 +97,6 @@ class _Row:
         return sum(1 for s in self.segments if s > SHARED_SEGMENT)
 
 
-def pack_pairs(lengths: list[int]) -> list[list[int]]:
-    """First-fit decreasing: groups of pair indices whose summed lengths fit the longest pair's length."""
-    capacity = max(lengths)
-    bins: list[tuple[int, list[int]]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for b, (used, members) in enumerate(bins):
-            if used + lengths[i] <= capacity:
-                bins[b] = (used + lengths[i], members + [i])
-                break
-        else:
-            bins.append((lengths[i], [i]))
-    return [members for _, members in bins]
-
-
 def _packed_row(examples: list[PairExample], members: list[int]) -> _Row:
     row = _Row()
     layouts = [_layout(examples[i]) for i in members]
@@ -147,44 +141,6 @@ def collate_pairs(examples: list[PairExample], pad_id: int, mask_dtype: torch.dt
         "keep": max(r.branch_tokens for r in rows),
         "index": torch.tensor([e.index for e in examples], dtype=torch.long),
     }
-
-
-def branch_attention_mask(segments: torch.Tensor, pair: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``[R, 1, L, L]``: causal within a pair, and a branch token sees its prefix and its own branch only.
-
-    Padding sees only itself (a row with nothing to attend to would give NaNs). ``dtype=None`` gives a bool
-    mask (sdpa); a float dtype gives the additive form (0 or the dtype's minimum) that eager attention needs.
-    """
-    length = segments.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    query, key = segments[:, :, None], segments[:, None, :]
-    same_pair = pair[:, :, None] == pair[:, None, :]
-    allowed = causal & same_pair & (query != PAD_SEGMENT) & ((key == SHARED_SEGMENT) | (key == query))
-    allowed |= torch.eye(length, dtype=torch.bool)
-    if dtype is None:
-        return allowed[:, None]
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-def attention_implementation(model: nn.Module) -> str:
-    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
-
-
-def takes_4d_mask(model: nn.Module) -> bool:
-    """Whether shared-prompt layouts can run on ``model``: flash attention takes no 4D mask."""
-    return not attention_implementation(model).startswith("flash")
-
-
-def mask_dtype_for(model: nn.Module) -> torch.dtype | None:
-    """None (bool mask) for sdpa attention; fp32 additive for eager and the rest."""
-    impl = attention_implementation(model)
-    if not takes_4d_mask(model):
-        from alignloop.errors import ModelError
-
-        raise ModelError(
-            f"attention implementation {impl!r} takes no 4D mask; DPO's shared-prompt batches need 'sdpa' or 'eager'"
-        )
-    return None if impl == "sdpa" else torch.float32
 
 
 def batch_to(batch: dict, device: torch.device) -> dict:

@@ -23,8 +23,6 @@ from alignloop.config import DataConfig, Section, StageConfig, TrainConfig
 from alignloop.data import split_records
 from alignloop.errors import ConfigError, DataError
 from alignloop.models import Reference, load_tokenizer, load_trainable_lm, make_reference, save_model
-from alignloop.train import dpo_reference as refcache
-from alignloop.train.batches import EpochBatchSource
 from alignloop.stages.dpo.batch import (
     LengthGroupedBatchSource,
     PairExample,
@@ -36,6 +34,8 @@ from alignloop.stages.dpo.batch import (
     real_tokens,
 )
 from alignloop.stages.dpo.data import load_pairs, tokenize_pairs
+from alignloop.train import dpo_reference as refcache
+from alignloop.train.batches import EpochBatchSource
 from alignloop.train.stage import Stage, StepOutput
 
 __all__ = ["DPOConfig", "DPOOptions", "DPOStage"]

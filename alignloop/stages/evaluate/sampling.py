@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from safetensors.torch import load_file
 
 from alignloop.errors import ModelError
 from alignloop.eval.eval_summary import prompt_text
+from alignloop.models import load_causal_lm
 from alignloop.rollout import HFSampler, Rollout, forward_logprobs
 
 log = logging.getLogger("alignloop")
@@ -26,8 +28,6 @@ Progress = Callable[[int], None]  # called with the number of samples just finis
 
 def load_policy(name_or_dir: str | Path) -> torch.nn.Module:
     """An inference-only causal LM (adapter merged into the weights for speed)."""
-    from alignloop.models import load_causal_lm
-
     return load_causal_lm(str(name_or_dir), trainable=False, merge=True)
 
 
@@ -149,10 +149,6 @@ def _match_names(saved: Sequence[str], params: dict[str, torch.nn.Parameter]) ->
 
 def load_checkpoint_policy(stage_dir: str | Path, checkpoint: Path) -> torch.nn.Module:
     """The stage's final model with the policy weights of ``checkpoint`` put back, then merged."""
-    from safetensors.torch import load_file
-
-    from alignloop.models import load_causal_lm
-
     model = load_causal_lm(str(stage_dir), trainable=False, merge=False)
     state = load_file(str(checkpoint / "policy.safetensors"))
     params = dict(model.named_parameters())

@@ -22,10 +22,25 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from alignloop.config import DataConfig, Section, StageConfig, dump_config
+from alignloop.config import DataConfig, Section, StageConfig
+from alignloop.data import load_records
 from alignloop.errors import ConfigError
-from alignloop.eval.eval_summary import best_of_n_kl, best_of_n_pick, overoptimisation_curve, summarize_policy
-from alignloop.utils.io import atomic_write_json, read_jsonl, write_jsonl
+from alignloop.eval.eval_report import write_eval_outputs
+from alignloop.eval.eval_summary import (
+    best_of_n_kl,
+    best_of_n_pick,
+    overoptimisation_curve,
+    simplify_prompt,
+    summarize_policy,
+)
+from alignloop.eval.gold import get_gold_scorer
+from alignloop.models import load_tokenizer
+from alignloop.rewards import build_reward
+from alignloop.stages.evaluate.progress import SampleProgress
+from alignloop.stages.evaluate.sampling import checkpoint_steps, load_checkpoint_policy, load_policy, sample_and_score
+from alignloop.train.run_dir import RunDir
+from alignloop.train.stage import StandaloneStage
+from alignloop.utils.io import read_jsonl, write_jsonl
 
 __all__ = ["EvalConfig", "EvalOptions", "EvalStage", "PolicySpec", "evaluate"]
 
@@ -102,16 +117,9 @@ class _Parts:
         return records
 
 
-def evaluate(cfg: EvalConfig, out_dir: str | Path) -> dict:
+def evaluate(cfg: EvalConfig, out_dir: str | Path | RunDir) -> dict:
     """Run the evaluation into ``out_dir``; return the report dict (also written as report.json)."""
-    from alignloop.data import load_records
-    from alignloop.stages.evaluate.progress import SampleProgress
-    from alignloop.eval.eval_report import write_eval_outputs
-    from alignloop.stages.evaluate.sampling import load_checkpoint_policy, load_policy, sample_and_score
-    from alignloop.eval.eval_summary import simplify_prompt
-    from alignloop.eval.gold import get_gold_scorer
-    from alignloop.models import load_tokenizer
-    from alignloop.rewards import build_reward
+    run_dir = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
 
     t0 = time.time()
     opts = cfg.eval
@@ -125,9 +133,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path) -> dict:
     prompts = [simplify_prompt(r["prompt"]) for r in load_records(source, "prompt")][: opts.n_prompts]
     gold = get_gold_scorer(opts.gold)
     proxy = build_reward(cfg.reward) if cfg.reward is not None else None
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out_dir / "config.yaml")
+    out_dir = run_dir.begin(cfg).path
     pool_size = max(bon_sizes, default=0)
     tokenizer = load_tokenizer(cfg.model)
     k = opts.samples_per_prompt
@@ -192,14 +198,12 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path) -> dict:
     report = _build_report(cfg, specs, records, checkpoint_points, groups, len(prompts))
     report["stages"] = {"eval": {"seconds": round(time.time() - t0, 2)}}
     write_eval_outputs(out_dir, report, records, show_samples=opts.show_samples)
-    atomic_write_json(out_dir / "summary.json", _summary(report, time.time() - t0))
+    run_dir.finish(_summary(report))
     return report
 
 
 def _intermediate_checkpoints(stage_dir: str) -> list[tuple[int, Path]]:
     """The stage's checkpoints except the last step's, which is the final model (evaluated anyway)."""
-    from alignloop.stages.evaluate.sampling import checkpoint_steps
-
     summary = Path(stage_dir) / "summary.json"
     final_step = json.loads(summary.read_text()).get("steps") if summary.is_file() else None
     return [(step, path) for step, path in checkpoint_steps(stage_dir) if step != final_step]
@@ -262,25 +266,21 @@ def _mean(records: list[dict], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _summary(report: dict, seconds: float) -> dict:
-    from alignloop.train.metrics import peak_rss_mb
-
+def _summary(report: dict) -> dict:
     summary: dict[str, Any] = {"stage": "eval", "reference": report["reference"]}
     for name, entry in report["policies"].items():
         summary[f"{name}/gold"] = entry["gold_reward_mean"]
         summary[f"{name}/kl"] = entry["kl_to_ref"]
         summary[f"{name}/win_rate"] = entry["win_rate_vs_ref"]
-    summary["wall_seconds"] = round(seconds, 2)
-    summary["peak_rss_mb"] = peak_rss_mb()
     return summary
 
 
-class EvalStage:
-    """Registered as ``eval``: not a training loop, so it only has ``run_standalone``."""
+class EvalStage(StandaloneStage):
+    """Registered as ``eval``: not a training loop."""
 
     name = "eval"
 
     @classmethod
-    def run_standalone(cls, cfg: EvalConfig, out_dir: str | Path) -> dict:
-        evaluate(cfg, out_dir)
-        return json.loads((Path(out_dir) / "summary.json").read_text())
+    def run(cls, cfg: EvalConfig, run_dir: RunDir) -> dict:
+        evaluate(cfg, run_dir)
+        return run_dir.read_summary()

@@ -11,7 +11,41 @@ from typing import Any
 
 import torch
 
-__all__ = ["Experience", "minibatch_schedule"]
+from alignloop.rollout import Rollout
+
+__all__ = ["Experience", "RolloutData", "loss_sum_factor", "minibatch_schedule"]
+
+
+@dataclass
+class RolloutData:
+    """A scored rollout with the forwards done once: what an algorithm's ``experience`` turns into targets."""
+
+    rollout: Rollout
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_start: int
+    response_mask: torch.Tensor  # [N, R] float
+    loss_mask: torch.Tensor  # [N, R] float, response_mask without excluded (truncated) rows
+    raw_scores: torch.Tensor  # [N] the reward source's score
+    scores: torch.Tensor  # [N] after the truncation policy and normalisation
+    components: dict[str, torch.Tensor]
+    uncertainty: torch.Tensor | None
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor | None
+    dense_rewards: torch.Tensor | None = None  # [N, R] per-step rewards at step-end tokens (process reward models)
+
+
+def loss_sum_factor(mask: torch.Tensor, agg: str) -> float:
+    """A micro-batch's loss units; ``aggregate_loss(x, mask, agg) ×`` this is the SUM the loop wants.
+
+    token_mean: valid tokens; seq_mean_token_mean: rows with a valid token; seq_mean_token_sum: all rows (its
+    normaliser B·max_len is constant, Dr. GRPO), so accumulated micro-batches equal one big batch in every mode.
+    """
+    if agg == "token_mean":
+        return float(mask.sum())
+    if agg == "seq_mean_token_mean":
+        return float((mask.sum(dim=1) > 0).sum())
+    return float(mask.shape[0])  # seq_mean_token_sum: (1/B)·ΣΣ/max_len × B
 
 
 @dataclass

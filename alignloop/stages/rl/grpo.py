@@ -9,18 +9,20 @@ Rollout shape, steps and resume: rl_config.py / rl_source.py; docs/grpo.md.
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from alignloop.algos import ADVANTAGE_ESTIMATORS, frac_zero_std
 from alignloop.config import DataConfig, StageConfig, TrainConfig
-from alignloop.stages.rl.config import RolloutSettings, RLOptions, check_rollout_shape
-from alignloop.stages.rl.experience import Experience
-from alignloop.stages.rl.stage import RLStage, RolloutData
+from alignloop.stages.rl.config import RLOptions, RolloutSettings, check_rollout_shape
+from alignloop.stages.rl.experience import Experience, RolloutData
+from alignloop.stages.rl.kl import KLPenalty
+from alignloop.stages.rl.stage import RLStage
 
-__all__ = ["GRPOConfig", "GRPOOptions", "GRPOStage"]
+__all__ = ["GRPO", "GRPOConfig", "GRPOOptions", "GRPOStage"]
 
 _ESTIMATOR = {"group_norm": "grpo", "rloo": "rloo"}
 
@@ -40,6 +42,7 @@ class GRPOOptions(RLOptions):
 
 
 class GRPOConfig(StageConfig):
+    algorithm: ClassVar[type]  # GRPO, set below
     stage: Literal["grpo"] = "grpo"
     data: DataConfig = Field(
         default_factory=lambda: DataConfig(train="bundled:arith_train.jsonl", eval="bundled:arith_eval.jsonl", max_length=256)
@@ -58,15 +61,24 @@ class GRPOConfig(StageConfig):
         return self
 
 
-class GRPOStage(RLStage):
-    name = "grpo"
-    section = "grpo"
-    config: GRPOConfig
+class GRPO:
+    """GRPO's and RLOO's part of ``RLStage``: group-relative advantages, the policy loss with a β·KL term."""
 
-    def needs_reference(self) -> bool:
-        return self.opts.kl_coef > 0
+    kl_placement = "loss"
+    default_micro_batch = None
 
-    def build_experience(self, data: RolloutData) -> tuple[Experience, dict[str, float]]:
+    def __init__(self, stage: RLStage):
+        self.stage = stage
+        self.opts: GRPOOptions = stage.config.grpo
+        self.needs_reference = self.opts.kl_coef > 0
+
+    def setup(self, run) -> None:
+        pass
+
+    def param_groups(self) -> None:
+        return None
+
+    def experience(self, data: RolloutData, kl: KLPenalty) -> tuple[Experience, dict[str, float]]:
         opts = self.opts
         G = opts.num_generations
         # the whole score sits on the last token, so the estimators' sequence return Σ_t r_t is the score
@@ -78,7 +90,7 @@ class GRPOStage(RLStage):
         )
         kl_coef = None
         if data.ref_logprobs is not None:
-            kl_coef = torch.full((len(data.scores),), float(self.kl_ctl.value))
+            kl_coef = kl.betas(len(data.scores))
         experience = Experience(
             input_ids=data.input_ids, attention_mask=data.attention_mask, response_start=data.response_start,
             loss_mask=data.loss_mask, old_logprobs=data.old_logprobs, advantages=advantages,
@@ -93,3 +105,13 @@ class GRPOStage(RLStage):
         for name, values in data.components.items():
             stats[f"rewards/{name}/mean"] = float(values.mean())
         return experience, stats
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.stage.policy_loss(batch)
+
+    def save(self, out_dir: Path) -> None:
+        pass
+
+
+GRPOConfig.algorithm = GRPO
+GRPOStage = RLStage  # the name users and the registry know: RLStage with GRPOConfig runs GRPO/RLOO

@@ -12,35 +12,25 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from alignloop.algos import (
-    ADVANTAGE_ESTIMATORS,
-    AdaptiveKLController,
-    FixedKLController,
-    UncertaintyKLController,
-    kl_penalty,
-    masked_mean,
-    value_loss,
-    whiten_advantages,
-)
+from alignloop.algos import ADVANTAGE_ESTIMATORS, masked_mean, value_loss, whiten_advantages
 from alignloop.config import DataConfig, StageConfig, TrainConfig
 from alignloop.errors import ConfigError
-from alignloop.models import enable_gradient_checkpointing, ScalarHeadModel
+from alignloop.models import ScalarHeadModel, enable_gradient_checkpointing
 from alignloop.models.lora import apply_lora
 from alignloop.models.precision import share_frozen_weights
-from alignloop.rewards.base import has_uncertainty
-from alignloop.stages.rl.config import RolloutSettings, RLOptions, check_rollout_shape
-from alignloop.stages.rl.experience import Experience
+from alignloop.stages.rl.config import RLOptions, RolloutSettings, check_rollout_shape
+from alignloop.stages.rl.experience import Experience, RolloutData
+from alignloop.stages.rl.kl import KLPenalty
 from alignloop.stages.rl.rewards import token_rewards
-from alignloop.stages.rl.stage import RLStage, RolloutData
-from alignloop.train.engine import _shards_model
-from alignloop.train.stage import StepOutput
+from alignloop.stages.rl.stage import RLStage
+from alignloop.train.engine import shards_model
 
-__all__ = ["PPOConfig", "PPOOptions", "PPOStage"]
+__all__ = ["PPO", "PPOConfig", "PPOOptions", "PPOStage"]
 
 
 log = logging.getLogger("alignloop")
@@ -73,6 +63,7 @@ class PPOOptions(RLOptions):
 
 
 class PPOConfig(StageConfig):
+    algorithm: ClassVar[type]  # PPO, set below
     stage: Literal["ppo"] = "ppo"
     data: DataConfig = Field(
         default_factory=lambda: DataConfig(train="bundled:prompts_train.jsonl", eval="bundled:prompts_eval.jsonl", max_length=256)
@@ -91,29 +82,30 @@ class PPOConfig(StageConfig):
         return self
 
 
-class PPOStage(RLStage):
-    name = "ppo"
-    section = "ppo"
-    config: PPOConfig
-    # policy and critic activations of a step are both alive until backward: 4 responses per forward
-    # (benchmark: 8 responses per step, peak RSS 4.3 GB -> 3.4 GB; accumulation is exact)
-    default_micro_batch = 4
+class PPO:
+    """PPO's part of ``RLStage``: the critic, per-token rewards with the KL, GAE targets, the value loss."""
 
-    def setup_models(self, run) -> None:
-        opts = self.opts
-        if opts.kl_controller == "uncertainty" and not has_uncertainty(self.reward):
-            raise ConfigError("ppo.kl_controller: 'uncertainty' needs a reward source with an uncertainty() (a reward-model ensemble)")
+    default_micro_batch = 4  # policy and critic activations of a step are both alive until backward
+    needs_reference = True
+
+    def __init__(self, stage: RLStage):
+        self.stage = stage
+        self.opts: PPOOptions = stage.config.ppo
+        self.kl_placement = self.opts.kl_placement
+
+    def setup(self, run) -> None:
+        stage, opts = self.stage, self.opts
         critic = self._load_critic()
-        if self.config.train.gradient_checkpointing and hasattr(critic.backbone, "gradient_checkpointing_enable"):
+        if stage.config.train.gradient_checkpointing and hasattr(critic.backbone, "gradient_checkpointing_enable"):
             enable_gradient_checkpointing(critic.backbone)
-        self.models["critic"] = critic.to(run.device)
-        if opts.critic_share_frozen and not _shards_model(run):
-            shared = share_frozen_weights(self.models["policy"], critic)
+        stage.models["critic"] = critic.to(run.device)
+        if opts.critic_share_frozen and not shards_model(run):
+            shared = share_frozen_weights(stage.models["policy"], critic)
             if shared and run.is_main:
                 log.info("critic shares %.0f MB of frozen base weights with the policy", shared / 2**20)
 
     def _load_critic(self) -> ScalarHeadModel:
-        cfg, init = self.config, self.opts.critic_init
+        cfg, init = self.stage.config, self.opts.critic_init
         if init == "policy":
             return ScalarHeadModel.from_causal_lm(cfg.model, lora=cfg.lora)
         if init == "reward":
@@ -125,51 +117,34 @@ class PPOStage(RLStage):
             critic.backbone = apply_lora(critic.backbone, cfg.lora)
         return critic
 
-    def make_kl_controller(self):
-        opts = self.opts
-        if opts.kl_controller == "fixed":
-            return FixedKLController(opts.kl_coef)
-        if opts.kl_coef <= 0:
-            raise ConfigError(f"ppo.kl_coef: the {opts.kl_controller} controller needs kl_coef > 0")
-        base = AdaptiveKLController(opts.kl_coef, opts.kl_target, opts.kl_horizon) if opts.kl_controller == "adaptive" else FixedKLController(opts.kl_coef)
-        if opts.kl_controller == "uncertainty":
-            return UncertaintyKLController(base, opts.uncertainty_coef, opts.uncertainty_max_scale)
-        return base
-
-    def wants_uncertainty(self) -> bool:
-        return self.opts.kl_controller == "uncertainty"
-
     def param_groups(self) -> list[dict]:
-        critic_lr = self.opts.critic_lr or self.config.train.lr
+        critic_lr = self.opts.critic_lr or self.stage.config.train.lr
+        models = self.stage.models
         trainable = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
-        return [{"params": trainable(self.models["policy"])}, {"params": trainable(self.models["critic"]), "lr": critic_lr}]
+        return [{"params": trainable(models["policy"])}, {"params": trainable(models["critic"]), "lr": critic_lr}]
 
     def _values(self, critic, input_ids, attention_mask, response_start: int) -> torch.Tensor:
         """V(s_t) for each response token: the critic's output at the position before the token (like the logits)."""
         out = critic(input_ids, attention_mask)[..., 0]
         return out[:, response_start - 1 : -1].float()
 
-    def build_experience(self, data: RolloutData) -> tuple[Experience, dict[str, float]]:
-        opts, mask = self.opts, data.response_mask
+    def experience(self, data: RolloutData, kl: KLPenalty) -> tuple[Experience, dict[str, float]]:
+        stage, opts, mask = self.stage, self.opts, data.response_mask
         n = len(data.scores)
-        if opts.kl_controller == "uncertainty":
-            beta = self.kl_ctl.per_sample_beta(data.uncertainty)
-        else:
-            beta = torch.full((n,), float(self.kl_ctl.value))
-        kl = kl_penalty(data.old_logprobs, data.ref_logprobs, opts.kl_estimator) * mask
-        in_reward = opts.kl_placement == "reward"
-        rewards = token_rewards(data.scores, mask, kl if in_reward else None, beta, data.dense_rewards)
-        critic = self.unwrap("critic")
-        with self.inference():
-            values = self.forward_rows(
+        beta = kl.betas(n, data.uncertainty)
+        token_kl = kl.per_token(data.old_logprobs, data.ref_logprobs, mask)
+        rewards = token_rewards(data.scores, mask, token_kl if kl.in_reward else None, beta, data.dense_rewards)
+        critic = stage.unwrap("critic")
+        with stage.eval_mode():
+            values = stage.forward_rows(
                 lambda s: self._values(critic, data.input_ids[s], data.attention_mask[s], data.response_start), n
             ) * mask
         advantages, returns = ADVANTAGE_ESTIMATORS[opts.advantage](
             rewards, mask, values=values, group_size=opts.num_generations, gamma=opts.gamma, lam=opts.lam
         )
         if opts.whiten_advantages:
-            advantages = whiten_advantages(advantages, data.loss_mask, reduce=self.run.reduce_sum)
-        seq_kl = kl.sum(dim=1)
+            advantages = whiten_advantages(advantages, data.loss_mask, reduce=stage.run.reduce_sum)
+        seq_kl = token_kl.sum(dim=1)
         k1_seq = ((data.old_logprobs - data.ref_logprobs) * mask).sum(dim=1)
         stats = {
             "objective/kl": float(k1_seq.mean()),
@@ -181,37 +156,37 @@ class PPOStage(RLStage):
             "val/values_avg": float(masked_mean(values, mask)),
             "val/returns_avg": float(masked_mean(returns, mask)),
         }
-        if opts.kl_controller == "uncertainty":
+        if kl.per_sample:
             stats["objective/kl_coef_mean"] = float(beta.mean())
             stats["objective/reward_std"] = float(data.uncertainty.mean())
         # the controller sees this rollout's KL and sets β for the next one (Ziegler et al.: n_steps = samples)
         # (over every rank's samples, so all ranks keep the same β)
-        kl_sum, samples = self.run.reduce_sum([float(seq_kl.sum()), float(n)])
-        self.kl_ctl.update(kl_sum / max(samples, 1.0), int(samples))
+        kl_sum, samples = stage.run.reduce_sum([float(seq_kl.sum()), float(n)])
+        kl.update(kl_sum / max(samples, 1.0), int(samples))
         experience = Experience(
             input_ids=data.input_ids, attention_mask=data.attention_mask, response_start=data.response_start,
             loss_mask=data.loss_mask, old_logprobs=data.old_logprobs, advantages=advantages,
-            ref_logprobs=None if in_reward else data.ref_logprobs, kl_coef=None if in_reward else beta,
+            ref_logprobs=None if kl.in_reward else data.ref_logprobs, kl_coef=None if kl.in_reward else beta,
             returns=returns, old_values=values,
         )
         return experience, stats
 
-    def step(self, batch) -> StepOutput:
-        batch = self.to_device(batch)
-        opts, mask = self.opts, batch["loss_mask"]
-        if self.global_step < opts.critic_warmup_steps:
-            loss, stats = torch.zeros((), device=self.run.device), {"policy/critic_warmup": 1.0}
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        stage, opts, mask = self.stage, self.opts, batch["loss_mask"]
+        if stage.global_step < opts.critic_warmup_steps:
+            loss, stats = torch.zeros((), device=stage.run.device), {"policy/critic_warmup": 1.0}
         else:
-            loss, stats = self.policy_loss(batch)
-        values = self._values(self.models["critic"], batch["input_ids"], batch["attention_mask"], batch["response_start"])
+            loss, stats = stage.policy_loss(batch)
+        values = self._values(stage.models["critic"], batch["input_ids"], batch["attention_mask"], batch["response_start"])
         vf, vstats = value_loss(
             values, batch["old_values"], batch["returns"], mask, opts.vf_clip, opts.loss_agg, opts.max_new_tokens
         )
-        loss = loss + opts.vf_coef * vf
         stats.update({k: float(v) for k, v in vstats.items()})
-        units = self.units(batch)
-        return StepOutput(loss=loss * units, units=units, n_tokens=int(batch["attention_mask"].sum()), stats=stats)
+        return loss + opts.vf_coef * vf, stats
 
     def save(self, out_dir: Path) -> None:
-        super().save(out_dir)
-        self.unwrap("critic").save_pretrained(Path(out_dir) / "value_model", tokenizer=self.tokenizer)
+        self.stage.unwrap("critic").save_pretrained(Path(out_dir) / "value_model", tokenizer=self.stage.tokenizer)
+
+
+PPOConfig.algorithm = PPO
+PPOStage = RLStage  # the name users and the registry know: RLStage with PPOConfig runs PPO

@@ -22,8 +22,18 @@ from torch import nn
 
 from alignloop.data.collate import IGNORE_INDEX
 from alignloop.models.head import token_logprobs
-from alignloop.rollout.logprobs import accepts_logits_to_keep, effective_temperature, model_device
-from alignloop.stages.dpo.batch import PAD_SEGMENT, SHARED_SEGMENT, branch_attention_mask, mask_dtype_for, pack_pairs
+from alignloop.models.shared_prompt import (
+    PAD_SEGMENT,
+    SHARED_SEGMENT,
+    branch_attention_mask,
+    mask_dtype_for,
+    pack_pairs,
+)
+from alignloop.rollout.logprobs import (
+    accepts_logits_to_keep,
+    effective_temperature,
+    model_device,
+)
 
 __all__ = ["SharedPromptBatch", "shared_prompt_batch", "shared_prompt_logprobs"]
 

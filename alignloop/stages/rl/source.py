@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from alignloop.train.batches import EpochBatchSource
 from alignloop.stages.rl.experience import Experience, minibatch_schedule
+from alignloop.train.batches import EpochBatchSource
 
 __all__ = ["RolloutBatchSource", "rollout_seed"]
 

@@ -1,105 +1,86 @@
-"""What PPO and GRPO/RLOO share: policy + reference + sampler + reward, the rollout source, the policy loss.
+"""The RL stage (PPO, GRPO/RLOO): policy + roles (sampler, reward, reference) + one algorithm, on the one loop.
 
-A subclass names its config section (``section``), says whether it needs the reference, and builds the
-stage-specific targets of a rollout in ``build_experience`` (GAE with a critic, or group advantages).
+``RLStage(config, roles)`` is composed, not subclassed: ``roles`` (stages/rl/roles.py) say who samples, scores
+and gives reference log-probs (built here when left out, or Ray proxies from ``alignloop.distributed``), and the
+config's ``algorithm`` class (PPO in ppo.py, GRPO/RLOO in grpo.py) turns each scored rollout into targets and
+computes the loss. The KL penalty's coefficient and placement: kl.py. Rollout shape, steps, resume: config.py and
+source.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from alignloop.algos import POLICY_LOSSES, FixedKLController, aggregate_loss, entropy_bonus, kl_penalty, masked_mean
+from alignloop.algos import POLICY_LOSSES, entropy_bonus, masked_mean
 from alignloop.data import load_records
 from alignloop.errors import ConfigError, DataError
-from alignloop.models import Reference, load_tokenizer, load_trainable_lm, make_reference, save_model
-from alignloop.rewards import build_reward
-from alignloop.rollout import HFSampler, Rollout, forward_logprobs
+from alignloop.eval.gold import get_gold_scorer
+from alignloop.models import load_tokenizer, load_trainable_lm, save_model
+from alignloop.models.shared_prompt import takes_4d_mask
+from alignloop.rewards import HasDenseRewards, HasMetrics, HasOnlineState, has_uncertainty, reward_members
+from alignloop.rollout import forward_logprobs
 from alignloop.rollout.prompts import encode_prompts
-from alignloop.train.batches import EpochBatchSource
-from alignloop.stages.rl.config import RLOptions, steps_per_rollout
-from alignloop.stages.rl.experience import Experience
+from alignloop.stages.rl.config import steps_per_rollout
+from alignloop.stages.rl.experience import Experience, RolloutData, loss_sum_factor
+from alignloop.stages.rl.kl import KLPenalty
 from alignloop.stages.rl.monitors import SampleLog, rollout_monitors
 from alignloop.stages.rl.rewards import RunningMoments, apply_truncation, normalise_scores, prompt_text, score_rollout
-from alignloop.stages.dpo.batch import takes_4d_mask
+from alignloop.stages.rl.roles import LocalReference, RLRoles, SyncsWeights, local_roles
 from alignloop.stages.rl.shared_prompt import shared_prompt_logprobs
 from alignloop.stages.rl.source import RolloutBatchSource, rollout_seed
+from alignloop.train.batches import EpochBatchSource
 from alignloop.train.stage import Stage, StepOutput
 
-__all__ = ["RLStage", "RolloutData", "loss_sum_factor"]
+__all__ = ["RLStage"]
 
 log = logging.getLogger("alignloop")
 
 
-@dataclass
-class RolloutData:
-    """A scored rollout with the forwards done once: the input of a stage's ``build_experience``."""
-
-    rollout: Rollout
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_start: int
-    response_mask: torch.Tensor  # [N, R] float
-    loss_mask: torch.Tensor  # [N, R] float, response_mask without excluded (truncated) rows
-    raw_scores: torch.Tensor  # [N] the reward source's score
-    scores: torch.Tensor  # [N] after the truncation policy and normalisation
-    components: dict[str, torch.Tensor]
-    uncertainty: torch.Tensor | None
-    old_logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor | None
-    dense_rewards: torch.Tensor | None = None  # [N, R] per-step rewards at step-end tokens (process reward models)
-
-
-def loss_sum_factor(mask: torch.Tensor, agg: str) -> float:
-    """A micro-batch's loss units; ``aggregate_loss(x, mask, agg) ×`` this is the SUM the loop wants.
-
-    token_mean: valid tokens; seq_mean_token_mean: rows with a valid token; seq_mean_token_sum: all rows (its
-    normaliser B·max_len is constant, Dr. GRPO), so accumulated micro-batches equal one big batch in every mode.
-    """
-    if agg == "token_mean":
-        return float(mask.sum())
-    if agg == "seq_mean_token_mean":
-        return float((mask.sum(dim=1) > 0).sum())
-    return float(mask.shape[0])  # seq_mean_token_sum: (1/B)·ΣΣ/max_len × B
-
-
 class RLStage(Stage):
-    section = "rl"
+    def __init__(self, config, roles: RLRoles | None = None):
+        super().__init__(config)
+        self.name = self.section = config.stage
+        self.given_roles = roles or RLRoles()
+        self.algorithm = type(config).algorithm(self)
 
     @property
-    def opts(self) -> RLOptions:
+    def opts(self) -> Any:
         return getattr(self.config, self.section)
 
-    def needs_reference(self) -> bool:
-        return True
-
     # --- setup ------------------------------------------------------------------------------
+    def resolve(self, run) -> None:
+        tc, micro = self.config.train, self.algorithm.default_micro_batch
+        if tc.micro_batch_size is None and micro and tc.batch_size % run.world_size == 0:
+            # the largest divisor of the per-rank batch not above the default: exact accumulation, bounded memory
+            local = tc.batch_size // run.world_size
+            tc.micro_batch_size = max(d for d in range(1, min(micro, local) + 1) if local % d == 0)
+        if tc.max_steps == -1:  # derived: every update of every rollout (see config.py)
+            tc.max_steps = self.opts.rollouts * steps_per_rollout(self.opts, tc.batch_size)
+
     def setup(self, run) -> None:
         cfg, opts = self.config, self.opts
-        if opts.reward is None:
+        if opts.reward is None and self.given_roles.reward is None:
             raise ConfigError(f"{self.section}.reward: no reward given (a reward-model dir, 'module:function' or 'rule:<name>')")
         self.tokenizer = load_tokenizer(cfg.model)
         policy = load_trainable_lm(cfg.model, cfg.lora, cfg.train.gradient_checkpointing, run.device)
         self.models["policy"] = policy
-        self.reward = build_reward(opts.reward)
-        self.gold = None
-        if opts.gold:
-            from alignloop.eval.gold import get_gold_scorer
-
-            self.gold = get_gold_scorer(opts.gold)
-        # adapter-off view with LoRA; a frozen copy taken now (before any update) for full fine-tuning
-        self.reference: Reference | None = make_reference(policy) if self.needs_reference() else None
-        dtype = "auto" if cfg.train.precision == "bf16" else "fp32"
-        self.sampler = HFSampler(policy, self.tokenizer, batch_size=opts.generation_batch_size, dtype=dtype)
+        roles = local_roles(
+            self.given_roles, policy, self.tokenizer, opts.reward, self.algorithm.needs_reference,
+            opts.generation_batch_size, cfg.train.precision, self._reference_forward,
+        )
+        self.sampler, self.reward, self.reference = roles.sampler, roles.reward, roles.reference
+        self.gold = get_gold_scorer(opts.gold) if opts.gold else None
         self.train_records = self._load_prompts(cfg.data.train, "data.train")
         self.eval_records = self._load_prompts(cfg.data.eval, "data.eval") if cfg.data.eval else []
-        self.kl_ctl = self.make_kl_controller()
+        self.kl = KLPenalty(opts, self.section, self.algorithm.kl_placement)
+        if self.kl.per_sample and not has_uncertainty(self.reward):
+            raise ConfigError(f"{self.section}.kl_controller: 'uncertainty' needs a reward source with an uncertainty() "
+                              "(a reward-model ensemble)")
         self.running = RunningMoments()
         self.samples = SampleLog(run.out_dir / "samples.jsonl", enabled=run.is_main)
         self.global_step = 0
@@ -107,31 +88,20 @@ class RLStage(Stage):
         self.eval_before: dict[str, float] | None = None
         self.early_stops = 0
         self.generation_seconds = 0.0
-        self.setup_models(run)
-        tc = cfg.train
-        if tc.micro_batch_size is None and self.default_micro_batch and tc.batch_size % run.world_size == 0:
-            # the largest divisor of the per-rank batch not above the default: exact accumulation, bounded memory
-            local = tc.batch_size // run.world_size
-            tc.micro_batch_size = max(d for d in range(1, min(self.default_micro_batch, local) + 1) if local % d == 0)
-        if cfg.train.max_steps == -1:  # derived: every update of every rollout (see rl_config)
-            cfg.train.max_steps = opts.rollouts * steps_per_rollout(opts, cfg.train.batch_size)
+        self.algorithm.setup(run)
+        if isinstance(self.sampler, SyncsWeights):
+            self.sampler.sync_weights(policy)  # remote samplers start from exactly the learner's weights
 
-    # train.micro_batch_size when left null: responses per forward/backward (None: the whole mini-batch)
-    default_micro_batch: int | None = None
-
-    def setup_models(self, run) -> None:
-        """Stage hook: extra trainable modules (the PPO critic)."""
+    @property
+    def kl_ctl(self) -> Any:
+        return self.kl.controller
 
     def frozen_modules(self) -> list:
-        from alignloop.rewards.base import WeightedSum
-        from alignloop.rewards.model import RewardModel
+        held = self.reference.held_modules() if isinstance(self.reference, LocalReference) else []
+        return reward_members(self.reward) + held
 
-        sources = self.reward.sources if isinstance(self.reward, WeightedSum) else [self.reward]
-        frozen = [m for s in sources if isinstance(s, RewardModel) for m in s.members]
-        return frozen + (self.reference.held_modules() if self.reference is not None else [])
-
-    def make_kl_controller(self) -> Any:
-        return FixedKLController(self.opts.kl_coef)
+    def param_groups(self) -> list[dict]:
+        return self.algorithm.param_groups() or super().param_groups()
 
     def _load_prompts(self, path: str | None, key: str) -> list[dict]:
         if not path:
@@ -141,40 +111,30 @@ class RLStage(Stage):
         limit = self.config.data.max_length - self.opts.max_new_tokens
         kept = [r for r, ids in zip(records, token_lists) if len(ids) <= limit]
         if len(kept) < len(records):
-            log.warning("%s: dropped %d prompt(s) longer than data.max_length - max_new_tokens (%d tokens)", key, len(records) - len(kept), limit)
+            log.warning("%s: dropped %d prompt(s) longer than data.max_length - max_new_tokens (%d tokens)",
+                        key, len(records) - len(kept), limit)
         if not kept:
-            raise DataError(f"{path}: every prompt is longer than data.max_length - {self.section}.max_new_tokens ({limit} tokens)")
+            raise DataError(f"{path}: every prompt is longer than data.max_length - {self.section}.max_new_tokens "
+                            f"({limit} tokens)")
         return kept
 
-    # --- the batch source -------------------------------------------------------------------
+    # --- rollouts ---------------------------------------------------------------------------
     def batches(self) -> RolloutBatchSource:
         tc, opts, run = self.config.train, self.opts, self.run
         if opts.prompts_per_rollout % run.world_size:
-            raise ConfigError(f"{self.section}.prompts_per_rollout ({opts.prompts_per_rollout}) must be a multiple of the process count ({run.world_size})")
+            raise ConfigError(f"{self.section}.prompts_per_rollout ({opts.prompts_per_rollout}) must be a multiple of "
+                              f"the process count ({run.world_size})")
         prompts = EpochBatchSource(
             self.train_records, opts.prompts_per_rollout // run.world_size, list,
             seed=tc.seed, rank=run.rank, world_size=run.world_size,
         )
         self.source = RolloutBatchSource(
-            prompts, self.make_experience,
+            prompts, self.rollout_phase,
             minibatch_size=tc.batch_size // run.world_size,
             micro_batch_size=tc.micro_batch_size or tc.batch_size,
             epochs=opts.epochs, seed=tc.seed, group_size=opts.num_generations if self.shares_prompt() else 1,
         )
         return self.source
-
-    @contextlib.contextmanager
-    def inference(self):
-        """Eval mode, no grad and the run's autocast for the once-per-rollout forwards."""
-        modes = {name: model.training for name, model in self.models.items()}
-        for model in self.models.values():
-            model.eval()
-        try:
-            with torch.no_grad(), self.run.autocast():
-                yield
-        finally:
-            for name, model in self.models.items():
-                model.train(modes[name])
 
     def forward_rows(self, fn, n_rows: int) -> torch.Tensor:
         """``fn(rows)`` (a no-grad forward) over row chunks, concatenated: bounded memory.
@@ -187,7 +147,7 @@ class RLStage(Stage):
         return torch.cat([fn(slice(i, i + chunk)) for i in range(0, n_rows, chunk)])
 
     def shares_prompt(self) -> bool:
-        """Forward a group's prompt once (rl_shared_prompt.py): a stage option (GRPO's ``share_prompt``), G > 1
+        """Forward a group's prompt once (shared_prompt.py): a stage option (GRPO's ``share_prompt``), G > 1
         and an attention that takes 4D masks. PPO keeps plain rows (its critic forward would not share)."""
         return bool(getattr(self.opts, "share_prompt", False) and self.opts.num_generations > 1
                     and takes_4d_mask(self.unwrap("policy")))
@@ -195,10 +155,19 @@ class RLStage(Stage):
     def logprobs(self, model, input_ids, attention_mask, response_start: int, temperature: float) -> torch.Tensor:
         """Response log-probs ``[N, R]``: shared-prompt rows when ``shares_prompt()``, else plain rows."""
         if self.shares_prompt():
-            return shared_prompt_logprobs(model, input_ids, attention_mask, response_start, temperature, self.tokenizer.pad_token_id)
+            return shared_prompt_logprobs(model, input_ids, attention_mask, response_start, temperature,
+                                          self.tokenizer.pad_token_id)
         return forward_logprobs(model, input_ids, attention_mask, response_start, temperature)
 
-    def make_experience(self, records: list[dict], index: int) -> Experience:
+    def _reference_forward(self, model, input_ids, attention_mask, response_start: int, temperature: float):
+        with self.eval_mode():
+            return self.forward_rows(
+                lambda s: self.logprobs(model, input_ids[s], attention_mask[s], response_start, temperature),
+                len(input_ids),
+            )
+
+    def rollout_phase(self, records: list[dict], index: int) -> Experience:
+        """Once per rollout: sample, score, old and reference log-probs, then the algorithm's targets."""
         opts, run = self.opts, self.run
         if index == 0 and opts.eval_before and self.eval_before is None and self.eval_records and opts.eval_prompts:
             self.eval_before = self.evaluate()
@@ -213,15 +182,13 @@ class RLStage(Stage):
         keys = sorted({k for r in records for k in r if k != "prompt"})
         fields = {k: [records[g].get(k) for g in group] for k in keys}
         with torch.no_grad(), self.run.autocast():  # a reward model scores in the precision it trained in
-            scored = score_rollout(self.reward, rollout.prompts, rollout.responses, fields, self.wants_uncertainty())
+            scored = score_rollout(self.reward, rollout.prompts, rollout.responses, fields, self.kl.per_sample)
         scores, keep_rows = apply_truncation(scored.scores, rollout.finished, opts.truncation, opts.truncation_value)
         scores = normalise_scores(scores, opts.reward_norm, self.running, opts.reward_clip, self.run.reduce_sum)
         input_ids, attention = rollout.input_ids(), rollout.attention_mask()
-        start = rollout.response_start
-        response_mask = rollout.response_mask.float()
+        start, response_mask, temperature = rollout.response_start, rollout.response_mask.float(), opts.temperature
         policy = self.unwrap("policy")
-        temperature = opts.temperature
-        with self.inference():
+        with self.eval_mode():
             if opts.reuse_sampler_logprobs:
                 old_logp = rollout.logprobs.float()
             else:
@@ -230,9 +197,9 @@ class RLStage(Stage):
                 ).float()
             ref_logp = None
             if self.reference is not None:
-                ref_logp = self.reference_logprobs(input_ids, attention, start, temperature).float()
+                ref_logp = self.reference.logprobs(input_ids, attention, start, temperature).to(old_logp.device).float()
         dense = None
-        if hasattr(self.reward, "dense_rewards"):  # a process reward model: one reward per reasoning step
+        if isinstance(self.reward, HasDenseRewards):  # a process reward model: one reward per reasoning step
             dense = self.reward.dense_rewards(rollout.prompts, rollout.response_ids, rollout.response_mask, self.tokenizer)
         data = RolloutData(
             rollout=rollout, input_ids=input_ids, attention_mask=attention, response_start=start,
@@ -241,7 +208,7 @@ class RLStage(Stage):
             old_logprobs=old_logp * response_mask, ref_logprobs=None if ref_logp is None else ref_logp * response_mask,
             dense_rewards=dense,
         )
-        experience, stats = self.build_experience(data)
+        experience, stats = self.algorithm.experience(data, self.kl)
         gold = None
         if self.gold is not None:
             gold = torch.tensor(self.gold.score([prompt_text(p) for p in rollout.prompts], rollout.responses))
@@ -250,36 +217,21 @@ class RLStage(Stage):
         stats["rollout/generation_seconds"] = time.perf_counter() - started
         self.rollout_stats = stats
         if opts.samples_every and index % opts.samples_every == 0:
-            self.samples.write(index, rollout.prompts, rollout.responses, scored.scores, opts.samples_count, step=[self.global_step] * len(rollout))
+            self.samples.write(index, rollout.prompts, rollout.responses, scored.scores, opts.samples_count,
+                               step=[self.global_step] * len(rollout))
         return experience
-
-    def reference_logprobs(self, input_ids, attention_mask, response_start: int, temperature: float) -> torch.Tensor:
-        """Per-token reference log-probs of the responses (hook: the Ray stage sends this to a reference actor)."""
-        with self.inference(), self.reference.use() as ref:
-            return self.forward_rows(
-                lambda s: self.logprobs(ref, input_ids[s], attention_mask[s], response_start, temperature), len(input_ids)
-            )
-
-    def wants_uncertainty(self) -> bool:
-        return False
-
-    def build_experience(self, data: RolloutData) -> tuple[Experience, dict[str, float]]:
-        raise NotImplementedError
 
     # --- the loss ----------------------------------------------------------------------------
     def units(self, batch) -> float:
         return loss_sum_factor(batch["loss_mask"], self.opts.loss_agg)
 
-    def to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.run.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
     def policy_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """Aggregated policy loss of a micro-batch (+ KL-in-loss and entropy terms) and its stats."""
+        """The policy-gradient term every algorithm shares: registered policy loss + KL-in-loss + entropy bonus."""
         opts = self.opts
         mask = batch["loss_mask"]
-        want_entropy = opts.entropy_coef > 0
-        args = (self.models["policy"], batch["input_ids"], batch["attention_mask"], batch["response_start"], opts.temperature)
-        if want_entropy:  # entropy needs full logits: plain rows
+        args = (self.models["policy"], batch["input_ids"], batch["attention_mask"], batch["response_start"],
+                opts.temperature)
+        if opts.entropy_coef > 0:  # entropy needs full logits: plain rows
             logp, entropy = forward_logprobs(*args, return_entropy=True)
         else:
             logp, entropy = self.logprobs(*args), None
@@ -288,19 +240,18 @@ class RLStage(Stage):
             clip_eps_high=opts.clip_eps_high, agg=opts.loss_agg, max_len=opts.max_new_tokens,
         )
         stats = {k: float(v) for k, v in raw.items()}
-        if batch.get("ref_logprobs") is not None and batch.get("kl_coef") is not None:
-            kl = kl_penalty(logp, batch["ref_logprobs"], opts.kl_estimator)
-            beta = batch["kl_coef"].to(kl).unsqueeze(1)
-            loss = loss + aggregate_loss(beta * kl, mask, opts.loss_agg, opts.max_new_tokens)
-            stats["kl"] = float(masked_mean(kl.detach(), mask))
+        kl_term, kl_stats = self.kl.loss_term(logp, batch, mask, opts.loss_agg, opts.max_new_tokens)
+        if kl_term is not None:
+            loss = loss + kl_term
+            stats.update(kl_stats)
         if entropy is not None:
             loss = loss + entropy_bonus(entropy, mask, opts.entropy_coef, opts.loss_agg, opts.max_new_tokens)
             stats["policy/entropy_avg"] = float(masked_mean(entropy.detach(), mask))
         return loss, stats
 
     def step(self, batch) -> StepOutput:
-        batch = self.to_device(batch)
-        loss, stats = self.policy_loss(batch)
+        batch = {k: v.to(self.run.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        loss, stats = self.algorithm.loss(batch)
         units = self.units(batch)
         return StepOutput(loss=loss * units, units=units, n_tokens=int(batch["attention_mask"].sum()), stats=stats)
 
@@ -308,15 +259,21 @@ class RLStage(Stage):
     def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
         self.global_step = step
         metrics.update(self.rollout_stats)
-        metrics["objective/kl_coef"] = float(self.kl_ctl.value)
+        metrics["objective/kl_coef"] = self.kl.value
         metrics["rollouts"] = float(self.source.rollouts_done)
-        if hasattr(self.reward, "metrics"):  # e.g. Lagrange multipliers of a constrained multi-objective reward
+        if isinstance(self.reward, HasMetrics):  # e.g. Lagrange multipliers of a constrained multi-objective reward
             metrics.update(self.reward.metrics())
         target = self.opts.target_kl
         if target is not None and metrics.get("policy/approxkl_avg", 0.0) > target and not self.source.exhausted:
             self.early_stops += 1
             metrics["policy/early_stopped"] = float(self.source.steps_left_in_rollout)
             self.source.skip_rest_of_rollout()
+        if isinstance(self.sampler, HasMetrics):  # remote samplers: weight syncs so far
+            metrics.update(self.sampler.metrics())
+        if isinstance(self.sampler, SyncsWeights):
+            # the next micro-batch needs a new rollout (or training ends): remote samplers need the new weights
+            if self.source.exhausted or step >= self.config.train.max_steps or self.should_stop():
+                self.sampler.sync_weights(self.unwrap("policy"))
 
     def should_stop(self) -> bool:
         return self.source.rollouts_done >= self.opts.rollouts and self.source.exhausted
@@ -327,38 +284,37 @@ class RLStage(Stage):
         records = self.eval_records[: opts.eval_prompts]
         if not records:
             return {}
-        rollout = self.sampler.generate([r["prompt"] for r in records], n=1, max_new_tokens=opts.max_new_tokens, temperature=0.0, stop=opts.stop)
+        rollout = self.sampler.generate([r["prompt"] for r in records], n=1, max_new_tokens=opts.max_new_tokens,
+                                        temperature=0.0, stop=opts.stop)
         fields = {k: [r.get(k) for r in records] for k in sorted({k for r in records for k in r if k != "prompt"})}
         with torch.no_grad(), self.run.autocast():  # as in training (and needed with train.frozen_bf16)
             scored = score_rollout(self.reward, rollout.prompts, rollout.responses, fields)
-        out = {"eval/reward": float(scored.scores.mean()), "eval/completions/mean_length": float(rollout.response_lengths().float().mean())}
+        out = {"eval/reward": float(scored.scores.mean()),
+               "eval/completions/mean_length": float(rollout.response_lengths().float().mean())}
         out.update({f"eval/rewards/{k}/mean": float(v.mean()) for k, v in scored.components.items()})
         if self.gold is not None:
-            out["eval/gold_scores"] = float(torch.tensor(self.gold.score([prompt_text(p) for p in rollout.prompts], rollout.responses)).mean())
+            golds = self.gold.score([prompt_text(p) for p in rollout.prompts], rollout.responses)
+            out["eval/gold_scores"] = float(torch.tensor(golds).mean())
         return out
 
     def state_dict(self) -> dict:
+        # online state of the reward (Lagrange multipliers), never a reward model's weights
+        online = isinstance(self.reward, HasOnlineState) and not isinstance(self.reward, torch.nn.Module)
         return {
-            "kl_ctl": self.kl_ctl.state_dict(), "running": self.running.state_dict(), "global_step": self.global_step,
+            "kl_ctl": self.kl.state_dict(), "running": self.running.state_dict(), "global_step": self.global_step,
             "experience": self.source.experience_state(), "eval_before": self.eval_before,
             "early_stops": self.early_stops, "rollout_stats": self.rollout_stats,
-            "reward": self._reward_state(),
+            "reward": self.reward.state_dict() if online else None,
         }
 
-    def _reward_state(self) -> dict | None:
-        # online state of the reward (Lagrange multipliers), never a reward model's weights
-        if isinstance(self.reward, torch.nn.Module) or not hasattr(self.reward, "state_dict"):
-            return None
-        return self.reward.state_dict()
-
     def load_state_dict(self, state: dict) -> None:
-        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.kl.load_state_dict(state["kl_ctl"])
         self.running.load_state_dict(state["running"])
         self.global_step = int(state["global_step"])
         self.eval_before = state["eval_before"]
         self.early_stops = int(state["early_stops"])
         self.rollout_stats = dict(state["rollout_stats"])
-        if state.get("reward") is not None and hasattr(self.reward, "load_state_dict"):
+        if state.get("reward") is not None and isinstance(self.reward, HasOnlineState):
             self.reward.load_state_dict(state["reward"])
         self.source.load_experience_state(state["experience"])
         self.samples.truncate_from(self.source.rollouts_done)
@@ -372,3 +328,4 @@ class RLStage(Stage):
 
     def save(self, out_dir: Path) -> None:
         save_model(self.unwrap("policy"), self.tokenizer, Path(out_dir) / "model")
+        self.algorithm.save(Path(out_dir))

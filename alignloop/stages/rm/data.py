@@ -8,7 +8,6 @@ identical once truncated, a prompt that fills ``max_length``) are dropped, count
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from alignloop.algos.reward_losses import normalize_ranking
-from alignloop.data import load_records, resolve_data_path, tokenize_prompt_completion
+from alignloop.data import load_records, tokenize_prompt_completion
+from alignloop.data.records import first_record_keys, truncate_pair
 from alignloop.errors import DataError
 from alignloop.models.shared_prompt import PackedGroups, ScoreGroup, pack_groups
 
@@ -56,33 +56,6 @@ class TokenizeReport:
             log.info("rm: %s: %d record(s) truncated to data.max_length", label, self.truncated)
         for reason, count in sorted(self.dropped.items()):
             log.warning("rm: %s: dropped %d record(s): %s", label, count, reason)
-
-
-def first_record_keys(path: str | Path) -> set[str]:
-    """The field names of a file's first record (JSONL / JSON array), or its columns (Parquet, HF dataset)."""
-    resolved = resolve_data_path(path)
-    if resolved.is_dir():
-        import datasets
-
-        return set(datasets.load_from_disk(str(resolved)).column_names)
-    if resolved.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return set(pq.read_schema(resolved).names)
-    with resolved.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                first = json.loads(line)
-            except json.JSONDecodeError:
-                if line.lstrip().startswith("["):  # a .json file holding one array of records
-                    first = json.loads(resolved.read_text(encoding="utf-8") or "[]")
-                    first = first[0] if first else {}
-                else:
-                    raise DataError(f"{path}:{number}: invalid JSON") from None
-            return set(first) if isinstance(first, dict) else set()
-    return set()
 
 
 def record_kind(path: str | Path) -> str:
@@ -160,17 +133,6 @@ def tokenize_preferences(
         )
     report.kept = len(examples)
     return examples, report
-
-
-def truncate_pair(
-    prompt_ids: list[int], completion_ids: list[int], max_length: int, max_prompt_length: int | None
-) -> tuple[list[int], list[int]]:
-    """Same rule as ``tokenize_prompt_completion``: prompt cut from the left, then completion from the right."""
-    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[-max_prompt_length:]
-    if len(prompt_ids) >= max_length:
-        return prompt_ids[-max_length:], []
-    return prompt_ids, completion_ids[: max_length - len(prompt_ids)]
 
 
 def _ranked_apart_but_identical(ids: list[list[int]], ranking: list[list[int]]) -> bool:

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-from alignloop.config import dump_config
+from alignloop.eval.rm_report import write_rm_report
 from alignloop.models.files import HEAD_META, write_json
-from alignloop.train.metrics import peak_rss_mb
-from alignloop.utils.io import atomic_write_json
+from alignloop.rewards.model import ENSEMBLE_FILE, RewardModel
+from alignloop.stages.rm.loss import evaluate_examples
+from alignloop.stages.rm.stage import RMConfig, RMStage, collate_for, load_rm_examples, loss_settings
+from alignloop.train.loop import train
+from alignloop.train.run_dir import RunDir
+from alignloop.train.stage import StandaloneStage
 
 log = logging.getLogger("alignloop")
 
@@ -35,18 +38,22 @@ def _member_done(folder: Path) -> bool:
     return (folder / "summary.json").is_file() and (folder / "model" / HEAD_META).is_file()
 
 
-def train_ensemble(stage_cls: type, cfg: Any, out_dir: Path) -> dict[str, Any]:
-    """Train ``cfg.rm.ensemble.size`` members, write the manifest, evaluate the ensemble, return the summary."""
-    from alignloop.eval.rm_report import write_rm_report
-    from alignloop.rewards.model import ENSEMBLE_FILE, RewardModel
-    from alignloop.train.loop import train
-    from alignloop.stages.rm.stage import collate_for, load_rm_examples, loss_settings
-    from alignloop.stages.rm.loss import evaluate_examples
+class RMCommand(StandaloneStage):
+    """``alignloop rm``: one ``RMStage`` run through the loop, or k member runs and the ensemble's evaluation."""
 
-    started = time.time()
+    name = "rm"
+
+    @classmethod
+    def run(cls, cfg: RMConfig, run_dir: RunDir) -> dict[str, Any]:
+        if cfg.rm.ensemble.size == 1 or cfg.rm.ensemble.member is not None:
+            return train(RMStage(cfg), run_dir.path)
+        return train_ensemble(RMStage, cfg, run_dir)
+
+
+def train_ensemble(stage_cls: type, cfg: Any, run_dir: RunDir) -> dict[str, Any]:
+    """Train ``cfg.rm.ensemble.size`` members, write the manifest, evaluate the ensemble, return the summary."""
     size = cfg.rm.ensemble.size
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out_dir / "config.yaml")
+    out_dir = run_dir.begin(cfg).path
     summaries = []
     for index in range(size):
         folder = member_dir(out_dir, index)
@@ -83,7 +90,4 @@ def train_ensemble(stage_cls: type, cfg: Any, out_dir: Path) -> dict[str, Any]:
         )
     with (out_dir / "metrics.jsonl").open("w") as handle:  # the ensemble's own line; members keep their curves
         handle.write(json.dumps({"step": summary["steps"], **metrics}) + "\n")
-    summary["wall_seconds"] = round(time.time() - started, 2)
-    summary["peak_rss_mb"] = peak_rss_mb()
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
+    return run_dir.finish(summary)

@@ -28,8 +28,8 @@ from alignloop.algos.reward_losses import (
     reward_centering_loss,
 )
 from alignloop.eval.rm_report import PreferenceScores, preference_metrics
-from alignloop.stages.rm.data import PreferenceBatch
 from alignloop.models.shared_prompt import PackedGroups
+from alignloop.stages.rm.data import PreferenceBatch
 
 
 @dataclass

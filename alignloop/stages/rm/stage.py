@@ -19,9 +19,16 @@ from pydantic import Field
 from alignloop.config import DataConfig, Section, StageConfig, TrainConfig
 from alignloop.data import split_records
 from alignloop.errors import ConfigError, DataError, ModelError
-from alignloop.models import enable_gradient_checkpointing, ScalarHeadModel, load_causal_lm, load_tokenizer, resolve_model
+from alignloop.eval.rm_report import preference_metrics, write_rm_report
+from alignloop.models import (
+    ScalarHeadModel,
+    enable_gradient_checkpointing,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model,
+)
 from alignloop.models.files import is_scalar_head_dir, write_json
-from alignloop.train.batches import EpochBatchSource, PromptGroupedBatchSource
+from alignloop.models.shared_prompt import score_packed
 from alignloop.stages.rm.data import (
     PreferenceBatch,
     PreferenceExample,
@@ -30,7 +37,7 @@ from alignloop.stages.rm.data import (
     tokenize_preferences,
 )
 from alignloop.stages.rm.loss import LossSettings, evaluate_examples, preference_loss
-from alignloop.models.shared_prompt import score_packed
+from alignloop.train.batches import EpochBatchSource, PromptGroupedBatchSource
 from alignloop.train.stage import Stage, StepOutput
 
 __all__ = ["EnsembleOptions", "RMConfig", "RMOptions", "RMStage", "RM_SETTINGS_FILE", "OVERALL"]
@@ -194,7 +201,7 @@ class RMStage(Stage):
         cfg, opts = self.config, self.config.rm
         if opts.ensemble.size > 1 and opts.ensemble.member is None:
             raise ConfigError(
-                "rm.ensemble.size > 1: train ensembles with `alignloop rm` (RMStage.run_standalone), "
+                "rm.ensemble.size > 1: train ensembles with `alignloop rm` (RMCommand), "
                 "which runs one member per member-<i>/ directory"
             )
         names = output_names(opts)
@@ -297,8 +304,6 @@ class RMStage(Stage):
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counts)
         if self.last_scores is not None:
-            from alignloop.eval.rm_report import preference_metrics
-
             held_out = preference_metrics(self.last_scores.winners, self.last_scores.losers, self.config.rm.calibration_bins)
             out.update(eval_accuracy=held_out["accuracy"], eval_ece=held_out["ece"], eval_margin=held_out["margin"])
         if self._stop:
@@ -311,23 +316,10 @@ class RMStage(Stage):
         self.unwrap("rm").save_pretrained(model_dir, tokenizer=self.tokenizer)
         write_json(model_dir / RM_SETTINGS_FILE, scoring_settings(self.config))
         if self.last_scores is not None:
-            from alignloop.eval.rm_report import write_rm_report
-
             write_rm_report(
                 out_dir, self.last_scores, metrics_path=out_dir / "metrics.jsonl",
                 title="Reward model report", n_bins=self.config.rm.calibration_bins,
             )
-
-    @classmethod
-    def run_standalone(cls, cfg: RMConfig, out_dir: Path) -> dict[str, Any]:
-        """``alignloop rm``: one run through the loop, or k member runs and the ensemble's evaluation."""
-        from alignloop.train.loop import train
-
-        if cfg.rm.ensemble.size == 1 or cfg.rm.ensemble.member is not None:
-            return train(cls(cfg), out_dir)
-        from alignloop.stages.rm.ensemble import train_ensemble
-
-        return train_ensemble(cls, cfg, Path(out_dir))
 
 
 def scoring_settings(cfg: RMConfig) -> dict[str, Any]:
