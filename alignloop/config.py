@@ -6,12 +6,13 @@ never a pydantic traceback.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from alignloop.errors import ConfigError
 from alignloop.utils.io import atomic_write_text
@@ -19,6 +20,44 @@ from alignloop.utils.io import atomic_write_text
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SamplingSettings(Section):
+    """How responses are sampled: one definition of the knobs, inherited by every config section that samples
+    (``ppo``, ``grpo``, ``bon``, ``eval``, ``collect``, ``label``, ``constitution``), so the keys stay flat under the
+    stage's own section (``ppo.max_new_tokens``). A section sets its own defaults with ``defaults(...)``."""
+
+    max_new_tokens: int = Field(64, gt=0, description="Tokens generated per response at most.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set with this mass.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling (0: off).")
+    stop: list[str] | None = Field(None, description="Stop strings that end a response besides EOS.")
+    # False where a stage needs a proper distribution (RL log-probs, KL estimates, distinct samples to pair)
+    greedy_allowed: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _temperature(self) -> "SamplingSettings":
+        if not self.greedy_allowed and self.temperature <= 0:
+            raise ValueError("temperature: must be > 0 here (0 would be greedy decoding)")
+        return self
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``Sampler.generate`` these settings give."""
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "top_k": self.top_k, "stop": self.stop}
+
+    @classmethod
+    def field(cls, name: str, default: Any) -> Any:
+        """The field ``name`` with another default (its constraints and description kept)."""
+        info = copy.copy(cls.model_fields[name])
+        info.default = default
+        return info
+
+    @classmethod
+    def defaults(cls, **values: Any) -> type["SamplingSettings"]:
+        """A base class with these default values, e.g. ``class BoNOptions(SamplingSettings.defaults(max_new_tokens=64))``."""
+        fields = {name: (cls.model_fields[name].annotation, cls.field(name, v)) for name, v in values.items()}
+        return create_model(cls.__name__, __base__=cls, **fields)
 
 
 class DataConfig(Section):

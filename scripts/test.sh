@@ -11,7 +11,10 @@ fi
 results=$(mktemp -d)
 rc=0
 i=0
-for target in ${ALIGNLOOP_TEST_FILES:-tests/feedback tests/test_*.py}; do
+# Default targets: tests/feedback as one target, then every other test file,
+# found recursively (tests/ mirrors the package: tests/algos/, tests/stages/rl/, ...).
+default_targets="tests/feedback $(find tests -name 'test_*.py' -not -path 'tests/feedback/*' | sort | tr '\n' ' ')"
+for target in ${ALIGNLOOP_TEST_FILES:-$default_targets}; do
   i=$((i + 1))
   echo "== $target"
   # the quickstart acceptance runs are deselected (see tests/test_quickstart.py); everything else runs, slow included

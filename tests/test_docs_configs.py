@@ -24,7 +24,7 @@ DOC_BLOCKS = {
     "multi-objective.md": ["ppo", "ppo"],
     "pipeline.md": ["pipeline"],
     "reward-models.md": ["rm", "rm"],
-    "rewards.md": [None, None],  # reward entries inside a stage section (tests/test_rewards_base.py)
+    "rewards.md": [None, None],  # reward entries inside a stage section (tests/rewards/test_base.py)
     "sft.md": ["sft"],
 }
 

@@ -47,8 +47,8 @@ from .ppo import (
     aggregate_loss,
     entropy_bonus,
     ppo_policy_loss,
-    vanilla_policy_loss,
     value_loss,
+    vanilla_policy_loss,
 )
 from .reward_losses import (
     Ranking,

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Literal, Sequence
 
+import torch
+
 from alignloop.errors import AlignloopError
 
 Launcher = Literal["torchrun", "accelerate"]
@@ -45,8 +47,6 @@ def launch_command(
     if config_file is not None:
         cmd += ["--config_file", str(config_file)]
     else:
-        import torch
-
         cmd += ["--multi_gpu"] if torch.cuda.device_count() >= nproc else ["--cpu"]
     if target[0] == "-m":
         cmd.append("-m")

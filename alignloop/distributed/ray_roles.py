@@ -3,9 +3,8 @@
 - ``RolloutWorker``: a copy of the policy behind a sampler (HF or vLLM); receives weights after updates.
 - ``RewardScorer``: any reward source (reward model, rules, judge, weighted sum) scoring texts.
 - ``ReferenceScorer``: the frozen reference policy computing per-token log-probs.
-- ``Learner``: runs the ordinary RL stage (PPO, GRPO, ...) through the one training loop, with the
-  stage's sampler and reward swapped for proxies that call the actors above
-  (``alignloop.distributed.ray_stage``). The algorithm code is the stage's own; nothing is duplicated.
+- ``Learner``: runs the ordinary RL stage (PPO, GRPO, ...) through the one training loop, with roles that
+  call the actors above (``alignloop.distributed.remote_roles``). The algorithm code is the stage's own.
 
 The classes hold no Ray import, so they are testable in-process; ``actor_classes()`` wraps them.
 """
@@ -17,8 +16,15 @@ from typing import Any, Sequence
 
 import torch
 
+from alignloop.config import LoraSettings
+from alignloop.distributed.remote_roles import remote_stage
+from alignloop.distributed.samplers import build_sampler
 from alignloop.distributed.weights import weights_checksum
-from alignloop.rollout import Rollout
+from alignloop.errors import AlignloopError
+from alignloop.models import load_causal_lm
+from alignloop.rewards import build_reward, has_uncertainty
+from alignloop.rollout import Rollout, forward_logprobs
+from alignloop.train.loop import train
 
 
 def _limit_threads(threads: int | None) -> None:
@@ -29,8 +35,6 @@ def _limit_threads(threads: int | None) -> None:
 
 
 def _lora_settings(lora: dict | None):
-    from alignloop.config import LoraSettings
-
     return LoraSettings(**lora) if lora else None
 
 
@@ -40,7 +44,6 @@ class RolloutWorker:
     def __init__(self, model: str, lora: dict | None = None, backend: str = "hf", generation_batch_size: int = 32,
                  dtype: str = "auto", threads: int | None = 1, vllm_options: dict | None = None):
         _limit_threads(threads)
-        from alignloop.distributed.samplers import build_sampler
 
         self.sampler = build_sampler(backend, model, lora=_lora_settings(lora), batch_size=generation_batch_size,
                                      dtype=dtype, vllm_options=vllm_options)
@@ -70,7 +73,6 @@ class RewardScorer:
 
     def __init__(self, spec: Any, threads: int | None = 1):
         _limit_threads(threads)
-        from alignloop.rewards import build_reward
 
         self.reward = build_reward(spec)
         self.calls = 0
@@ -89,8 +91,6 @@ class RewardScorer:
 
     def describe(self) -> dict[str, Any]:
         """What the learner's proxy mirrors: the name used for metrics and whether uncertainty exists."""
-        from alignloop.rewards.base import has_uncertainty
-
         return {"name": getattr(self.reward, "name", "reward"), "uncertainty": has_uncertainty(self.reward)}
 
 
@@ -99,7 +99,6 @@ class ReferenceScorer:
 
     def __init__(self, model: str, threads: int | None = 1, chunk_rows: int = 8):
         _limit_threads(threads)
-        from alignloop.models import load_causal_lm
 
         self.model = load_causal_lm(model).eval().requires_grad_(False)
         self.chunk_rows = chunk_rows
@@ -108,8 +107,6 @@ class ReferenceScorer:
     @torch.no_grad()
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int,
                  temperature: float = 1.0) -> torch.Tensor:
-        from alignloop.rollout import forward_logprobs
-
         self.calls += 1
         rows = range(0, input_ids.shape[0], self.chunk_rows)
         return torch.cat([
@@ -136,12 +133,9 @@ class Learner:
         self.stage = None
 
     def run(self) -> dict:
-        from alignloop.distributed.ray_stage import remote_stage
-        from alignloop.train.loop import train
-
         self.stage = remote_stage(self.stage_name, self.config, self.workers, self.reward, self.reference)
         summary = train(self.stage, self.out_dir)
-        summary.update(self.stage.remote_summary())
+        summary.update(self.stage.sampler.summary())
         return summary
 
     def checksum(self) -> str:
@@ -152,10 +146,8 @@ class Learner:
 def actor_classes() -> dict[str, Any]:
     """The roles as Ray actor classes (``ray`` is imported here, on first use)."""
     try:
-        import ray
+        import ray  # optional dependency: alignloop[ray]
     except ImportError:
-        from alignloop.errors import AlignloopError
-
         raise AlignloopError("Ray is not installed: pip install 'alignloop[ray]' (or 'ray[default]')") from None
     return {name: ray.remote(cls) for name, cls in
             {"rollout": RolloutWorker, "reward": RewardScorer, "reference": ReferenceScorer, "learner": Learner}.items()}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from alignloop.distributed.vllm_sampler import VLLMSampler
 from alignloop.distributed.weights import load_tensors, weights_checksum
 from alignloop.errors import ConfigError
+from alignloop.models import load_causal_lm, load_tokenizer
 from alignloop.rollout import HFSampler, Rollout
 
 BACKENDS = ("hf", "vllm")
@@ -20,8 +22,6 @@ class HFRolloutSampler:
     """A private copy of the policy (LoRA adapter included) sampled with ``HFSampler``."""
 
     def __init__(self, model: str, lora: Any = None, batch_size: int = 32, dtype: str = "auto"):
-        from alignloop.models import load_causal_lm, load_tokenizer
-
         self.tokenizer = load_tokenizer(model)
         self.policy = load_causal_lm(model, lora=lora)
         self.policy.eval()
@@ -44,7 +44,5 @@ def build_sampler(backend: str, model: str, lora: Any = None, batch_size: int = 
     if backend == "hf":
         return HFRolloutSampler(model, lora=lora, batch_size=batch_size, dtype=dtype)
     if backend == "vllm":
-        from alignloop.distributed.vllm_sampler import VLLMSampler
-
         return VLLMSampler(model, lora=lora, dtype=dtype, **(vllm_options or {}))
     raise ConfigError(f"rollout backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")

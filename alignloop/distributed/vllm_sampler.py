@@ -14,8 +14,12 @@ from typing import Any, Sequence
 
 import torch
 
+from alignloop.distributed.weights import tensors_checksum
 from alignloop.errors import ConfigError
+from alignloop.models import load_tokenizer
+from alignloop.models.registry import resolve_model
 from alignloop.rollout import Rollout
+from alignloop.rollout.prompts import encode_prompts
 
 
 def require_vllm():
@@ -42,8 +46,6 @@ class VLLMSampler:
         vllm = require_vllm()
         if lora is not None:
             raise ConfigError("rollout backend 'vllm': LoRA policies are not supported yet; use full fine-tuning or backend 'hf'")
-        from alignloop.models import load_tokenizer
-        from alignloop.models.registry import resolve_model
 
         path = resolve_model(model)
         if str(path) == "tiny-llama":
@@ -58,8 +60,6 @@ class VLLMSampler:
     def generate(self, prompts: Sequence[Any], n: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, stop: Any = None, seed: int | None = None) -> Rollout:
         from vllm import SamplingParams, TokensPrompt
-
-        from alignloop.rollout.prompts import encode_prompts
 
         token_lists, shown = encode_prompts(self.tokenizer, list(prompts))
         stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -102,7 +102,6 @@ class VLLMSampler:
         self.llm.collective_rpc(_load_weights_fn, args=(tensors,))
         # vLLM fuses and shards layers, so a byte checksum of its own parameters cannot match the learner's;
         # the worker reports the checksum of the tensors it was given and loaded instead
-        from alignloop.distributed.weights import tensors_checksum
 
         self._checksum = tensors_checksum(tensors)
 

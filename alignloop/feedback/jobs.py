@@ -14,6 +14,8 @@ from alignloop.feedback.models import Job, Project, utcnow
 from alignloop.feedback.security import safe_path
 from alignloop.feedback.store import ProjectOptions, add_items, create_project, get_project
 from alignloop.feedback.web import AppState
+from alignloop.models import load_causal_lm, load_tokenizer
+from alignloop.rollout.hf import HFSampler
 
 GENERATION_BATCH = 8  # prompts per sampler call: progress moves, memory stays small
 
@@ -122,8 +124,6 @@ def run_generation(st: AppState, job_id: int) -> None:
     p = job.params
     try:
         # Imported here: the app serves imported candidates without torch/transformers loaded.
-        from alignloop.models import load_causal_lm, load_tokenizer
-        from alignloop.rollout.hf import HFSampler
 
         prompts: list[str] = p["prompts"]
         rows = [PromptRow(prompt) for prompt in prompts]

@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from alignloop.errors import AlignloopError
-
 from alignloop.feedback import store
 from alignloop.feedback.export import export_records, to_jsonl, write_jsonl
 from alignloop.feedback.forms import parse_project_form

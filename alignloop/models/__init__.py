@@ -2,11 +2,11 @@
 
 from alignloop.models.bundled import BUNDLED_MODELS, alignloop_home
 from alignloop.models.loading import (
-    enable_gradient_checkpointing,
-    load_trainable_lm,
     build_tiny_llama,
+    enable_gradient_checkpointing,
     load_causal_lm,
     load_tokenizer,
+    load_trainable_lm,
     model_origin,
     save_model,
 )

@@ -16,7 +16,7 @@ from alignloop.errors import AlignloopError, ConfigError
 from alignloop.rewards.base import HasObjectiveHeads, RewardSource, RuleReward, WeightedSum, load_reward_function
 from alignloop.rewards.judge import LLMJudge
 from alignloop.rewards.model import load_reward_model_source
-from alignloop.rewards.multi import Constraint, ConstrainedReward
+from alignloop.rewards.multi import ConstrainedReward, Constraint
 from alignloop.rewards.rules import BUILTIN_RULES
 
 __all__ = ["build_constrained", "build_reward", "build_source"]

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from alignloop.algos.logprobs import DEFAULT_CHUNK_SIZE
+from alignloop.algos.logprobs import DEFAULT_CHUNK_SIZE, selective_log_softmax
 from alignloop.algos.logprobs import entropy_from_logits as _entropy
-from alignloop.algos.logprobs import selective_log_softmax
+from alignloop.models.head import token_logprobs
 from alignloop.rollout.base import Rollout, position_ids_from_mask
 
 
@@ -121,7 +121,6 @@ def forward_logprobs(
     response_len = input_ids.shape[1] - response_start
     keep = response_len + 1
     if not return_entropy:  # the LM head only on the response tokens, no [N, L, V] logits (models/head.py)
-        from alignloop.models.head import token_logprobs
 
         predicted = torch.full((input_ids.shape[0], keep), -100, dtype=torch.long, device=device)
         predicted[:, :-1] = input_ids[:, response_start:]

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field, field_validator
 
 from alignloop.algos.best_of_n import best_of_n_indices, bon_kl_bound
-from alignloop.config import DataConfig, Section, StageConfig
+from alignloop.config import DataConfig, SamplingSettings, StageConfig
 from alignloop.data import load_records
 from alignloop.errors import ConfigError
 from alignloop.eval.gold import get_gold_scorer
@@ -37,13 +37,8 @@ __all__ = ["BoNConfig", "BoNOptions", "BoNStage", "expected_best_of_n", "prompt_
 log = logging.getLogger("alignloop")
 
 
-class BoNOptions(Section):
+class BoNOptions(SamplingSettings.defaults(max_new_tokens=64)):
     n: list[int] = Field([1, 4, 16], description="The N values to report; max(n) samples are drawn per prompt.")
-    max_new_tokens: int = Field(64, gt=0, description="Tokens generated per sample at most.")
-    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 is greedy: every sample the same).")
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="0 disables top-k.")
-    stop: list[str] | None = Field(None, description="Stop strings (removed from the answer).")
     batch_size: int = Field(16, gt=0, description="Sequences decoded together.")
     max_prompts: int | None = Field(None, gt=0, description="Use only the first prompts of data.train.")
     min_reward: float | None = Field(
@@ -189,8 +184,7 @@ class BoNStage(StandaloneStage):
         for start in range(0, len(records), chunk):
             part = records[start : start + chunk]
             rollout = sampler.generate(
-                [r["prompt"] for r in part], n=m, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
-                top_p=opts.top_p, top_k=opts.top_k, stop=opts.stop, seed=cfg.train.seed * 1_000_003 + start,
+                [r["prompt"] for r in part], n=m, **opts.sampling_kwargs(), seed=cfg.train.seed * 1_000_003 + start,
             )
             tokens += int(rollout.response_lengths().sum())
             prompts = [prompt_text(r["prompt"]) for r in part for _ in range(m)]

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from alignloop.config import DataConfig, Section, StageConfig
+from alignloop.config import DataConfig, SamplingSettings, StageConfig
 from alignloop.data import load_records
 from alignloop.eval.eval_summary import prompt_text, simplify_prompt
 from alignloop.feedback.simulated import SimulatedAnnotator
@@ -32,16 +32,14 @@ __all__ = ["CollectConfig", "CollectOptions", "CollectStage", "make_pairs"]
 log = logging.getLogger("alignloop")
 
 
-class CollectOptions(Section):
+class CollectOptions(SamplingSettings.defaults(max_new_tokens=48)):
+    greedy_allowed = False  # a prompt's responses must differ to make pairs
     gold: str = Field("vader", description="Gold scorer the annotator judges with.")
     annotator_temperature: float = Field(0.1, ge=0, description="Bradley–Terry temperature T: P(a≻b) = σ((g(a)−g(b))/T).")
     flip_prob: float = Field(0.0, ge=0, le=1, description="Probability that a label is flipped (annotator mistakes).")
     samples_per_prompt: int = Field(2, ge=2, description="Responses sampled per prompt.")
     pairing: Literal["all", "adjacent"] = Field("all", description="all: every pair of a prompt's responses; adjacent: (0,1), (2,3), ...")
     n_prompts: int | None = Field(None, gt=0, description="Use only the first N prompts.")
-    max_new_tokens: int = Field(48, gt=0)
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the policy.")
-    top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int = Field(16, gt=0, description="Sequences sampled together.")
     seed: int = 0
 
@@ -62,8 +60,7 @@ def make_pairs(k: int, pairing: str) -> list[tuple[int, int]]:
 def _chunk_records(model, tokenizer, prompts: list, opts: CollectOptions, chunk: int, annotator_seed: int) -> list[dict]:
     k = opts.samples_per_prompt
     sampler = HFSampler(model, tokenizer, batch_size=opts.batch_size)
-    ro = sampler.generate(prompts, n=k, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
-                          top_p=opts.top_p, seed=opts.seed + chunk)
+    ro = sampler.generate(prompts, n=k, **opts.sampling_kwargs(), seed=opts.seed + chunk)
     by_prompt: dict[int, list[str]] = {}
     for i, g in enumerate(ro.group_index.tolist()):
         by_prompt.setdefault(int(g), []).append(ro.responses[i])

@@ -24,7 +24,7 @@ import torch
 import yaml
 from pydantic import Field
 
-from alignloop.config import DataConfig, Section, StageConfig
+from alignloop.config import DataConfig, SamplingSettings, StageConfig
 from alignloop.data import load_records
 from alignloop.errors import ConfigError, DataError
 from alignloop.models import load_causal_lm, load_tokenizer
@@ -91,15 +91,12 @@ def load_constitution(spec: str = DEFAULT_CONSTITUTION) -> list[Principle]:
     return principles
 
 
-class ConstitutionOptions(Section):
+class ConstitutionOptions(SamplingSettings.defaults(max_new_tokens=96, temperature=0.7, top_p=0.95)):
     constitution: str = Field(DEFAULT_CONSTITUTION, description="YAML file of principles, or 'default' (shipped).")
     phase: Literal["supervised", "preference", "both"] = Field("both", description="Which outputs to produce.")
     rounds: int = Field(1, ge=1, description="Critique → revision rounds per prompt (a new principle each round).")
     num_prompts: int | None = Field(16, gt=0, description="Use the first N prompts of data.train (null: all).")
-    max_new_tokens: int = Field(96, gt=0, description="Tokens per response and per revision.")
     critique_max_tokens: int = Field(64, gt=0, description="Tokens per critique.")
-    temperature: float = Field(0.7, ge=0, description="Sampling temperature (0: greedy).")
-    top_p: float = Field(0.95, gt=0, le=1)
     batch_size: int = Field(8, gt=0, description="Sequences generated / judged together.")
     judge_model: str | None = Field(None, description="Model judging the RL-phase pairs (default: `model`).")
     chain_of_thought: bool = Field(False, description="Let the judge reason before its verdict.")
@@ -122,8 +119,7 @@ class _Generator:
     def __call__(self, conversations: list[list[dict]], max_new_tokens: int, n: int = 1) -> list[str]:
         self.seed += 1
         rollout = self.sampler.generate(
-            conversations, n=n, max_new_tokens=max_new_tokens, temperature=self.opts.temperature,
-            top_p=self.opts.top_p, seed=self.seed,
+            conversations, n=n, **{**self.opts.sampling_kwargs(), "max_new_tokens": max_new_tokens}, seed=self.seed,
         )
         return [text.strip() for text in rollout.responses]
 

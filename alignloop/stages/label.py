@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from alignloop.config import DataConfig, Section, StageConfig
+from alignloop.config import DataConfig, SamplingSettings, StageConfig
 from alignloop.data import load_records, resolve_data_path, validate_record
 from alignloop.errors import DataError
 from alignloop.eval.gold import get_gold_scorer
@@ -38,7 +38,7 @@ __all__ = ["LabelConfig", "LabelOptions", "LabelStage", "judge_pairs", "load_lab
 log = logging.getLogger("alignloop")
 
 
-class LabelOptions(Section):
+class LabelOptions(SamplingSettings.defaults(max_new_tokens=48)):
     mode: Literal["pairwise", "pointwise"] = Field(
         "pairwise", description="pairwise: 'A or B?'; pointwise: rate each completion 1-10 and compare the ratings."
     )
@@ -56,8 +56,6 @@ class LabelOptions(Section):
     judge_name: str | None = Field(None, description="Name in the records' source 'ai:<name>' (default: the model's).")
     policy: str | None = Field(None, description="For prompt-only records: the model that samples completions (default: `model`).")
     samples_per_prompt: int = Field(2, ge=2, description="For prompt-only records: completions sampled per prompt.")
-    max_new_tokens: int = Field(48, gt=0, description="For prompt-only records: tokens per sampled completion.")
-    temperature: float = Field(1.0, ge=0, description="For prompt-only records: sampling temperature.")
 
 
 class LabelConfig(StageConfig):
@@ -96,7 +94,7 @@ def _sampled_pairs(records: list[dict], opts: LabelOptions, policy_name: str, se
     sampler = HFSampler(policy, load_tokenizer(policy_name), batch_size=16)
     prompts = [r["prompt"] for r in records]
     n = opts.samples_per_prompt
-    rollout = sampler.generate(prompts, n=n, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, seed=seed)
+    rollout = sampler.generate(prompts, n=n, **opts.sampling_kwargs(), seed=seed)
     pairs = []
     for k, prompt in enumerate(prompts):
         texts = [t.strip() for t in rollout.responses[k * n : (k + 1) * n]]

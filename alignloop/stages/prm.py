@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from alignloop.config import DataConfig, Section, StageConfig
-from alignloop.data import load_records, split_records
-from alignloop.errors import DataError
+from alignloop.data import load_records
+from alignloop.data.splits import load_splits
 from alignloop.models import ScalarHeadModel, enable_gradient_checkpointing, load_tokenizer
 from alignloop.rewards.process import PRM_META, aggregate_steps, tokenize_solution
 from alignloop.train.batches import EpochBatchSource
@@ -71,15 +71,10 @@ class PRMStage(Stage):
         if cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(model.backbone)
         self.models["prm"] = model.to(run.device)
-        if not cfg.data.train:
-            raise DataError("data.train: no process-supervision records given")
-        train = load_records(cfg.data.train, "process", skip_invalid=cfg.data.skip_invalid)
-        if cfg.data.eval:
-            evals = load_records(cfg.data.eval, "process", skip_invalid=cfg.data.skip_invalid)
-        elif cfg.data.eval_fraction > 0:
-            train, evals = split_records(train, cfg.data.eval_fraction, cfg.train.seed)
-        else:
-            evals = []
+        train, evals = load_splits(
+            cfg.data, cfg.train.seed, lambda path: load_records(path, "process", skip_invalid=cfg.data.skip_invalid),
+            what="process-supervision records",
+        )
         self.train_rows = self._rows(train)
         self.eval_rows = self._rows(evals)
         log.info("prm: %d train / %d eval solutions (%s supervision)", len(self.train_rows), len(self.eval_rows), cfg.prm.supervision)

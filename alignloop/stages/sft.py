@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from alignloop.config import SFTConfig
-from alignloop.data import collate_packed, load_records, pack_examples, pad_batch, split_records, tokenize_conversation
-from alignloop.errors import DataError
+from alignloop.data import collate_packed, load_records, pack_examples, pad_batch, tokenize_conversation
+from alignloop.data.splits import load_splits
 from alignloop.models import load_tokenizer, load_trainable_lm, save_model
 from alignloop.models.head import token_logprobs
 from alignloop.train.batches import EpochBatchSource
@@ -38,15 +38,9 @@ class SFTStage(Stage):
         cfg = self.config
         self.tokenizer = load_tokenizer(cfg.model)
         self.models["policy"] = load_trainable_lm(cfg.model, cfg.lora, cfg.train.gradient_checkpointing, run.device)
-        if not cfg.data.train:
-            raise DataError("data.train: no training data given")
-        train = load_records(cfg.data.train, "sft", skip_invalid=cfg.data.skip_invalid)
-        if cfg.data.eval:
-            evals = load_records(cfg.data.eval, "sft", skip_invalid=cfg.data.skip_invalid)
-        elif cfg.data.eval_fraction > 0:
-            train, evals = split_records(train, cfg.data.eval_fraction, cfg.train.seed)
-        else:
-            evals = []
+        train, evals = load_splits(
+            cfg.data, cfg.train.seed, lambda path: load_records(path, "sft", skip_invalid=cfg.data.skip_invalid)
+        )
         self.n_skipped = getattr(train, "skipped", 0) + getattr(evals, "skipped", 0)
         self.train_rows = self._rows(train)
         self.eval_rows = self._rows(evals)

@@ -10,17 +10,6 @@ from alignloop.data import tokenize_conversation, tokenize_prompt, tokenize_prom
 from alignloop.errors import ModelError
 
 
-def _tokenizer():
-    try:
-        from alignloop.models import load_tokenizer
-
-        return load_tokenizer("smollm2-135m-instruct")
-    except ImportError:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained("/tmp/smollm2")
-
-
 # Llama-3 style: bos, special header tokens, a default system prompt only when none is given, trimmed contents.
 LLAMA3_TEMPLATE = (
     "{{- bos_token }}"
@@ -49,8 +38,9 @@ REASONING_TEMPLATE = (
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    return _tokenizer()
+def smollm2(tiny_tokenizer):
+    """The bundled SmolLM2 tokenizer (tiny-llama's)."""
+    return tiny_tokenizer
 
 
 def _with_template(tokenizer, template: str, special_tokens: tuple[str, ...] = ()):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers
 
 from alignloop.data import (
     IGNORE_INDEX,
@@ -16,20 +15,7 @@ from alignloop.data import (
     pad_batch,
     sequence_ids,
 )
-
-
-def _tiny_llama() -> transformers.LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+from tests.conftest import tiny_llama
 
 
 def test_pad_batch_right_and_left():
@@ -117,7 +103,7 @@ def _random_examples() -> list[TokenizedExample]:
 
 @pytest.mark.parametrize("block_mask", [True, False])
 def test_packed_losses_equal_unpacked(block_mask):
-    model = _tiny_llama()
+    model = tiny_llama(seed=0)
     examples = _random_examples()
     unpacked = []  # (sum of token losses, number of trained tokens) per example, each run on its own
     with torch.no_grad():

@@ -10,6 +10,7 @@ import pytest
 
 from alignloop.data import load_records, rankings_to_pairs, resolve_data_path, split_records, validate_record
 from alignloop.errors import DataError
+from tests.conftest import ROOT
 
 USER_HI = [{"role": "user", "content": "hi"}]
 
@@ -281,7 +282,7 @@ def test_rankings_to_pairs_skips_ties():
 
 
 def test_rankings_to_pairs_on_real_oasst_data():
-    path = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "oasst-rankings.jsonl"
+    path = ROOT / ".." / "shared" / "data" / "oasst-rankings.jsonl"
     if not path.exists():
         pytest.skip("../shared/data is not available")
     records = load_records(path, "ranking")

@@ -27,9 +27,8 @@ from alignloop.config import StageConfig, TrainConfig
 from alignloop.distributed import launch_command, run_launched
 from alignloop.train.loop import train
 from alignloop.stages.registry import run_stage
-from tests.toy_stage import ToyStage
+from tests.conftest import ROOT, ToyStage
 
-ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-6
 REL_GAP = 1e-3
 REL_STEP = 1e-5
@@ -39,7 +38,7 @@ import sys
 from alignloop.config import StageConfig, TrainConfig
 from alignloop.train.batches import EpochBatchSource
 from alignloop.train.loop import train
-from tests.toy_stage import ToyStage, collate
+from tests.conftest import ToyStage, collate
 
 class ShardedToy(ToyStage):
     def batches(self):
@@ -58,7 +57,7 @@ class ShardedToy(ToyStage):
 
     def batches(self):
         from alignloop.train.batches import EpochBatchSource
-        from tests.toy_stage import collate
+        from tests.conftest import collate
 
         tc = self.config.train
         return EpochBatchSource(self.data, tc.micro_batch_size or tc.batch_size, collate, seed=tc.seed,

@@ -2,7 +2,7 @@
 
 accelerate never enables FSDP for CPU processes, so the loop's FSDP path cannot run end to end here
 (docs/distributed.md). What can run is torch's FSDP2 itself with the same wrapping, plus the two pieces
-the loop adds for sharded weights: ``_full_weights`` (gather before rank 0 saves) and the DTensor-aware
+the loop adds for sharded weights: ``full_weights`` (gather before rank 0 saves) and the DTensor-aware
 ``load_trainable_state`` (re-shard a full checkpoint on load). One SFT step on 2 sharded ranks must give
 the weights of one unsharded step on the whole batch, and a saved checkpoint must load back exactly.
 """
@@ -10,7 +10,6 @@ the weights of one unsharded step on the whole batch, and a saved checkpoint mus
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +18,7 @@ from alignloop.distributed import launch_command, run_launched
 from alignloop.models import build_tiny_llama
 from alignloop.train.checkpoint import trainable_state
 from alignloop.stages.sft import token_nll_sum
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 SCRIPT = """
 import sys
@@ -31,9 +29,9 @@ from torch.distributed.fsdp import fully_shard
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from alignloop.models import build_tiny_llama
 from alignloop.train.checkpoint import load_trainable_state, trainable_state
-from alignloop.train.engine import _full_weights
+from alignloop.train.engine import full_weights
 from alignloop.stages.sft import token_nll_sum
-from tests.test_distributed_fsdp import batch_ids, LR
+from tests.distributed.test_fsdp import batch_ids, LR
 
 out = Path(sys.argv[1])
 dist.init_process_group("gloo")
@@ -50,7 +48,7 @@ loss, n = token_nll_sum(model, {"input_ids": ids[rank::world], "labels": ids[ran
 (loss * world / ids[:, 1:].numel()).backward()  # FSDP averages gradients over ranks, like DDP
 opt.step()
 run = SimpleNamespace(world_size=world, accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None)))
-with _full_weights(run, {"policy": model}):
+with full_weights(run, {"policy": model}):
     state = trainable_state(model)
 if rank == 0:
     torch.save(state, out / "fsdp_step.pt")
@@ -59,7 +57,7 @@ with torch.no_grad():
     for p in model.parameters():
         p.zero_()
 load_trainable_state(model, torch.load(out / "fsdp_step.pt"))
-with _full_weights(run, {"policy": model}):
+with full_weights(run, {"policy": model}):
     again = trainable_state(model)
 if rank == 0:
     torch.save(again, out / "fsdp_reloaded.pt")

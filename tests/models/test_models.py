@@ -58,11 +58,6 @@ def tmp_home(tmp_path, monkeypatch):
     shutil.rmtree(home, ignore_errors=True)  # a converted model is 540 MB: don't leave it in /tmp
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(TINY_MODEL)
-
-
 def test_alignloop_home_env_and_default(monkeypatch, tmp_path):
     monkeypatch.delenv("ALIGNLOOP_HOME", raising=False)
     assert alignloop_home() == Path.home() / ".cache" / "alignloop"
@@ -223,11 +218,10 @@ def test_lora_target_modules_list():
         apply_lora(policy, {"r": 2})
 
 
-def test_lora_save_round_trip_with_plain_peft(tmp_path, tokenizer):
+def test_lora_save_round_trip_with_plain_peft(tmp_path, tokenizer, tiny_model_dir):
     from peft import AutoPeftModelForCausalLM, PeftModel
 
-    save_model(load_causal_lm(TINY_MODEL), tokenizer, tmp_path / "base")
-    policy = load_causal_lm(tmp_path / "base", lora={"r": 4, "alpha": 8})
+    policy = load_causal_lm(tiny_model_dir, lora={"r": 4, "alpha": 8})  # a saved tiny-llama base
     _train_one_step(policy)
     trained = _logits(policy)
     save_model(policy, tokenizer, tmp_path / "dpo")

@@ -11,7 +11,7 @@ from alignloop.models import ScalarHeadModel, load_causal_lm
 from alignloop.models.precision import cast_frozen_linears, native_bf16
 from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
 from alignloop.train.loop import train
-from tests.test_rl_tiny import make_word_model, write_prompts
+from tests.conftest import write_prompts
 
 needs_bf16 = pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has no native bf16 matmul")
 
@@ -78,15 +78,15 @@ def test_forward_outside_autocast_fails_loudly():
 
 
 @needs_bf16
-def test_grpo_trains_identically_with_and_without_frozen_bf16(tmp_path):
+def test_grpo_trains_identically_with_and_without_frozen_bf16(tmp_path, word_model_dir):
     """Same rollouts, same updates: the stored-bf16 base is numerically the autocast cast."""
-    model = str(make_word_model(tmp_path / "model"))
+    model = word_model_dir
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     adapters = []
     for flag in ("false", "true"):
         cfg = load_config(GRPOConfig, None, [
             f"model={model}", f"data.train={prompts}", f"data.eval={prompts}", "grpo.eval_prompts=4",
-            "grpo.reward=tests.test_rl_tiny:target_fraction", "grpo.rollouts=2", "grpo.prompts_per_rollout=4",
+            "grpo.reward=tests.conftest:target_fraction", "grpo.rollouts=2", "grpo.prompts_per_rollout=4",
             "grpo.num_generations=2", "grpo.max_new_tokens=6", "train.batch_size=4", "train.precision=bf16",
             "train.save_every=0", "train.lr=1e-3", "lora.r=4", "lora.alpha=8", f"train.frozen_bf16={flag}",
         ])
@@ -102,13 +102,13 @@ def test_grpo_trains_identically_with_and_without_frozen_bf16(tmp_path):
 
 
 @needs_bf16
-def test_ppo_critic_sharing_and_frozen_bf16_change_nothing_but_memory(tmp_path):
+def test_ppo_critic_sharing_and_frozen_bf16_change_nothing_but_memory(tmp_path, word_model_dir):
     """A LoRA policy, a LoRA critic on the same base and a reward-model dir: sharing the critic's frozen base with
     the policy and storing frozen weights in bf16 give bit-identical trained adapters and value head."""
     from alignloop.models import load_tokenizer
     from alignloop.stages.rl.ppo import PPOConfig, PPOStage
 
-    model = str(make_word_model(tmp_path / "model"))
+    model = word_model_dir
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     torch.manual_seed(3)
     ScalarHeadModel.from_causal_lm(model).save_pretrained(tmp_path / "rm", tokenizer=load_tokenizer(model))

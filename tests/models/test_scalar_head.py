@@ -77,14 +77,14 @@ def test_left_and_right_padding_score_the_same():
     assert torch.allclose(values[:, -1], left)  # left padding: every sequence ends at the last column
 
 
-def test_full_save_round_trip(tmp_path):
+def test_full_save_round_trip(tmp_path, tokenizer):
     from transformers import AutoModel
 
     torch.manual_seed(0)
     model = ScalarHeadModel.from_causal_lm(TINY_MODEL, output_names=["helpful"])
     _train_one_step(model)
     expected = _scores(model)
-    model.save_pretrained(tmp_path / "rm" / "model", tokenizer=load_tokenizer(TINY_MODEL))
+    model.save_pretrained(tmp_path / "rm" / "model", tokenizer=tokenizer)
     folder = tmp_path / "rm" / "model"
     meta = json.loads((folder / "alignloop_head.json").read_text())
     assert meta == {
@@ -113,10 +113,9 @@ def test_full_save_round_trip(tmp_path):
     assert load_tokenizer(folder).pad_token_id == PAD
 
 
-def test_lora_save_round_trip(tmp_path):
+def test_lora_save_round_trip(tmp_path, tokenizer):
     from peft import PeftModel
 
-    tokenizer = load_tokenizer(TINY_MODEL)
     # The SFT model is itself a LoRA adapter: the reward model is built on its merged weights.
     sft = load_causal_lm(TINY_MODEL, lora={"r": 4})
     ids, mask = _batch(SEQUENCES, "right")

@@ -11,7 +11,7 @@ import torch
 
 from alignloop.config import load_config
 from alignloop.data import load_records
-from alignloop.models import build_tiny_llama, load_tokenizer
+from alignloop.models import build_tiny_llama
 from alignloop.rewards.judge import LLMJudge, choice_log_probs
 from alignloop.stages.label import LabelConfig, LabelStage, agreement, rating_win_probability
 
@@ -60,11 +60,6 @@ class KeywordJudgeLM(torch.nn.Module):
             logits[row, -1, self.a_id] = a_text.count("good") + self.bias
             logits[row, -1, self.b_id] = b_text.count("good")
         return types.SimpleNamespace(logits=logits)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("tiny-llama")
 
 
 def test_swapping_order_flips_raw_verdict_and_average_is_order_independent(tokenizer):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -19,8 +18,8 @@ from alignloop.rewards.rules import (
     length_penalty,
     parse_number,
 )
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "alignloop" / "resources" / "data"
 
 

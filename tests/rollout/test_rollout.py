@@ -10,44 +10,21 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
-from alignloop.errors import ConfigError, DataError, ModelError
+from alignloop.errors import ConfigError, DataError
 from alignloop.rollout import HFSampler, Rollout, Sampler, forward_logprobs, logprobs_from_logits
 from alignloop.rollout.hf import plan_batches
 from alignloop.rollout.prompts import encode_prompts
+from tests.conftest import tiny_llama as shared_tiny_llama
 
 EOS = 2  # <|im_end|>, also the pad token
 PROMPTS = ["hi", "tell me a long story about dragons and bread", "what is two plus two?"]
 
 
-def load_test_tokenizer():
-    try:
-        from alignloop.models import load_tokenizer
-
-        return load_tokenizer("smollm2-135m-instruct")
-    except (ImportError, ModelError, OSError):  # alignloop.models missing or the bundled tokenizer not available
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained("/tmp/smollm2")
-
-
 def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=EOS,
-        pad_token_id=EOS,
-        **overrides,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    """conftest's untied tiny Llama with the bundled tokenizer's special ids (EOS is also the pad token)."""
+    return shared_tiny_llama(seed, bos_token_id=1, eos_token_id=EOS, pad_token_id=EOS, **overrides)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,11 +34,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_test_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from alignloop.errors import ConfigError
 from alignloop.stages.bon import BoNConfig, BoNStage, expected_best_of_n, prompt_text
 from alignloop.train.loop import train
 from alignloop.stages.sft import SFTStage
+from tests.conftest import ROOT
 
 
 def char_count(prompts: list[str], completions: list[str], **fields) -> list[float]:
@@ -88,8 +89,8 @@ def read(path):
 def test_bon_gain_grows_with_n_and_feeds_an_sft_round(tmp_path):
     torch.manual_seed(0)
     cfg = load_config(BoNConfig, None, [
-        "model=tiny-llama", "reward=tests.test_bon:char_count", "bon.n=[1, 2, 4, 8]", "bon.max_prompts=4",
-        "bon.max_new_tokens=8", "bon.batch_size=32", "train.precision=fp32", "bon.gold=tests.test_bon:minus_char_count",
+        "model=tiny-llama", "reward=tests.stages.test_bon:char_count", "bon.n=[1, 2, 4, 8]", "bon.max_prompts=4",
+        "bon.max_new_tokens=8", "bon.batch_size=32", "train.precision=fp32", "bon.gold=tests.stages.test_bon:minus_char_count",
     ])
     out = tmp_path / "bon"
     summary = BoNStage.run_standalone(cfg, out)
@@ -141,11 +142,9 @@ def test_min_reward_keeps_only_good_enough_demonstrations():
     [("examples/bon.yaml", BoNConfig), ("examples/rsft.yaml", SFTConfig)],
 )
 def test_example_configs_are_valid(path, config_class):
-    from pathlib import Path
-
     from alignloop.rewards import build_reward
 
-    cfg = load_config(config_class, Path(__file__).resolve().parent.parent / path)
+    cfg = load_config(config_class, ROOT / path)
     if config_class is BoNConfig:
         assert cfg.bon.n == [1, 2, 4, 8] and cfg.bon.gold == "vader"
         assert build_reward(cfg.reward).name == "weighted_sum"

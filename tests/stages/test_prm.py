@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from alignloop.config import load_config
-from alignloop.models import load_tokenizer
 from alignloop.rewards.process import (
     ProcessRewardSource,
     aggregate_steps,
@@ -20,11 +19,6 @@ from alignloop.rewards.process import (
 )
 from alignloop.train.loop import train
 from alignloop.stages.prm import PRMConfig, PRMStage, step_targets
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("tiny-llama")
 
 
 def test_split_steps_char_spans():

@@ -44,7 +44,7 @@ def test_sft_lowers_eval_loss_and_saves_hf_model(tmp_path):
 
 @pytest.mark.parametrize("packing", ["true", "false"])
 def test_sft_resume_is_exact(tmp_path, packing):
-    from tests.toy_stage import ToyStage  # noqa: F401  (same package import path as the loop tests)
+    from tests.conftest import ToyStage  # noqa: F401  (same package import path as the loop tests)
     from alignloop.train.loop import Interrupted
 
     class Stop(SFTStage):

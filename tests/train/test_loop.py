@@ -13,7 +13,7 @@ import torch
 from alignloop.config import StageConfig, TrainConfig
 from alignloop.errors import AlignloopError
 from alignloop.train.loop import Interrupted, train
-from tests.toy_stage import ToyStage
+from tests.conftest import ROOT, ToyStage
 
 
 def cfg(**train) -> StageConfig:
@@ -87,9 +87,9 @@ def test_epoch_order_changes_between_epochs_and_nothing_is_skipped():
 def test_killed_process_resumes_from_last_checkpoint(tmp_path):
     script = f"""
 import sys, os, signal
-sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
-from tests.toy_stage import ToyStage
-from tests.test_loop import cfg
+sys.path.insert(0, {str(ROOT)!r})
+from tests.conftest import ToyStage
+from tests.train.test_loop import cfg
 from alignloop.train.loop import train
 class Killer(ToyStage):
     def on_step_end(self, step, metrics):

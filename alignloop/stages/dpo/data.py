@@ -7,6 +7,9 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+import datasets
+import pyarrow.parquet as pq
+
 from alignloop.data import load_records, rankings_to_pairs, resolve_data_path, tokenize_prompt_completion
 from alignloop.errors import DataError
 from alignloop.stages.dpo.batch import PairExample
@@ -19,12 +22,8 @@ RecordFormat = Literal["auto", "pair", "ranking"]
 def _first_keys(path: Path) -> set[str]:
     """The field names of the first record (JSONL / JSON array / Parquet / saved HF dataset)."""
     if path.is_dir():
-        import datasets
-
         return set(datasets.load_from_disk(str(path)).column_names)
     if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
         return set(pq.read_schema(path).names)
     with path.open(encoding="utf-8") as handle:
         head = handle.read(64).lstrip()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -59,8 +60,6 @@ def reference_view(policy: nn.Module) -> Iterator[nn.Module]:
 
     Only valid before training changes the weights (full fine-tuning) — which is when the cache is built.
     """
-    from peft import PeftModel
-
     if isinstance(policy, PeftModel):
         with adapter_disabled(policy) as base:
             yield base

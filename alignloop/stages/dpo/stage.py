@@ -20,7 +20,7 @@ from pydantic import Field
 
 from alignloop.algos.dpo_losses import REFERENCE_FREE_LOSSES, dpo_loss
 from alignloop.config import DataConfig, Section, StageConfig, TrainConfig
-from alignloop.data import split_records
+from alignloop.data.splits import load_splits
 from alignloop.errors import ConfigError, DataError
 from alignloop.models import Reference, load_tokenizer, load_trainable_lm, make_reference, save_model
 from alignloop.stages.dpo.batch import (
@@ -104,16 +104,9 @@ class DPOStage(Stage):
     # --- data -------------------------------------------------------------------------------
     def _load_data(self) -> None:
         cfg = self.config
-        if not cfg.data.train:
-            raise DataError("data.train: no training data given (pair or ranking records)")
         fmt, skip = cfg.dpo.record_format, cfg.data.skip_invalid
-        train = load_pairs(cfg.data.train, fmt, skip)
-        if cfg.data.eval:
-            evals = load_pairs(cfg.data.eval, fmt, skip)
-        elif cfg.data.eval_fraction > 0 and len(train) > 1:
-            train, evals = split_records(train, cfg.data.eval_fraction, cfg.train.seed)
-        else:
-            evals = []
+        train, evals = load_splits(cfg.data, cfg.train.seed, lambda path: load_pairs(path, fmt, skip),
+                                   what="training data (pair or ranking records)", min_records_to_split=2)
         lengths = (cfg.data.max_length, cfg.dpo.max_prompt_length)
         self.train_examples, dropped_train = tokenize_pairs(self.tokenizer, train, *lengths)
         self.eval_examples, dropped_eval = tokenize_pairs(self.tokenizer, evals, *lengths)

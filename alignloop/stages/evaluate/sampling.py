@@ -61,6 +61,8 @@ def sample_and_score(
     temperature: float,
     top_p: float,
     batch_size: int,
+    top_k: int = 0,
+    stop: Any = None,
     seed: int,
     gold: Any,
     proxy: Any | None,
@@ -81,7 +83,7 @@ def sample_and_score(
     for chunk, start in enumerate(range(0, len(prompts), per_chunk)):
         chunk_prompts = list(prompts[start : start + per_chunk])
         ro = sampler.generate(chunk_prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_p=top_p, seed=seed + chunk)
+                              top_p=top_p, top_k=top_k, stop=stop, seed=seed + chunk)
         rows = _rows(ro)
         if reference is not None:
             policy_lp = sequence_logprobs(model, ro, batch_size)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from alignloop.config import DataConfig, Section, StageConfig
+from alignloop.config import DataConfig, SamplingSettings, Section, StageConfig
 from alignloop.data import load_records
 from alignloop.errors import ConfigError
 from alignloop.eval.eval_report import write_eval_outputs
@@ -61,7 +61,8 @@ class PolicySpec(Section):
         return self
 
 
-class EvalOptions(Section):
+class EvalOptions(SamplingSettings.defaults(max_new_tokens=48)):
+    greedy_allowed = False  # T = 1 keeps the Monte-Carlo KL estimate unbiased
     reference: str = Field("reference", description="Name under which `model` (the reference policy) is reported.")
     policies: dict[str, str | PolicySpec] = Field(
         default_factory=dict, description="name -> model folder, or {model, checkpoints} / {best_of: N}."
@@ -71,9 +72,6 @@ class EvalOptions(Section):
     gold: str = Field("vader", description="Gold scorer: a name in alignloop.eval.gold or 'module:function'.")
     n_prompts: int | None = Field(None, gt=0, description="Use only the first N prompts.")
     samples_per_prompt: int = Field(1, gt=0)
-    max_new_tokens: int = Field(48, gt=0)
-    temperature: float = Field(1.0, gt=0, description="1.0 keeps the Monte-Carlo KL estimate unbiased.")
-    top_p: float = Field(1.0, gt=0, le=1.0)
     batch_size: int = Field(16, gt=0, description="Sequences sampled together.")
     n_boot: int = Field(1000, gt=0, description="Bootstrap resamples for the 95% intervals.")
     seed: int = 0
@@ -137,8 +135,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | RunDir) -> dict:
     pool_size = max(bon_sizes, default=0)
     tokenizer = load_tokenizer(cfg.model)
     k = opts.samples_per_prompt
-    sampling = dict(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
-                    batch_size=opts.batch_size, gold=gold, proxy=proxy, proxy_bf16=cfg.train.precision == "bf16")
+    sampling = dict(**opts.sampling_kwargs(), batch_size=opts.batch_size, gold=gold, proxy=proxy, proxy_bf16=cfg.train.precision == "bf16")
     ckpt_plan = {name: _intermediate_checkpoints(s.model) for name, s in specs.items() if s.checkpoints}
     n_model = sum(1 for s in specs.values() if s.model) + sum(len(v) for v in ckpt_plan.values())
     total = len(prompts) * (k * (1 + n_model) + k * pool_size)

@@ -17,12 +17,13 @@ from typing import Any, Literal
 from pydantic import Field
 
 from alignloop.algos import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
-from alignloop.config import Section, StageConfig
+from alignloop.config import SamplingSettings, Section, StageConfig
 
 __all__ = ["RLOptions", "RolloutSettings", "check_rollout_shape", "steps_per_rollout"]
 
 
-class RLOptions(Section):
+class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
+    greedy_allowed = False  # training log-probs are taken at the sampling temperature
     reward: Any = Field(
         None,
         description="Reward source: a reward-model run dir, 'module:function', 'rule:<name>', or a list of "
@@ -31,11 +32,6 @@ class RLOptions(Section):
     rollouts: int = Field(20, gt=0, description="Rollout batches to generate; the run ends after the last one.")
     prompts_per_rollout: int = Field(8, gt=0, description="Prompts sampled per rollout (all processes together).")
     num_generations: int = Field(1, gt=0, description="Responses sampled per prompt (G).")
-    max_new_tokens: int = Field(48, gt=0, description="Response length limit; a response reaching it is 'truncated'.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature; training log-probs use the same T.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (log-probs stay over the full vocabulary).")
-    top_k: int = Field(0, ge=0, description="Top-k sampling (0: off).")
-    stop: list[str] | None = Field(None, description="Stop strings that end a response besides EOS.")
     generation_batch_size: int = Field(32, gt=0, description="Sequences decoded together.")
     epochs: int = Field(1, gt=0, description="Passes over each rollout (PPO epochs, μ in GRPO).")
     clip_eps: float = Field(0.2, gt=0, description="ε of the clipped surrogate (Schulman et al. 2017).")

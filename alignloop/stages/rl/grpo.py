@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, model_validator
 
 from alignloop.algos import ADVANTAGE_ESTIMATORS, frac_zero_std
-from alignloop.config import DataConfig, StageConfig, TrainConfig
+from alignloop.config import DataConfig, SamplingSettings, StageConfig, TrainConfig
 from alignloop.stages.rl.config import RLOptions, RolloutSettings, check_rollout_shape
 from alignloop.stages.rl.experience import Experience, RolloutData
 from alignloop.stages.rl.kl import KLPenalty
@@ -34,7 +34,7 @@ class GRPOOptions(RLOptions):
     scale_by_std: bool = Field(True, description="group_norm only: divide by the group std (false = Dr. GRPO).")
     kl_coef: float = Field(0.04, ge=0, description="β of the k3 KL loss term; 0 = no reference model at all.")
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field("k3", description="KL estimator of the loss term.")
-    max_new_tokens: int = Field(64, gt=0, description="Response length limit.")
+    max_new_tokens: int = SamplingSettings.field("max_new_tokens", 64)
     share_prompt: bool = Field(
         True, description="A prompt's G responses share one copy of it in the policy and reference forwards (same "
         "log-probs, fewer tokens; each mini-batch's rows are ordered by group). docs/grpo.md.",

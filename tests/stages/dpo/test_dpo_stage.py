@@ -15,6 +15,7 @@ from alignloop.stages.dpo.stage import DPOConfig, DPOStage
 from alignloop.stages.dpo.batch import pair_logps
 from alignloop.stages.dpo.reference import CACHE_PREFIX, reference_view
 from alignloop.train.loop import Run, train
+from tests.conftest import ROOT
 
 # The hidden rule: a chosen answer names fruits, a rejected one names animals.
 FRUITS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "plum"]
@@ -175,7 +176,5 @@ def test_missing_training_data_is_a_clear_error(tmp_path):
 
 
 def test_example_config_is_valid():
-    from pathlib import Path
-
-    cfg = load_config(DPOConfig, Path(__file__).resolve().parent.parent / "examples" / "dpo.yaml")
+    cfg = load_config(DPOConfig, ROOT / "examples" / "dpo.yaml")
     assert cfg.dpo.loss_type == "sigmoid" and cfg.dpo.precompute_ref and cfg.data.train == "runs/bon-pairs/pairs.jsonl"

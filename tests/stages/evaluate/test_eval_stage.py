@@ -104,12 +104,10 @@ def _lora_stage_dir(tmp_path, tokenizer):
     return stage, checkpoint_model
 
 
-def test_checkpoint_policy_restores_checkpoint_weights(tmp_path):
+def test_checkpoint_policy_restores_checkpoint_weights(tmp_path, tiny_tokenizer):
     from alignloop.stages.evaluate.sampling import checkpoint_steps, load_checkpoint_policy, load_policy
-    from alignloop.models import load_tokenizer
 
-    tok = load_tokenizer("tiny-llama")
-    stage, model = _lora_stage_dir(tmp_path, tok)
+    stage, model = _lora_stage_dir(tmp_path, tiny_tokenizer)
     ids = torch.tensor([[1, 5, 9, 13]])
     with torch.no_grad():
         model.merge_adapter()  # in place; the weights are the *final* (doubled) ones now
@@ -124,11 +122,10 @@ def test_checkpoint_policy_restores_checkpoint_weights(tmp_path):
         assert not torch.allclose(restored(ids).logits, final_logits, atol=1e-3)
 
 
-def test_evaluate_tiny_end_to_end_and_resume(tmp_path):
-    from alignloop.models import build_tiny_llama, load_tokenizer, save_model
+def test_evaluate_tiny_end_to_end_and_resume(tmp_path, tiny_tokenizer):
+    from alignloop.models import build_tiny_llama, save_model
 
-    tok = load_tokenizer("tiny-llama")
-    save_model(build_tiny_llama(seed=1), tok, tmp_path / "other")
+    save_model(build_tiny_llama(seed=1), tiny_tokenizer, tmp_path / "other")
     cfg = config_from_dict(EvalConfig, {
         "model": "tiny-llama",
         "reward": "rule:length_penalty",
@@ -183,13 +180,13 @@ class _AutocastProbe:
 
 
 @pytest.mark.parametrize("bf16", [True, False])
-def test_proxy_scores_in_bf16_only_when_asked_and_kl_logprobs_stay_fp32(bf16):
+def test_proxy_scores_in_bf16_only_when_asked_and_kl_logprobs_stay_fp32(bf16, tiny_tokenizer):
     from alignloop.stages.evaluate.sampling import sample_and_score
     from alignloop.eval.gold import get_gold_scorer
-    from alignloop.models import load_causal_lm, load_tokenizer
+    from alignloop.models import load_causal_lm
 
     model = load_causal_lm("tiny-llama", trainable=False)
-    tokenizer = load_tokenizer("tiny-llama")
+    tokenizer = tiny_tokenizer
     probe = _AutocastProbe()
     records = sample_and_score(model, tokenizer, ["Hello there", "How are you?"], n=2, max_new_tokens=4,
                                temperature=1.0, top_p=1.0, batch_size=4, seed=0, gold=get_gold_scorer("vader"),

@@ -1,4 +1,4 @@
-"""GRPO/RLOO on a word-level toy model (tests/test_rl_tiny.py): config errors, metrics, no reference at β = 0, exact resume, reward going up."""
+"""GRPO/RLOO on a word-level toy model (tests/conftest.py): config errors, metrics, no reference at β = 0, exact resume, reward going up."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ from alignloop.config import load_config
 from alignloop.errors import ConfigError
 from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
 from alignloop.train.loop import train
-from tests.test_rl_tiny import make_word_model, write_prompts
+from tests.conftest import write_prompts
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
+def toy(tmp_path_factory, word_model_dir):
     root = tmp_path_factory.mktemp("toy")
-    return {"model": str(make_word_model(root / "model")), "prompts": write_prompts(root / "prompts.jsonl")}
+    return {"model": word_model_dir, "prompts": write_prompts(root / "prompts.jsonl")}
 
 
 def config(toy, *overrides: str) -> GRPOConfig:
     base = [
         f"model={toy['model']}", f"data.train={toy['prompts']}", "data.eval=null",
-        "grpo.reward=tests.test_rl_tiny:target_fraction", "grpo.rollouts=2", "grpo.prompts_per_rollout=4",
+        "grpo.reward=tests.conftest:target_fraction", "grpo.rollouts=2", "grpo.prompts_per_rollout=4",
         "grpo.num_generations=2", "grpo.max_new_tokens=6", "grpo.eval_prompts=0", "grpo.samples_count=8",
         "train.batch_size=4", "train.precision=fp32", "train.save_every=0", "train.lr=1e-3",
     ]
@@ -53,7 +53,7 @@ def test_grpo_with_lora_logs_trl_names_and_derives_steps(tmp_path, toy):
     # 2 rollouts × 1 epoch × (4 prompts × 2 samples / batch 4) = 4 optimizer steps
     assert summary["steps"] == 4 and summary["rollouts"] == 2
     for key in ("reward", "reward_std", "kl", "completions/mean_length", "frac_reward_zero_std",
-                "rewards/tests.test_rl_tiny:target_fraction/mean", "policy/clipfrac_avg", "tokens_per_second"):
+                "rewards/tests.conftest:target_fraction/mean", "policy/clipfrac_avg", "tokens_per_second"):
         assert key in rows[-1], key
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # first update: the policy is still the reference
     assert rows[0]["policy/ratio_avg"] == pytest.approx(1.0, abs=1e-4)  # sampler log-probs = training log-probs

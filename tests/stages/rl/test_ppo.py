@@ -13,7 +13,7 @@ from alignloop.config import load_config
 from alignloop.errors import ConfigError
 from alignloop.train.loop import train
 from alignloop.stages.rl.ppo import PPOConfig, PPOStage
-from tests.test_rl_tiny import make_word_model, write_prompts
+from tests.conftest import write_prompts
 
 
 class FakeEnsemble:
@@ -34,15 +34,15 @@ ENSEMBLE = FakeEnsemble()
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
+def toy(tmp_path_factory, word_model_dir):
     root = tmp_path_factory.mktemp("toy")
-    return {"model": str(make_word_model(root / "model")), "prompts": write_prompts(root / "prompts.jsonl")}
+    return {"model": word_model_dir, "prompts": write_prompts(root / "prompts.jsonl")}
 
 
 def config(toy, *overrides: str) -> PPOConfig:
     base = [
         f"model={toy['model']}", f"data.train={toy['prompts']}", "data.eval=null",
-        "ppo.reward=tests.test_rl_tiny:target_fraction", "ppo.rollouts=2", "ppo.prompts_per_rollout=4",
+        "ppo.reward=tests.conftest:target_fraction", "ppo.rollouts=2", "ppo.prompts_per_rollout=4",
         "ppo.max_new_tokens=6", "ppo.eval_prompts=0", "ppo.samples_count=4",
         "train.batch_size=4", "train.precision=fp32", "train.save_every=0", "train.lr=5e-3",
     ]
@@ -105,7 +105,7 @@ def test_critic_warmup_moves_only_the_critic(tmp_path, toy):
 
 def test_kl_in_loss_and_uncertainty_controller_give_per_sample_beta(tmp_path, toy, monkeypatch):
     seen = experiences(monkeypatch)
-    cfg = config(toy, "ppo.reward=tests.test_ppo:ENSEMBLE", "ppo.kl_controller=uncertainty", "ppo.kl_placement=loss",
+    cfg = config(toy, "ppo.reward=tests.stages.rl.test_ppo:ENSEMBLE", "ppo.kl_controller=uncertainty", "ppo.kl_placement=loss",
                  "ppo.kl_coef=0.2", "ppo.rollouts=1")
     train(PPOStage(cfg), tmp_path)
     data, exp = seen[0]
@@ -191,7 +191,7 @@ PROBE = AutocastProbe()
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_reward_model_scores_in_the_runs_precision(tmp_path, toy, precision):
     PROBE.seen.clear()
-    train(PPOStage(config(toy, "ppo.reward=tests.test_ppo:PROBE", "ppo.rollouts=1", f"train.precision={precision}")),
+    train(PPOStage(config(toy, "ppo.reward=tests.stages.rl.test_ppo:PROBE", "ppo.rollouts=1", f"train.precision={precision}")),
           tmp_path)
     assert PROBE.seen == [precision == "bf16"]
 

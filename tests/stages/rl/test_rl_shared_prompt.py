@@ -13,7 +13,7 @@ from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
 from alignloop.train.loop import train
 from alignloop.stages.rl.experience import minibatch_schedule
 from alignloop.stages.rl.shared_prompt import shared_prompt_batch, shared_prompt_logprobs
-from tests.test_rl_tiny import make_word_model, write_prompts
+from tests.conftest import write_prompts
 
 PAD = 0
 
@@ -133,15 +133,15 @@ def test_group_schedule_keeps_minibatches_and_orders_their_rows_by_group():
     assert grouped != plain
 
 
-def test_grpo_trains_the_same_with_and_without_shared_prompts(tmp_path):
+def test_grpo_trains_the_same_with_and_without_shared_prompts(tmp_path, word_model_dir):
     """One optimizer step per rollout on every row: the shared-prompt forwards give the same adapters."""
-    model = str(make_word_model(tmp_path / "model"))
+    model = word_model_dir
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     adapters, calls = [], []
     for flag in ("false", "true"):
         cfg = load_config(GRPOConfig, None, [
             f"model={model}", f"data.train={prompts}", "data.eval=null", "grpo.eval_prompts=0",
-            "grpo.reward=tests.test_rl_tiny:target_fraction", "grpo.rollouts=3", "grpo.prompts_per_rollout=4",
+            "grpo.reward=tests.conftest:target_fraction", "grpo.rollouts=3", "grpo.prompts_per_rollout=4",
             "grpo.num_generations=3", "grpo.max_new_tokens=6", "train.batch_size=12", "train.micro_batch_size=6",
             "train.precision=fp32", "train.save_every=0", "train.lr=1e-2", "lora.r=4", "lora.alpha=8",
             f"grpo.share_prompt={flag}",

@@ -10,17 +10,12 @@ import pytest
 from alignloop.config import load_config
 from alignloop.data import tokenize_prompt
 from alignloop.errors import DataError
-from alignloop.models import TINY_MODEL, load_tokenizer
+from alignloop.models import TINY_MODEL
 from alignloop.stages.rm.stage import RMConfig, load_rm_examples
 from alignloop.stages.rm.data import record_kind, tokenize_preferences, truncate_pair
 
 GOOD_PAIR = {"prompt": "Hi?", "chosen": "Hello there, friend.", "rejected": "Go away."}
 GOOD_RANKING = {"prompt": "Name a fruit.", "completions": ["Apple.", "A chair.", "Pear."], "ranking": [[0, 2], 1]}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(TINY_MODEL)
 
 
 def _write(path, records: list) -> str:

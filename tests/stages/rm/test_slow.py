@@ -10,13 +10,14 @@ import pytest
 
 from alignloop.stages.registry import run_stage
 from alignloop.stages.rm.synthetic import bayes_accuracy, synthetic_preferences, write_jsonl
+from tests.conftest import ROOT
 
 # The hidden-rule test (~45 s) runs in CI. The two human-data tests read ../shared/data (outside the repository,
 # skipped where it is absent) and take minutes each: they carry the `acceptance` marker, which `make test`
-# deselects; run them with `pytest -m acceptance tests/test_rm_slow.py`.
+# deselects; run them with `pytest -m acceptance tests/stages/rm/test_slow.py`.
 pytestmark = [pytest.mark.slow]
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = ROOT.parent / "shared" / "data"
 BUNDLED = "smollm2-135m-instruct"
 # LoRA on the top 4 of SmolLM2's 30 layers: the backward pass stops there, so a CPU epoch takes minutes
 TOP_LAYERS_LORA = ["lora.r=16", r"lora.target_modules=.*layers\.(2[6-9])\..*_proj"]
