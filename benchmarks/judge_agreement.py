@@ -15,6 +15,7 @@ import json
 
 from alignloop.config import load_config
 from alignloop.stages.label import LabelConfig, LabelStage
+from alignloop.train.run_dir import RunDir
 
 CRITERIA = "Which response is more positive, warm and cheerful in tone?"
 
@@ -30,7 +31,7 @@ def main() -> None:
         "label.gold=vader", f"label.criteria={CRITERIA}", "label.max_new_tokens=32", "label.temperature=1.0",
         *args.overrides,
     ]
-    summary = LabelStage.run_standalone(load_config(LabelConfig, None, overrides), args.out)
+    summary = LabelStage.run(load_config(LabelConfig, None, overrides), RunDir(args.out))
     print(json.dumps(summary))
 
 

@@ -182,7 +182,12 @@ def tiny_llama(seed: int = 0, **overrides):
 def tiny_model_dir(tmp_path_factory) -> Path:
     """``alignloop.models.build_tiny_llama(seed=0)`` and its tokenizer saved once per session with ``save_model``
     (a plain HF folder). Read-only for tests: save anything derived from it under ``tmp_path``."""
-    from alignloop.models import TINY_MODEL, build_tiny_llama, load_tokenizer, save_model
+    from alignloop.models import (
+        TINY_MODEL,
+        build_tiny_llama,
+        load_tokenizer,
+        save_model,
+    )
 
     folder = tmp_path_factory.mktemp("tiny_llama") / "model"
     save_model(build_tiny_llama(seed=0), load_tokenizer(TINY_MODEL), folder)

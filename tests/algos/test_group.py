@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from alignloop.algos import best_of_n_indices, bon_kl_bound, frac_zero_std, grpo_advantages, rloo_advantages
+from alignloop.algos import (
+    best_of_n_indices,
+    bon_kl_bound,
+    frac_zero_std,
+    grpo_advantages,
+    rloo_advantages,
+)
 
 
 def test_grpo_hand_example():

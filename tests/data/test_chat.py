@@ -6,9 +6,12 @@ import copy
 
 import pytest
 
-from alignloop.data import tokenize_conversation, tokenize_prompt, tokenize_prompt_completion
+from alignloop.data import (
+    tokenize_conversation,
+    tokenize_prompt,
+    tokenize_prompt_completion,
+)
 from alignloop.errors import ModelError
-
 
 # Llama-3 style: bos, special header tokens, a default system prompt only when none is given, trimmed contents.
 LLAMA3_TEMPLATE = (

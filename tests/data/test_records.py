@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.data import load_records, rankings_to_pairs, resolve_data_path, split_records, validate_record
+from alignloop.data import (
+    load_records,
+    rankings_to_pairs,
+    resolve_data_path,
+    split_records,
+    validate_record,
+)
 from alignloop.errors import DataError
 from tests.conftest import ROOT
 

@@ -25,8 +25,8 @@ from safetensors.torch import load_file
 
 from alignloop.config import StageConfig, TrainConfig
 from alignloop.distributed import launch_command, run_launched
+from alignloop.pipeline.launch import run_stage
 from alignloop.train.loop import train
-from alignloop.stages.registry import run_stage
 from tests.conftest import ROOT, ToyStage
 
 ATOL = 1e-6

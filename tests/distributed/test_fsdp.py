@@ -16,8 +16,8 @@ import torch
 
 from alignloop.distributed import launch_command, run_launched
 from alignloop.models import build_tiny_llama
-from alignloop.train.checkpoint import trainable_state
 from alignloop.stages.sft import token_nll_sum
+from alignloop.train.checkpoint import trainable_state
 from tests.conftest import ROOT
 
 SCRIPT = """

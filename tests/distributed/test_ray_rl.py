@@ -21,7 +21,7 @@ from alignloop.distributed.ray_stage import run_with_ray  # noqa: E402
 from alignloop.distributed.rollouts import concat_rollouts, split_evenly  # noqa: E402
 from alignloop.distributed.weights import weights_checksum  # noqa: E402
 from alignloop.models import build_tiny_llama  # noqa: E402
-from alignloop.stages.registry import run_stage  # noqa: E402
+from alignloop.pipeline.launch import run_stage  # noqa: E402
 
 ROLLOUTS, PROMPTS, GENERATIONS = 2, 4, 2
 

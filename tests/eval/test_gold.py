@@ -6,7 +6,13 @@ import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from alignloop.errors import AlignloopError, ConfigError
-from alignloop.eval.gold import GOLD_SCORERS, FunctionGold, GoldScorer, VaderGold, get_gold_scorer
+from alignloop.eval.gold import (
+    GOLD_SCORERS,
+    FunctionGold,
+    GoldScorer,
+    VaderGold,
+    get_gold_scorer,
+)
 
 
 def test_vader_gold_is_the_compound_score_of_the_completion():

@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from alignloop.eval.metrics import (
-    mcnemar_exact,
     bootstrap_ci,
     distinct_n,
     expected_calibration_error,
     length_reward_correlation,
-    reliability_diagram,
+    mcnemar_exact,
     self_bleu,
     sentence_bleu,
     sequence_kl_mc,
     win_rate,
 )
+from alignloop.eval.report import reliability_diagram
 
 
 def test_win_rate_counts_ties_half():

@@ -10,7 +10,12 @@ import pytest
 
 from alignloop.feedback.db import make_engine, migrate, run_tx, session_factory
 from alignloop.feedback.importers import Candidate, ItemSpec
-from alignloop.feedback.store import ProjectOptions, add_items, create_project, create_user
+from alignloop.feedback.store import (
+    ProjectOptions,
+    add_items,
+    create_project,
+    create_user,
+)
 
 PG_ENV = "ALIGNLOOP_TEST_PG_URL"
 PASSWORD = "correct-horse-battery"

@@ -11,7 +11,13 @@ from alignloop.data import load_records
 from alignloop.feedback import store
 from alignloop.feedback.answers import LETTERS, AnswerError, canonical_answer
 from alignloop.feedback.db import run_tx
-from alignloop.feedback.export import export_records, item_agreement, layers, ranked_pairs, write_jsonl
+from alignloop.feedback.export import (
+    export_records,
+    item_agreement,
+    layers,
+    ranked_pairs,
+    write_jsonl,
+)
 from alignloop.feedback.models import Label, User
 
 from .conftest import make_project, make_users

@@ -131,7 +131,7 @@ def test_cli_init_add_user_token_create_project_and_export(tmp_path, monkeypatch
     records = load_records(out, "pair")
     assert len(records) == 3
     # annotate -> export -> rm: the exported file trains a reward model as it is
-    from alignloop.stages.registry import run_stage
+    from alignloop.pipeline.launch import run_stage
 
     summary = run_stage("rm", None, [
         "model=tiny-llama", f"data.train={out}", f"data.eval={out}", "train.max_steps=2", "train.batch_size=2",

@@ -19,6 +19,7 @@ from alignloop.models import (
     alignloop_home,
     apply_lora,
     build_tiny_llama,
+    bundled,
     list_models,
     load_causal_lm,
     load_tokenizer,
@@ -26,7 +27,6 @@ from alignloop.models import (
     resolve_model,
     save_model,
 )
-from alignloop.models import bundled
 
 BUNDLED = "smollm2-135m-instruct"
 IDS = torch.tensor([[1, 28120, 905, 30, 2], [1, 504, 3458, 314, 2]])

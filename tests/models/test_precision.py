@@ -58,8 +58,8 @@ def test_only_frozen_inner_linears_are_cast():
 
 
 def test_run_autocast_keeps_no_weight_cast_cache(tmp_path):
-    from alignloop.train.loop import Run
     from alignloop.stages.sft import SFTConfig
+    from alignloop.train.loop import Run
 
     for precision, active in (("bf16", True), ("fp32", False)):
         run = Run(load_config(SFTConfig, None, [f"train.precision={precision}", "train.device=cpu"]), tmp_path)

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from alignloop.models import TINY_MODEL, ScalarHeadModel
+from alignloop.models.shared_prompt import (
+    ScoreGroup,
+    attention_mask_for,
+    pack_groups,
+    score_packed,
+)
 from alignloop.stages.rm.data import PreferenceExample, collate_preferences
-from alignloop.models.shared_prompt import ScoreGroup, attention_mask_for, pack_groups, score_packed
 
 PAD = 2
 PROMPT = [1, 5, 6, 7]

@@ -9,7 +9,13 @@ import yaml
 
 from alignloop.errors import ConfigError
 from alignloop.pipeline.runner import human_seconds, resolved_configs, stage_status
-from alignloop.pipeline.spec import apply_variant, load_pipeline, merge_defaults, parse_pipeline, resolve_references
+from alignloop.pipeline.spec import (
+    apply_variant,
+    load_pipeline,
+    merge_defaults,
+    parse_pipeline,
+    resolve_references,
+)
 
 TINY = {
     "name": "tiny",

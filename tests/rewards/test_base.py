@@ -13,10 +13,10 @@ from alignloop.rewards.base import (
     RewardSource,
     RuleReward,
     WeightedSum,
-    build_reward,
     has_uncertainty,
     load_reward_function,
 )
+from alignloop.rewards.build import build_reward
 
 
 def count_chars(prompts, completions, **_):
@@ -181,18 +181,7 @@ def test_build_reward_errors(tmp_path):
 
 
 def test_build_reward_directory_uses_the_reward_model_hook(tmp_path, monkeypatch):
-    import importlib.util
-    import types
-
-    if importlib.util.find_spec("alignloop.rewards.model") is None:
-        with pytest.raises(ConfigError) as err:
-            build_reward(str(tmp_path))
-        assert str(err.value) == (
-            f"reward '{tmp_path}': is a directory, but reward-model loading (alignloop.rewards.model) is not available"
-        )
-    fake = types.ModuleType("alignloop.rewards.model")
-    fake.load_reward_model_source = lambda path: ("loaded", path)
-    monkeypatch.setitem(sys.modules, "alignloop.rewards.model", fake)
+    monkeypatch.setattr("alignloop.rewards.build.load_reward_model_source", lambda path: ("loaded", path))
     assert build_reward(str(tmp_path)) == ("loaded", str(tmp_path))
 
 

@@ -13,7 +13,13 @@ from alignloop.config import load_config
 from alignloop.data import load_records
 from alignloop.models import build_tiny_llama
 from alignloop.rewards.judge import LLMJudge, choice_log_probs
-from alignloop.stages.label import LabelConfig, LabelStage, agreement, rating_win_probability
+from alignloop.stages.label import (
+    LabelConfig,
+    LabelStage,
+    agreement,
+    rating_win_probability,
+)
+from alignloop.train.run_dir import RunDir
 
 
 def sigmoid(x: float) -> float:
@@ -127,7 +133,7 @@ def test_label_stage_writes_ai_pairs(tmp_path):
     rows = [{"prompt": f"Question {i}?", "chosen": f"A kind answer {i}.", "rejected": f"No {i}."} for i in range(3)]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config(LabelConfig, None, ["model=tiny-llama", f"data.train={pairs}", "label.gold=vader"])
-    summary = LabelStage.run_standalone(cfg, tmp_path / "out")
+    summary = LabelStage.run(cfg, RunDir(tmp_path / "out"))
     records = load_records(tmp_path / "out" / "labels.jsonl", "pair")
     assert len(records) == 3 == summary["pairs_written"]
     for record in records:

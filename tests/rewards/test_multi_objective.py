@@ -7,7 +7,8 @@ import torch
 
 from alignloop.errors import ConfigError
 from alignloop.rewards import RuleReward, build_reward
-from alignloop.rewards.multi import Constraint, ConstrainedReward, build_constrained
+from alignloop.rewards.build import build_constrained
+from alignloop.rewards.multi import ConstrainedReward, Constraint
 
 
 def constant(value: float, name: str) -> RuleReward:

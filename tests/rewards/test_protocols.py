@@ -23,7 +23,7 @@ from alignloop.rewards import (
     reward_parts,
 )
 from alignloop.rewards.model import RewardModel
-from alignloop.rewards.multi import Constraint, ConstrainedReward
+from alignloop.rewards.multi import ConstrainedReward, Constraint
 from alignloop.rewards.process import ProcessRewardSource
 
 

@@ -8,7 +8,14 @@ import json
 import pytest
 
 from alignloop.errors import AlignloopError
-from alignloop.rewards.arith_checker import AFTER_ERROR, CORRECT, WRONG, label_steps, parse_equation, solution_is_correct
+from alignloop.rewards.arith_checker import (
+    AFTER_ERROR,
+    CORRECT,
+    WRONG,
+    label_steps,
+    parse_equation,
+    solution_is_correct,
+)
 from alignloop.rewards.rules import (
     ANSWER_FORMAT_PATTERN,
     BUILTIN_RULES,

@@ -13,7 +13,13 @@ import torch
 from transformers import LlamaForCausalLM
 
 from alignloop.errors import ConfigError, DataError
-from alignloop.rollout import HFSampler, Rollout, Sampler, forward_logprobs, logprobs_from_logits
+from alignloop.rollout import (
+    HFSampler,
+    Rollout,
+    Sampler,
+    forward_logprobs,
+    logprobs_from_logits,
+)
 from alignloop.rollout.hf import plan_batches
 from alignloop.rollout.prompts import encode_prompts
 from tests.conftest import tiny_llama as shared_tiny_llama

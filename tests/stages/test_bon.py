@@ -13,8 +13,9 @@ from alignloop.config import SFTConfig, load_config
 from alignloop.data import load_records
 from alignloop.errors import ConfigError
 from alignloop.stages.bon import BoNConfig, BoNStage, expected_best_of_n, prompt_text
-from alignloop.train.loop import train
 from alignloop.stages.sft import SFTStage
+from alignloop.train.loop import train
+from alignloop.train.run_dir import RunDir
 from tests.conftest import ROOT
 
 
@@ -79,7 +80,7 @@ def test_prompt_text():
 def test_missing_reward_is_a_clear_error(tmp_path):
     cfg = load_config(BoNConfig, None, ["model=tiny-llama"])
     with pytest.raises(ConfigError, match=r"^reward: no reward source given"):
-        BoNStage.run_standalone(cfg, tmp_path / "bon")
+        BoNStage.run(cfg, RunDir(tmp_path / "bon"))
 
 
 def read(path):
@@ -93,7 +94,7 @@ def test_bon_gain_grows_with_n_and_feeds_an_sft_round(tmp_path):
         "bon.max_new_tokens=8", "bon.batch_size=32", "train.precision=fp32", "bon.gold=tests.stages.test_bon:minus_char_count",
     ])
     out = tmp_path / "bon"
-    summary = BoNStage.run_standalone(cfg, out)
+    summary = BoNStage.run(cfg, RunDir(out))
     by_n = summary["by_n"]
     gains = [by_n[str(n)]["gain"] for n in (1, 2, 4, 8)]
     assert gains[0] == pytest.approx(0.0, abs=1e-9)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from alignloop.data import load_records
-from alignloop.stages.collect import CollectConfig, CollectStage, make_pairs
 from alignloop.pipeline.runner import config_from_dict
+from alignloop.stages.collect import CollectConfig, CollectStage, make_pairs
+from alignloop.train.run_dir import RunDir
 
 
 def test_make_pairs():
@@ -22,7 +23,7 @@ def test_collect_stage_writes_valid_pairs_and_resumes_identically(tmp_path):
                   "annotator_temperature": 0.0},
     }, "test")
     out = tmp_path / "prefs"
-    summary = CollectStage.run_standalone(cfg, out)
+    summary = CollectStage.run(cfg, RunDir(out))
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     assert summary["pairs"] == len(pairs) and summary["prompts"] == 3
     assert summary["pairs"] + summary["pairs_skipped"] == 3  # one pair per prompt with k = 2
@@ -38,5 +39,5 @@ def test_collect_stage_writes_valid_pairs_and_resumes_identically(tmp_path):
     again.mkdir()
     first_chunk = [p for p in pairs if p["prompt"] == pairs[0]["prompt"]]
     (again / "pairs.partial.jsonl").write_text(json.dumps({"chunk": 0, "records": first_chunk}) + "\n{\"chunk\": 1, \"rec")
-    CollectStage.run_standalone(cfg, again)
+    CollectStage.run(cfg, RunDir(again))
     assert [json.loads(line) for line in (again / "pairs.jsonl").read_text().splitlines()] == pairs

@@ -17,6 +17,7 @@ from alignloop.stages.constitution import (
     critique_revision_chains,
     load_constitution,
 )
+from alignloop.train.run_dir import RunDir
 
 
 def test_default_constitution_is_complete():
@@ -84,7 +85,7 @@ def test_constitution_stage_writes_chains_and_pairs(tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": f"Tell me about topic {i}."}) + "\n" for i in range(2)))
     overrides = ["model=tiny-llama", f"data.train={prompts}", "constitution.rounds=2", "constitution.max_new_tokens=6",
                  "constitution.critique_max_tokens=4", "constitution.temperature=1.0"]
-    summary = ConstitutionStage.run_standalone(load_config(ConstitutionConfig, None, overrides), tmp_path / "out")
+    summary = ConstitutionStage.run(load_config(ConstitutionConfig, None, overrides), RunDir(tmp_path / "out"))
     sft = load_records(tmp_path / "out" / "sft.jsonl", "sft")
     assert summary["sft_records"] == len(sft) >= 1
     for record in sft:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from alignloop.config import load_config
+from alignloop.pipeline.launch import run_stage
 from alignloop.stages.label import LabelConfig, LabelStage
-from alignloop.stages.registry import run_stage
+from alignloop.train.run_dir import RunDir
 
 
 @pytest.mark.slow
@@ -18,7 +19,7 @@ def test_ai_labels_train_a_reward_model(tmp_path):
     label_cfg = load_config(LabelConfig, None, [
         "model=tiny-llama", f"data.train={prompts}", "label.samples_per_prompt=3", "label.max_new_tokens=6",
     ])
-    label_summary = LabelStage.run_standalone(label_cfg, tmp_path / "label")
+    label_summary = LabelStage.run(label_cfg, RunDir(tmp_path / "label"))
     labels = tmp_path / "label" / "labels.jsonl"
     assert label_summary["pairs_written"] >= 8  # 4 prompts × 3 pairs, minus any identical samples
 

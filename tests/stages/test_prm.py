@@ -17,8 +17,8 @@ from alignloop.rewards.process import (
     step_end_tokens,
     tokenize_solution,
 )
-from alignloop.train.loop import train
 from alignloop.stages.prm import PRMConfig, PRMStage, step_targets
+from alignloop.train.loop import train
 
 
 def test_split_steps_char_spans():

@@ -11,8 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from alignloop.config import SFTConfig, load_config
-from alignloop.train.loop import train
 from alignloop.stages.sft import SFTStage
+from alignloop.train.loop import train
 
 
 def make_cfg(tmp_path, *overrides: str) -> SFTConfig:
@@ -44,13 +44,14 @@ def test_sft_lowers_eval_loss_and_saves_hf_model(tmp_path):
 
 @pytest.mark.parametrize("packing", ["true", "false"])
 def test_sft_resume_is_exact(tmp_path, packing):
-    from tests.conftest import ToyStage  # noqa: F401  (same package import path as the loop tests)
     from alignloop.train.loop import Interrupted
+    from tests.conftest import ToyStage  # noqa: F401  (same package import path as the loop tests)
 
     class Stop(SFTStage):
         def on_step_end(self, step, metrics):
             if step == 5:
-                import os, signal
+                import os
+                import signal
                 os.kill(os.getpid(), signal.SIGINT)
 
     cfg = make_cfg(tmp_path, f"sft.packing={packing}", "train.max_steps=8")

@@ -9,7 +9,6 @@ import torch
 
 from alignloop.errors import DataError
 from alignloop.models import build_tiny_llama
-from alignloop.train.batches import EpochBatchSource
 from alignloop.stages.dpo.batch import (
     LengthGroupedBatchSource,
     PairExample,
@@ -18,6 +17,7 @@ from alignloop.stages.dpo.batch import (
     pair_logps,
 )
 from alignloop.stages.dpo.data import detect_format, load_pairs
+from alignloop.train.batches import EpochBatchSource
 
 PAD = 2
 

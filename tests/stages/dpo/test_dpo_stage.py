@@ -11,9 +11,9 @@ import torch
 
 from alignloop.config import load_config
 from alignloop.errors import DataError
-from alignloop.stages.dpo.stage import DPOConfig, DPOStage
 from alignloop.stages.dpo.batch import pair_logps
 from alignloop.stages.dpo.reference import CACHE_PREFIX, reference_view
+from alignloop.stages.dpo.stage import DPOConfig, DPOStage
 from alignloop.train.loop import Run, train
 from tests.conftest import ROOT
 

@@ -9,9 +9,14 @@ import math
 import pytest
 import torch
 
-from alignloop.eval.eval_summary import best_of_n_kl, best_of_n_pick, overoptimisation_curve, summarize_policy
-from alignloop.stages.evaluate.stage import EvalConfig, _pool_groups, evaluate
+from alignloop.eval.eval_summary import (
+    best_of_n_kl,
+    best_of_n_pick,
+    overoptimisation_curve,
+    summarize_policy,
+)
 from alignloop.pipeline.runner import config_from_dict
+from alignloop.stages.evaluate.stage import EvalConfig, _pool_groups, evaluate
 
 
 def _rec(pi, gold, text, logp=None, ref=None, eos=True, length=None, proxy=None, si=0):
@@ -105,7 +110,11 @@ def _lora_stage_dir(tmp_path, tokenizer):
 
 
 def test_checkpoint_policy_restores_checkpoint_weights(tmp_path, tiny_tokenizer):
-    from alignloop.stages.evaluate.sampling import checkpoint_steps, load_checkpoint_policy, load_policy
+    from alignloop.stages.evaluate.sampling import (
+        checkpoint_steps,
+        load_checkpoint_policy,
+        load_policy,
+    )
 
     stage, model = _lora_stage_dir(tmp_path, tiny_tokenizer)
     ids = torch.tensor([[1, 5, 9, 13]])
@@ -181,9 +190,9 @@ class _AutocastProbe:
 
 @pytest.mark.parametrize("bf16", [True, False])
 def test_proxy_scores_in_bf16_only_when_asked_and_kl_logprobs_stay_fp32(bf16, tiny_tokenizer):
-    from alignloop.stages.evaluate.sampling import sample_and_score
     from alignloop.eval.gold import get_gold_scorer
     from alignloop.models import load_causal_lm
+    from alignloop.stages.evaluate.sampling import sample_and_score
 
     model = load_causal_lm("tiny-llama", trainable=False)
     tokenizer = tiny_tokenizer

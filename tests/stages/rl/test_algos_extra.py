@@ -11,7 +11,13 @@ import torch
 from alignloop.algos import aggregate_loss, value_loss, whiten_advantages
 from alignloop.stages.rl.experience import Experience, minibatch_schedule
 from alignloop.stages.rl.monitors import pearson, rollout_monitors
-from alignloop.stages.rl.rewards import RunningMoments, apply_truncation, normalise_scores, prompt_text, token_rewards
+from alignloop.stages.rl.rewards import (
+    RunningMoments,
+    apply_truncation,
+    normalise_scores,
+    prompt_text,
+    token_rewards,
+)
 from alignloop.stages.rl.stage import loss_sum_factor
 
 

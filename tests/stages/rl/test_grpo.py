@@ -10,9 +10,10 @@ from safetensors.torch import load_file
 
 from alignloop.config import load_config
 from alignloop.errors import ConfigError
-from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
+from alignloop.stages.rl.grpo import GRPO, GRPOConfig, GRPOStage
 from alignloop.train.loop import train
 from tests.conftest import write_prompts
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, word_model_dir):
@@ -64,13 +65,13 @@ def test_grpo_with_lora_logs_trl_names_and_derives_steps(tmp_path, toy):
 def test_beta_zero_does_no_reference_forward(tmp_path, toy, monkeypatch):
     calls = []
     stage = GRPOStage(config(toy, "grpo.kl_coef=0", "grpo.rollouts=1", "grpo.advantage=rloo"))
-    real = GRPOStage.build_experience
+    real = GRPO.experience
 
-    def spy(self, data):
+    def spy(self, data, kl):
         calls.append(data.ref_logprobs)
-        return real(self, data)
+        return real(self, data, kl)
 
-    monkeypatch.setattr(GRPOStage, "build_experience", spy)
+    monkeypatch.setattr(GRPO, "experience", spy)
     train(stage, tmp_path)
     assert stage.reference is None and calls == [None]
     assert "kl" not in metrics(tmp_path)[-1]

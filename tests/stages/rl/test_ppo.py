@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from alignloop.config import load_config
 from alignloop.errors import ConfigError
+from alignloop.stages.rl.ppo import PPO, PPOConfig, PPOStage
 from alignloop.train.loop import train
-from alignloop.stages.rl.ppo import PPOConfig, PPOStage
 from tests.conftest import write_prompts
 
 
@@ -54,16 +54,16 @@ def metrics(out) -> list[dict]:
 
 
 def experiences(monkeypatch) -> list:
-    """Record what build_experience returns."""
+    """Record what the PPO algorithm's ``experience`` returns."""
     seen = []
-    real = PPOStage.build_experience
+    real = PPO.experience
 
-    def spy(self, data):
-        exp, stats = real(self, data)
+    def spy(self, data, kl):
+        exp, stats = real(self, data, kl)
         seen.append((data, exp))
         return exp, stats
 
-    monkeypatch.setattr(PPOStage, "build_experience", spy)
+    monkeypatch.setattr(PPO, "experience", spy)
     return seen
 
 

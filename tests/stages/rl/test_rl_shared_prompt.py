@@ -9,10 +9,13 @@ from safetensors.torch import load_file
 from alignloop.config import load_config
 from alignloop.models import load_causal_lm
 from alignloop.rollout import forward_logprobs
-from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
-from alignloop.train.loop import train
 from alignloop.stages.rl.experience import minibatch_schedule
-from alignloop.stages.rl.shared_prompt import shared_prompt_batch, shared_prompt_logprobs
+from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
+from alignloop.stages.rl.shared_prompt import (
+    shared_prompt_batch,
+    shared_prompt_logprobs,
+)
+from alignloop.train.loop import train
 from tests.conftest import write_prompts
 
 PAD = 0

@@ -11,8 +11,8 @@ from alignloop.config import load_config
 from alignloop.data import tokenize_prompt
 from alignloop.errors import DataError
 from alignloop.models import TINY_MODEL
-from alignloop.stages.rm.stage import RMConfig, load_rm_examples
 from alignloop.stages.rm.data import record_kind, tokenize_preferences, truncate_pair
+from alignloop.stages.rm.stage import RMConfig, load_rm_examples
 
 GOOD_PAIR = {"prompt": "Hi?", "chosen": "Hello there, friend.", "rejected": "Go away."}
 GOOD_RANKING = {"prompt": "Name a fruit.", "completions": ["Apple.", "A chair.", "Pear."], "ranking": [[0, 2], 1]}

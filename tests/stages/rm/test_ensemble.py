@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from alignloop.models import TINY_MODEL
+from alignloop.pipeline.launch import run_stage
 from alignloop.rewards import WeightedSum
 from alignloop.rewards.model import RewardModel
-from alignloop.stages.registry import run_stage
 from alignloop.stages.rm.synthetic import synthetic_preferences, write_jsonl
 
 FAST = ["train.precision=fp32", "train.save_every=0", f"model={TINY_MODEL}"]

@@ -9,9 +9,14 @@ import pytest
 import torch
 
 from alignloop.eval.rm_report import calibration_inputs, preference_metrics
-from alignloop.stages.rm.data import PreferenceBatch, PreferenceExample
-from alignloop.stages.rm.loss import LossSettings, evaluate_examples, ordered_pairs, preference_loss
 from alignloop.models.shared_prompt import PackedGroups
+from alignloop.stages.rm.data import PreferenceBatch, PreferenceExample
+from alignloop.stages.rm.loss import (
+    LossSettings,
+    evaluate_examples,
+    ordered_pairs,
+    preference_loss,
+)
 
 
 def softplus(x: float) -> float:

@@ -11,10 +11,14 @@ from alignloop.config import load_config
 from alignloop.errors import ConfigError
 from alignloop.eval.report import read_metrics
 from alignloop.models import TINY_MODEL
-from alignloop.train.loop import train
-from alignloop.stages.registry import run_stage
+from alignloop.pipeline.launch import run_stage
 from alignloop.stages.rm.stage import RMConfig, RMStage
-from alignloop.stages.rm.synthetic import bayes_accuracy, synthetic_preferences, write_jsonl
+from alignloop.stages.rm.synthetic import (
+    bayes_accuracy,
+    synthetic_preferences,
+    write_jsonl,
+)
+from alignloop.train.loop import train
 
 FAST = ["train.precision=fp32", "train.save_every=0", f"model={TINY_MODEL}"]
 

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from alignloop.stages.registry import run_stage
-from alignloop.stages.rm.synthetic import bayes_accuracy, synthetic_preferences, write_jsonl
+from alignloop.pipeline.launch import run_stage
+from alignloop.stages.rm.synthetic import (
+    bayes_accuracy,
+    synthetic_preferences,
+    write_jsonl,
+)
 from tests.conftest import ROOT
 
 # The hidden-rule test (~45 s) runs in CI. The two human-data tests read ../shared/data (outside the repository,
