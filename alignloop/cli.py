@@ -57,7 +57,7 @@ def _fail(err: BaseException) -> None:
 
 
 def run_stage_command(stage: str, config: Optional[Path], overrides: list[str], out: Optional[Path]) -> dict:
-    from alignloop.stages.registry import run_stage
+    from alignloop.pipeline.launch import run_stage
 
     _setup_logging()
     try:

@@ -55,7 +55,8 @@ class SamplingSettings(Section):
 
     @classmethod
     def defaults(cls, **values: Any) -> type["SamplingSettings"]:
-        """A base class with these default values, e.g. ``class BoNOptions(SamplingSettings.defaults(max_new_tokens=64))``."""
+        """A base class with these default values, e.g.
+        ``class BoNOptions(SamplingSettings.defaults(max_new_tokens=64))``."""
         fields = {name: (cls.model_fields[name].annotation, cls.field(name, v)) for name, v in values.items()}
         return create_model(cls.__name__, __base__=cls, **fields)
 

@@ -160,22 +160,14 @@ def word_model_dir(tmp_path_factory) -> str:
 
 
 def tiny_llama(seed: int = 0, **overrides):
-    """A 2-layer, 64-wide random Llama, untied, 512 positions, in eval mode; seeds the *global* RNG with ``seed``
-    first (as the rollout and packing tests always did). ``overrides`` go to ``LlamaConfig``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """``build_tiny_llama`` as the rollout and packing tests use it: untied, 512 positions, ``LlamaConfig``'s own
+    special-token ids; the *global* RNG is seeded with ``seed`` first. ``overrides`` go to ``LlamaConfig``."""
+    from alignloop.models import build_tiny_llama
 
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        **overrides,
-    )
+    settings = dict(max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+                    pad_token_id=None)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    return build_tiny_llama(seed, **{**settings, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ higher ones. The graph is built with ``ast`` from every module in ``alignloop/``
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -181,6 +183,16 @@ def test_no_file_over_350_lines():
     long = [f"{p.relative_to(PACKAGE.parent)}: {n}" for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 350]
     assert not long, "\n".join(long)
+
+
+def test_ruff_line_length_and_pyflakes_hold():
+    """``[tool.ruff]`` in pyproject.toml: lines of at most 120 characters, no unused or undefined names."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.fail("ruff is not installed: pip install -e '.[dev]'")
+    result = subprocess.run([ruff, "check", "--no-cache", str(PACKAGE)], capture_output=True, text=True,
+                            cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stdout[-4000:]
 
 
 def test_cycle_finder_finds_a_cycle():

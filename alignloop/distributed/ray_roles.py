@@ -77,11 +77,15 @@ class RewardScorer:
         self.reward = build_reward(spec)
         self.calls = 0
 
-    def score(self, prompts: list[str], completions: list[str], fields: dict[str, list]) -> tuple[torch.Tensor, dict | None]:
+    def score(
+        self, prompts: list[str], completions: list[str], fields: dict[str, list]
+    ) -> tuple[torch.Tensor, dict | None]:
         self.calls += 1
         scores = self.reward.score(prompts, completions, **fields)
         parts = getattr(self.reward, "last_components", None)
-        return torch.as_tensor(scores).float().cpu(), ({k: v.float().cpu() for k, v in parts.items()} if parts else None)
+        return torch.as_tensor(scores).float().cpu(), (
+            {k: v.float().cpu() for k, v in parts.items()} if parts else None
+        )
 
     def uncertainty(self, prompts: list[str], completions: list[str], fields: dict[str, list]) -> torch.Tensor:
         return torch.as_tensor(self.reward.uncertainty(prompts, completions, **fields)).float().cpu()
@@ -150,7 +154,8 @@ def actor_classes() -> dict[str, Any]:
     except ImportError:
         raise AlignloopError("Ray is not installed: pip install 'alignloop[ray]' (or 'ray[default]')") from None
     return {name: ray.remote(cls) for name, cls in
-            {"rollout": RolloutWorker, "reward": RewardScorer, "reference": ReferenceScorer, "learner": Learner}.items()}
+            {"rollout": RolloutWorker, "reward": RewardScorer,
+             "reference": ReferenceScorer, "learner": Learner}.items()}
 
 
 __all__ = ["Learner", "ReferenceScorer", "RewardScorer", "RolloutWorker", "actor_classes"]

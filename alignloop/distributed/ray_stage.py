@@ -74,7 +74,9 @@ def run_configured(stage: str, cfg: Any, out: str | Path, threads_per_actor: int
         for _ in range(rc.workers)
     ]
     reward = roles["reward"].options(num_cpus=0).remote(opts.reward, threads_per_actor) if rc.remote_reward else None
-    reference = roles["reference"].options(num_cpus=0).remote(cfg.model, threads_per_actor) if rc.remote_reference else None
+    reference = (
+        roles["reference"].options(num_cpus=0).remote(cfg.model, threads_per_actor) if rc.remote_reference else None
+    )
     learner = roles["learner"].options(num_cpus=cpu, num_gpus=rc.learner_gpus).remote(
         stage, cfg.model_dump(mode="json"), str(out_dir), workers, reward, reference, threads_per_actor)
     try:

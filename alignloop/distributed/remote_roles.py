@@ -70,7 +70,9 @@ class RemoteSampler:
         sums = ray.get([w.load_weights.remote(ref, self.weights_version) for w in self.workers])
         expected = weights_checksum(policy)
         if any(s != expected for s in sums):
-            raise AlignloopError(f"ray: weight sync {self.weights_version} failed: a rollout worker holds other weights")
+            raise AlignloopError(
+                f"ray: weight sync {self.weights_version} failed: a rollout worker holds other weights"
+            )
         self.worker_checksums, self.learner_checksum = sums, expected
         self.sync_seconds += time.perf_counter() - started
 

@@ -45,13 +45,17 @@ class VLLMSampler:
                  max_model_len: int = 2048, enforce_eager: bool = True, **engine_options: Any):
         vllm = require_vllm()
         if lora is not None:
-            raise ConfigError("rollout backend 'vllm': LoRA policies are not supported yet; use full fine-tuning or backend 'hf'")
+            raise ConfigError(
+                "rollout backend 'vllm': LoRA policies are not supported yet; use full fine-tuning or backend 'hf'"
+            )
 
         path = resolve_model(model)
         if str(path) == "tiny-llama":
             raise ConfigError("rollout backend 'vllm' needs a model folder; tiny-llama only exists in memory")
         self.tokenizer = load_tokenizer(model)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        )
         self.llm = vllm.LLM(model=str(path), dtype="bfloat16" if dtype == "auto" else "float32",
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                             enforce_eager=enforce_eager, **engine_options)

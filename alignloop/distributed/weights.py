@@ -17,7 +17,9 @@ def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     unknown = sorted(set(tensors) - set(params))
     if unknown:
-        raise KeyError(f"the rollout model has no parameter {unknown[0]!r} ({len(unknown)} unknown): different architectures?")
+        raise KeyError(
+            f"the rollout model has no parameter {unknown[0]!r} ({len(unknown)} unknown): different architectures?"
+        )
     with torch.no_grad():
         for name, t in tensors.items():
             params[name].copy_(t.to(params[name].device, params[name].dtype))

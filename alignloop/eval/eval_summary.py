@@ -29,7 +29,8 @@ def prompt_text(prompt: Any) -> str:
 
 def simplify_prompt(prompt: Any) -> Any:
     """A single user message becomes its text (the record loader turns every prompt into messages)."""
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], dict) and prompt[0].get("role") == "user":
+    if (isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], dict)
+            and prompt[0].get("role") == "user"):
         return prompt[0].get("content", "")
     return prompt
 
@@ -96,7 +97,10 @@ def summarize_policy(
     ours, theirs = _paired(records, reference)
     entry["win_rate_vs_ref"] = win_rate(ours, theirs) if ours else None
     lengths = [r.get("length") for r in records]
-    entry["mean_length"] = float(np.mean(lengths)) if all(v is not None for v in lengths) else float(np.mean([len(t.split()) for t in texts]))
+    entry["mean_length"] = (
+        float(np.mean(lengths)) if all(v is not None for v in lengths)
+        else float(np.mean([len(t.split()) for t in texts]))
+    )
     entry["distinct_1"] = distinct_n(texts, 1)
     entry["distinct_2"] = distinct_n(texts, 2)
     entry["self_bleu"] = self_bleu(texts) if len(texts) >= 2 else None

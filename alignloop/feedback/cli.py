@@ -65,7 +65,8 @@ def init(db: str = DB_OPT, admin: str = typer.Option("admin", help="Username of 
 
 @annotate_app.command()
 def serve(db: str = DB_OPT, host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)."),
-          port: int = typer.Option(8000), data_dir: Optional[Path] = typer.Option(None, help="Uploads and exports.")) -> None:
+          port: int = typer.Option(8000),
+          data_dir: Optional[Path] = typer.Option(None, help="Uploads and exports.")) -> None:
     """Run the web app."""
     import uvicorn
 

@@ -41,7 +41,9 @@ def _number(form, field: str, default: float, kind: type = int):  # type: ignore
         raise AlignloopError(f"{field}: {raw!r} is not a number") from None
 
 
-async def parse_project_form(request: Request) -> tuple[ProjectOptions, Upload | None, Upload | None, GenerationParams | None]:
+async def parse_project_form(
+    request: Request,
+) -> tuple[ProjectOptions, Upload | None, Upload | None, GenerationParams | None]:
     check_body_size(request)
     form = await request.form()
     criteria = [c.strip() for c in str(form.get("criteria") or ",".join(DEFAULT_CRITERIA)).split(",") if c.strip()]

@@ -130,7 +130,8 @@ def run_generation(st: AppState, job_id: int) -> None:
         _update_job(st, job_id, status="running", done=0, message="loading models")
         done = 0
         for model_name in p["models"]:
-            sampler = HFSampler(load_causal_lm(model_name, trainable=False), load_tokenizer(model_name, padding_side="left"))
+            sampler = HFSampler(load_causal_lm(model_name, trainable=False),
+                                load_tokenizer(model_name, padding_side="left"))
             for start in range(0, len(prompts), GENERATION_BATCH):
                 batch = prompts[start:start + GENERATION_BATCH]
                 rollout = sampler.generate(batch, n=p["k"], max_new_tokens=p["max_new_tokens"],

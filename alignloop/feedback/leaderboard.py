@@ -59,7 +59,9 @@ def fit_bradley_terry(models: list[str], battles: list[Battle]) -> dict[str, flo
     return {m: float(SCALE * theta[i] + INIT) for i, m in enumerate(models)}
 
 
-def bootstrap(models: list[str], battles: list[Battle], rounds: int = 200, seed: int = 0) -> dict[str, tuple[float, float]]:
+def bootstrap(
+    models: list[str], battles: list[Battle], rounds: int = 200, seed: int = 0
+) -> dict[str, tuple[float, float]]:
     """95% intervals from refitting on battles resampled with replacement."""
     rng = np.random.default_rng(seed)
     ia, ib, s = _arrays(models, battles)
@@ -93,7 +95,9 @@ def project_battles(session: Session, project: Project) -> tuple[list[Battle], C
             s = 1.0 if rank_of[i] < rank_of[j] else (0.5 if rank_of[i] == rank_of[j] else 0.0)
             battles.append((ma, mb, s))
     self_named: Counter = Counter()
-    for item in session.scalars(select(Item).options(selectinload(Item.responses)).where(Item.project_id == project.id)):
+    for item in session.scalars(
+        select(Item).options(selectinload(Item.responses)).where(Item.project_id == project.id)
+    ):
         for r in item.responses:
             if r.names_own_model and r.model:
                 self_named[r.model] += 1

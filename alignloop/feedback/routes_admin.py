@@ -77,7 +77,9 @@ def new_project_page(request: Request, user: User = Depends(page_admin)) -> Resp
 async def new_project(request: Request, user: User = Depends(page_admin)) -> Response:
     try:
         opts, prompts, candidates, generation = await parse_project_form(request)
-        project_id, _job = await run_in_threadpool(create_from_uploads, state(request), opts, prompts, candidates, generation)
+        project_id, _job = await run_in_threadpool(
+            create_from_uploads, state(request), opts, prompts, candidates, generation
+        )
     except AlignloopError as err:
         return render(request, "new_project.html", status_code=400, user=user, task_types=TASK_TYPES, error=str(err))
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
@@ -88,7 +90,8 @@ def project_page(project_id: int, request: Request, user: User = Depends(page_ad
     def load(s: Session) -> dict:
         project = store.get_project(s, project_id)
         return {"project": project_admin_view(s, project), "quality": project_quality(s, project),
-                "board": leaderboard(s, project, rounds=100), "jobs": [job_view(j) for j in project_jobs(s, project_id)],
+                "board": leaderboard(s, project, rounds=100),
+                "jobs": [job_view(j) for j in project_jobs(s, project_id)],
                 "flags": flagged_view(s, project_id)}
 
     return render(request, "project_admin.html", user=user, formats=FORMATS, aggregates=AGGREGATES,

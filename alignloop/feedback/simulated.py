@@ -35,7 +35,9 @@ def preference_probability(gold_a: Any, gold_b: Any, temperature: float, flip_pr
 class SimulatedAnnotator:
     """Labels pairs (and optionally rankings) of completions by noisy Bradley–Terry on a gold scorer."""
 
-    def __init__(self, gold: GoldScorer | str = "vader", temperature: float = 0.1, flip_prob: float = 0.0, seed: int = 0):
+    def __init__(
+        self, gold: GoldScorer | str = "vader", temperature: float = 0.1, flip_prob: float = 0.0, seed: int = 0
+    ):
         if temperature < 0:
             raise ConfigError(f"simulated annotator: temperature must be >= 0, got {temperature}")
         if not 0.0 <= flip_prob <= 1.0:
@@ -49,7 +51,9 @@ class SimulatedAnnotator:
     def source(self) -> str:
         return f"simulated:{self.gold.name}"
 
-    def label_pairs(self, prompts: Sequence[Any], completions_a: Sequence[str], completions_b: Sequence[str]) -> list[dict]:
+    def label_pairs(
+        self, prompts: Sequence[Any], completions_a: Sequence[str], completions_b: Sequence[str]
+    ) -> list[dict]:
         """Preference-pair records ``{"prompt", "chosen", "rejected", "source"}``, one per pair.
 
         Pairs whose two texts are identical carry no preference and are skipped, so the result can

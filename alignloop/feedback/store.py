@@ -131,7 +131,9 @@ def own_assignment(session: Session, user: User, assignment_id: int) -> Assignme
     return a
 
 
-def next_assignment(session: Session, user: User, project: Project, rng: random.Random | None = None) -> Assignment | None:
+def next_assignment(
+    session: Session, user: User, project: Project, rng: random.Random | None = None
+) -> Assignment | None:
     """The caller's open assignment in this project, or a new one; None when nothing is left.
 
     Never an item the user already had, never an item whose overlap slots are all claimed.

@@ -21,7 +21,9 @@ def project_view(project: Project) -> dict:
 
 def project_admin_view(session: Session, project: Project) -> dict:
     def count(model, *conds) -> int:  # type: ignore[no-untyped-def]
-        return session.scalar(select(func.count()).select_from(model).where(model.project_id == project.id, *conds)) or 0
+        return session.scalar(
+            select(func.count()).select_from(model).where(model.project_id == project.id, *conds)
+        ) or 0
 
     return {**project_view(project), "gold_rate": project.gold_rate,
             "item_count": count(Item, Item.is_gold.is_(False)), "gold_items": count(Item, Item.is_gold.is_(True)),

@@ -51,9 +51,11 @@ __all__ = [
 ]
 
 
-def build_tiny_llama(seed: int = 0):
-    """A ~3.2M-parameter random Llama over the bundled 49152-token vocabulary; same seed, same weights."""
-    config = LlamaConfig(
+def build_tiny_llama(seed: int = 0, **config_overrides: Any):
+    """A ~3.2M-parameter random Llama over the bundled 49152-token vocabulary; same seed, same weights.
+
+    ``config_overrides`` replace ``LlamaConfig`` settings (tests vary tying, positions, dropout)."""
+    settings = dict(
         vocab_size=49152,
         hidden_size=64,
         intermediate_size=128,
@@ -67,6 +69,7 @@ def build_tiny_llama(seed: int = 0):
         eos_token_id=2,
         pad_token_id=2,
     )
+    config = LlamaConfig(**{**settings, **config_overrides})
     # A private RNG stream: building the model must not shift the caller's random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

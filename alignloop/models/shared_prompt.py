@@ -72,7 +72,9 @@ class _Segment:
         return len(self.prompt_ids) + sum(len(ids) for _, ids in self.completions)
 
 
-def _segments(groups: list[ScoreGroup], share_prompt: bool, max_segment: int | None) -> tuple[list[_Segment], list[list[int]]]:
+def _segments(
+    groups: list[ScoreGroup], share_prompt: bool, max_segment: int | None
+) -> tuple[list[_Segment], list[list[int]]]:
     """Deduplicate (prompt, completion) pairs, merge groups with the same prompt, split into segments."""
     unique: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
     by_prompt: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}

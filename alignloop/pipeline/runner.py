@@ -154,7 +154,8 @@ def run_pipeline(pipeline: Pipeline, console: Any = None) -> dict:
         summary = json.loads((out_dir / "summary.json").read_text())
         seconds = ledger.seconds(entry.name) or summary.get("wall_seconds")
         stages[entry.name] = {"kind": entry.stage, "seconds": seconds,
-                              "status": "skipped" if status == "finished" else ("resumed" if status == "partial" else "ran"),
+                              "status": "skipped" if status == "finished"
+                              else ("resumed" if status == "partial" else "ran"),
                               **{k: v for k, v in summary.items() if k in ("steps", "pairs", "loss", "accuracy")}}
     return write_pipeline_report(pipeline, stages, console)
 

@@ -86,7 +86,9 @@ def parse_pipeline(data: dict, source: str = "<pipeline>", out: str | Path | Non
     """Validate a pipeline mapping; every problem names ``source`` and the key."""
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level keys {sorted(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}")
+        raise ConfigError(
+            f"{source}: unknown top-level keys {sorted(unknown)}; allowed: {', '.join(sorted(_TOP_KEYS))}"
+        )
     name = str(data.get("name") or Path(source).stem)
     stages_raw = data.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
@@ -116,7 +118,8 @@ def parse_pipeline(data: dict, source: str = "<pipeline>", out: str | Path | Non
         stages.append(StageEntry(stage_name, kind, _stage_config(raw.get("config"), source, where),
                                  float(estimate) if estimate is not None else None))
     out_dir = Path(out) if out is not None else Path(data.get("out") or Path("runs") / name)
-    return Pipeline(name=name, out=out_dir, stages=stages, defaults=defaults, description=str(data.get("description", "")))
+    return Pipeline(name=name, out=out_dir, stages=stages, defaults=defaults,
+                    description=str(data.get("description", "")))
 
 
 def apply_pipeline_overrides(data: dict, overrides: list[str]) -> dict:

@@ -76,7 +76,9 @@ def prompt_numbers(prompt: str | list[dict]) -> set[Fraction]:
     return {_number(text) for text in _PROMPT_NUMBER.findall(prompt.replace(",", ""))}
 
 
-def check_step(step: str, known: set[Fraction], last_result: Fraction | None, answer: Fraction | None = None) -> tuple[bool, Fraction | None]:
+def check_step(
+    step: str, known: set[Fraction], last_result: Fraction | None, answer: Fraction | None = None
+) -> tuple[bool, Fraction | None]:
     """Whether ``step`` is correct given the ``known`` correct values, and the value it establishes."""
     final = parse_final_answer(step)
     if final is not None:

@@ -84,7 +84,9 @@ def answers_match(predicted: str | None, gold: str) -> bool:
     return " ".join(predicted.split()).casefold() == " ".join(gold.split()).casefold()
 
 
-def exact_match(prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any] | None = None, **_: Any) -> list[float]:
+def exact_match(
+    prompts: Sequence[Any], completions: Sequence[str], answer: Sequence[Any] | None = None, **_: Any
+) -> list[float]:
     """1.0 when the answer extracted from a completion equals the record's ``answer``, else 0.0.
 
     The gold ``answer`` may itself be written as ``"#### 42"``; it goes through ``extract_answer``.

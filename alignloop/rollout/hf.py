@@ -29,7 +29,9 @@ _DTYPE_NAMES = {
 }
 
 
-def resolve_autocast_dtype(dtype: torch.dtype | str | None, model: torch.nn.Module, device: torch.device) -> torch.dtype | None:
+def resolve_autocast_dtype(
+    dtype: torch.dtype | str | None, model: torch.nn.Module, device: torch.device
+) -> torch.dtype | None:
     """The autocast dtype to decode under, or None for the model's own precision.
 
     ``"auto"`` picks bf16 autocast for an fp32 model when the hardware runs bf16 matmuls natively

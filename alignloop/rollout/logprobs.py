@@ -43,7 +43,9 @@ def logprobs_from_logits(
     ``chunk_size`` positions at a time as ``gather - logsumexp`` (``algos.selective_log_softmax``),
     so no full-vocabulary fp32 log-softmax of the batch is built. Differentiable.
     """
-    return selective_log_softmax(_tempered(logits, temperature), tokens.to(logits.device), chunk_size, ignore_index=None)
+    return selective_log_softmax(
+        _tempered(logits, temperature), tokens.to(logits.device), chunk_size, ignore_index=None
+    )
 
 
 def entropy_from_logits(
@@ -115,7 +117,9 @@ def forward_logprobs(
         if attention_mask is None or response_start is None:
             raise ValueError("forward_logprobs needs attention_mask and response_start with raw input ids")
     if response_start < 1:
-        raise ValueError(f"response_start must be >= 1 (a prompt token predicts the first response token), got {response_start}")
+        raise ValueError(
+            f"response_start must be >= 1 (a prompt token predicts the first response token), got {response_start}"
+        )
     device = model_device(model)
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     response_len = input_ids.shape[1] - response_start
@@ -124,7 +128,8 @@ def forward_logprobs(
 
         predicted = torch.full((input_ids.shape[0], keep), -100, dtype=torch.long, device=device)
         predicted[:, :-1] = input_ids[:, response_start:]
-        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask))
         logps = token_logprobs(model, inputs, predicted, effective_temperature(temperature),
                                logits_to_keep=keep if accepts_logits_to_keep(model) else None)
         return logps[:, :-1]

@@ -42,7 +42,8 @@ class BoNOptions(SamplingSettings.defaults(max_new_tokens=64)):
     batch_size: int = Field(16, gt=0, description="Sequences decoded together.")
     max_prompts: int | None = Field(None, gt=0, description="Use only the first prompts of data.train.")
     min_reward: float | None = Field(
-        None, description="RSFT filter: a prompt's best sample becomes an SFT record only if its reward is at least this."
+        None, description="RSFT filter: a prompt's best sample becomes an SFT record "
+        "only if its reward is at least this."
     )
     gold: str | None = Field(
         None, description="Optional gold scorer ('vader' or 'module:function') reported for the selected samples."

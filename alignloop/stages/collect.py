@@ -35,10 +35,14 @@ log = logging.getLogger("alignloop")
 class CollectOptions(SamplingSettings.defaults(max_new_tokens=48)):
     greedy_allowed = False  # a prompt's responses must differ to make pairs
     gold: str = Field("vader", description="Gold scorer the annotator judges with.")
-    annotator_temperature: float = Field(0.1, ge=0, description="Bradley–Terry temperature T: P(a≻b) = σ((g(a)−g(b))/T).")
+    annotator_temperature: float = Field(
+        0.1, ge=0, description="Bradley–Terry temperature T: P(a≻b) = σ((g(a)−g(b))/T)."
+    )
     flip_prob: float = Field(0.0, ge=0, le=1, description="Probability that a label is flipped (annotator mistakes).")
     samples_per_prompt: int = Field(2, ge=2, description="Responses sampled per prompt.")
-    pairing: Literal["all", "adjacent"] = Field("all", description="all: every pair of a prompt's responses; adjacent: (0,1), (2,3), ...")
+    pairing: Literal["all", "adjacent"] = Field(
+        "all", description="all: every pair of a prompt's responses; adjacent: (0,1), (2,3), ..."
+    )
     n_prompts: int | None = Field(None, gt=0, description="Use only the first N prompts.")
     batch_size: int = Field(16, gt=0, description="Sequences sampled together.")
     seed: int = 0
@@ -57,7 +61,9 @@ def make_pairs(k: int, pairing: str) -> list[tuple[int, int]]:
     return list(itertools.combinations(range(k), 2))
 
 
-def _chunk_records(model, tokenizer, prompts: list, opts: CollectOptions, chunk: int, annotator_seed: int) -> list[dict]:
+def _chunk_records(
+    model, tokenizer, prompts: list, opts: CollectOptions, chunk: int, annotator_seed: int
+) -> list[dict]:
     k = opts.samples_per_prompt
     sampler = HFSampler(model, tokenizer, batch_size=opts.batch_size)
     ro = sampler.generate(prompts, n=k, **opts.sampling_kwargs(), seed=opts.seed + chunk)
@@ -125,7 +131,8 @@ class CollectStage(StandaloneStage):
             "mean_abs_gold_margin": sum(abs(r["gold_margin"]) for r in records) / len(records) if records else None,
         }
         summary = run_dir.finish(summary, write=False)
-        write_jsonl(run_dir.metrics_path, [{"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}])
+        write_jsonl(run_dir.metrics_path,
+                    [{"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}])
         run_dir.write_summary(summary)
         partial.unlink(missing_ok=True)
         return summary

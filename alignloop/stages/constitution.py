@@ -52,9 +52,11 @@ class Principle:
     def from_mapping(cls, item: Any, where: str) -> "Principle":
         if not isinstance(item, dict):
             raise ConfigError(f"{where}: must be a mapping with 'critique' and 'revision'")
-        problems = [f"{where}.{key}: missing or empty" for key in ("critique", "revision") if not str(item.get(key, "")).strip()]
+        problems = [f"{where}.{key}: missing or empty" for key in ("critique", "revision")
+                    if not str(item.get(key, "")).strip()]
         unknown = set(item) - {"name", "critique", "revision", "preference"}
-        problems += [f"{where}.{key}: unknown key (allowed: name, critique, revision, preference)" for key in sorted(unknown)]
+        problems += [f"{where}.{key}: unknown key (allowed: name, critique, revision, preference)"
+                     for key in sorted(unknown)]
         if problems:
             raise ConfigError("\n".join(problems))
         critique = str(item["critique"]).strip()
@@ -135,10 +137,12 @@ def critique_revision_chains(generate, prompts: list[list[dict]], principles: li
     results = [{"prompt": p, "initial_response": r, "chain": []} for p, r in zip(prompts, responses)]
     for round_index in range(1, rounds + 1):
         drawn = [rng.choice(principles) for _ in prompts]
-        ask_critique = [p + [{"role": "assistant", "content": r or "(no response)"}, {"role": "user", "content": d.critique}]
+        ask_critique = [p + [{"role": "assistant", "content": r or "(no response)"},
+                             {"role": "user", "content": d.critique}]
                         for p, r, d in zip(prompts, responses, drawn)]
         critiques = generate(ask_critique, critique_max_tokens)
-        ask_revision = [c + [{"role": "assistant", "content": k or "(no critique)"}, {"role": "user", "content": d.revision}]
+        ask_revision = [c + [{"role": "assistant", "content": k or "(no critique)"},
+                             {"role": "user", "content": d.revision}]
                         for c, k, d in zip(ask_critique, critiques, drawn)]
         revisions = generate(ask_revision, max_new_tokens)
         for i, (principle, critique, revision) in enumerate(zip(drawn, critiques, revisions)):
@@ -211,7 +215,8 @@ class ConstitutionStage(StandaloneStage):
                            empty_revisions=sum(bool(s.get("revision_empty")) for c in chains for s in c["chain"]))
         if opts.phase in ("preference", "both"):
             if opts.judge_model:
-                judge = LLMJudge.from_model(opts.judge_model, chain_of_thought=opts.chain_of_thought, batch_size=opts.batch_size)
+                judge = LLMJudge.from_model(opts.judge_model, chain_of_thought=opts.chain_of_thought,
+                                            batch_size=opts.batch_size)
             else:
                 judge = LLMJudge(model, tokenizer, chain_of_thought=opts.chain_of_thought, batch_size=opts.batch_size,
                                  name=Path(cfg.model).name)

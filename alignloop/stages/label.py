@@ -1,8 +1,9 @@
 """The ``label`` stage: an LLM judge labels pairs (RLAIF) and writes preference-pair records.
 
 Input (``data.train``): prompt records (``label.policy`` samples ``samples_per_prompt`` completions
-per prompt and every pair of them is judged, as the quickstart does with its annotator), preference pairs (re-judged; their own label is the reference the judge's
-agreement is measured against), rankings (every pair of differently ranked completions), or
+per prompt and every pair of them is judged, as the quickstart does with its annotator), preference
+pairs (re-judged; their own label is the reference the judge's agreement is measured against),
+rankings (every pair of differently ranked completions), or
 ``{"prompt", "completions": [...]}`` records without a ranking (every pair of completions).
 
 Output (``labels.jsonl``): ``{"prompt", "chosen", "rejected", "source": "ai:<judge>", "probability",
@@ -43,7 +44,9 @@ class LabelOptions(SamplingSettings.defaults(max_new_tokens=48)):
         "pairwise", description="pairwise: 'A or B?'; pointwise: rate each completion 1-10 and compare the ratings."
     )
     criteria: str = Field(DEFAULT_CRITERIA, description="What the judge is asked to prefer.")
-    swap_order: bool = Field(True, description="Judge each pair in both A/B orders and average (cancels position bias).")
+    swap_order: bool = Field(
+        True, description="Judge each pair in both A/B orders and average (cancels position bias)."
+    )
     chain_of_thought: bool = Field(False, description="Let the judge reason briefly before its verdict is read.")
     cot_max_tokens: int = Field(96, gt=0, description="Tokens of reasoning when chain_of_thought is on.")
     batch_size: int = Field(8, gt=0, description="Judge prompts per forward pass.")
@@ -54,7 +57,9 @@ class LabelOptions(SamplingSettings.defaults(max_new_tokens=48)):
     gold: str | None = Field(None, description="Gold scorer (e.g. 'vader') to measure the judge's agreement with.")
     output: str = Field("labels.jsonl", description="File name of the labelled pairs inside the output directory.")
     judge_name: str | None = Field(None, description="Name in the records' source 'ai:<name>' (default: the model's).")
-    policy: str | None = Field(None, description="For prompt-only records: the model that samples completions (default: `model`).")
+    policy: str | None = Field(
+        None, description="For prompt-only records: the model that samples completions (default: `model`)."
+    )
     samples_per_prompt: int = Field(2, ge=2, description="For prompt-only records: completions sampled per prompt.")
 
 
@@ -64,14 +69,17 @@ class LabelConfig(StageConfig):
     label: LabelOptions = Field(default_factory=LabelOptions)
 
 
-def load_label_inputs(path: str, opts: LabelOptions | None = None, model: str | None = None, seed: int = 0) -> list[dict]:
+def load_label_inputs(
+    path: str, opts: LabelOptions | None = None, model: str | None = None, seed: int = 0
+) -> list[dict]:
     """Pairs ``{"prompt", "a", "b", "reference"}`` to judge; ``reference`` is 1 when the input says a ≻ b.
 
     Prompt-only records need ``opts`` and ``model``: completions are sampled from ``opts.policy or model``.
     """
     first = _first_record(path)
     if "chosen" in first or "rejected" in first:
-        return [{"prompt": r["prompt"], "a": r["chosen"], "b": r["rejected"], "reference": 1} for r in load_records(path, "pair")]
+        return [{"prompt": r["prompt"], "a": r["chosen"], "b": r["rejected"], "reference": 1}
+                for r in load_records(path, "pair")]
     if "ranking" in first:
         return [_rank_pair(r, i, j) for r in load_records(path, "ranking") for i, j in _ranked_pairs(r)]
     if "completions" in first:
@@ -144,7 +152,8 @@ def _ranked_pairs(record: dict) -> list[tuple[int, int]]:
 
 
 def _rank_pair(record: dict, better: int, worse: int) -> dict:
-    return {"prompt": record["prompt"], "a": record["completions"][better], "b": record["completions"][worse], "reference": 1}
+    return {"prompt": record["prompt"], "a": record["completions"][better], "b": record["completions"][worse],
+            "reference": 1}
 
 
 def judge_pairs(judge: LLMJudge, pairs: list[dict], chunk: int = 32) -> dict[str, Any]:
@@ -170,7 +179,8 @@ def judge_pairs(judge: LLMJudge, pairs: list[dict], chunk: int = 32) -> dict[str
             out["p_ba"] += rb.expected.tolist()
             out["choice_mass"] += ((ra.choice_mass + rb.choice_mass) / 2).tolist()
             out["uncertainty"] += ((ra.std**2 + rb.std**2).sqrt()).tolist()
-            out["reasoning"] += [[x, y] for x, y in zip(ra.reasoning, rb.reasoning)] if ra.reasoning else [None] * len(part)
+            out["reasoning"] += ([[x, y] for x, y in zip(ra.reasoning, rb.reasoning)] if ra.reasoning
+                                 else [None] * len(part))
         log.info("label: judged %d/%d pairs", min(start + chunk, len(pairs)), len(pairs))
     return out
 
@@ -214,7 +224,8 @@ class LabelStage(StandaloneStage):
         records = _pair_records(judge, pairs, result, opts.min_confidence)
         atomic_write_text(out_dir / opts.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
-        summary: dict[str, Any] = {"stage": "label", "judge": judge.source, "mode": opts.mode, "pairs_judged": len(pairs)}
+        summary: dict[str, Any] = {"stage": "label", "judge": judge.source, "mode": opts.mode,
+                                   "pairs_judged": len(pairs)}
         summary["pairs_written"] = len(records)
         probs = torch.tensor(result["prob_a"])
         summary["mean_confidence"] = float((2 * (probs - 0.5).abs()).mean())

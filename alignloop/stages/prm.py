@@ -77,7 +77,8 @@ class PRMStage(Stage):
         )
         self.train_rows = self._rows(train)
         self.eval_rows = self._rows(evals)
-        log.info("prm: %d train / %d eval solutions (%s supervision)", len(self.train_rows), len(self.eval_rows), cfg.prm.supervision)
+        log.info("prm: %d train / %d eval solutions (%s supervision)", len(self.train_rows), len(self.eval_rows),
+                 cfg.prm.supervision)
 
     def _rows(self, records) -> list[dict]:
         rows = []
@@ -136,7 +137,8 @@ class PRMStage(Stage):
         loss = (F.binary_cross_entropy_with_logits(logits, batch["targets"], reduction="none") * mask).sum()
         hits = (((logits > 0).float() == batch["targets"]).float() * mask).sum()
         return StepOutput(
-            loss=loss, units=float(mask.sum()), n_tokens=int(batch["attention_mask"].sum()), metrics={"accuracy": float(hits)}
+            loss=loss, units=float(mask.sum()), n_tokens=int(batch["attention_mask"].sum()),
+            metrics={"accuracy": float(hits)}
         )
 
     def evaluate(self) -> dict[str, float]:
@@ -150,7 +152,9 @@ class PRMStage(Stage):
                 batch = {k: v.to(self.run.device) for k, v in self._collate(self.eval_rows[start : start + mb]).items()}
                 logits = self._step_logits(self.models["prm"], batch)
                 mask = batch["mask"]
-                loss += float((F.binary_cross_entropy_with_logits(logits, batch["targets"], reduction="none") * mask).sum())
+                loss += float(
+                    (F.binary_cross_entropy_with_logits(logits, batch["targets"], reduction="none") * mask).sum()
+                )
                 hits += float((((logits > 0).float() == batch["targets"]).float() * mask).sum())
                 graded += float(mask.sum())
                 for row, rec in enumerate(self.eval_rows[start : start + mb]):

@@ -44,7 +44,8 @@ class SFTStage(Stage):
         self.n_skipped = getattr(train, "skipped", 0) + getattr(evals, "skipped", 0)
         self.train_rows = self._rows(train)
         self.eval_rows = self._rows(evals)
-        log.info("sft: %d train rows, %d eval rows (packing=%s)", len(self.train_rows), len(self.eval_rows), cfg.sft.packing)
+        log.info("sft: %d train rows, %d eval rows (packing=%s)", len(self.train_rows), len(self.eval_rows),
+                 cfg.sft.packing)
 
     def _rows(self, records) -> list:
         max_len = self.config.data.max_length

@@ -86,7 +86,8 @@ class EpochBatchSource:
 
     def state_dict(self) -> dict:
         # the position is stored globally so a run can resume with a different number of processes
-        return {"epoch": self._epoch, "global_pos": self._pos * self.world_size, "seed": self.seed, "n": len(self.dataset)}
+        return {"epoch": self._epoch, "global_pos": self._pos * self.world_size, "seed": self.seed,
+                "n": len(self.dataset)}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("n") != len(self.dataset):

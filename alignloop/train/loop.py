@@ -124,7 +124,8 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     micro = tc.micro_batch_size or tc.batch_size
     if tc.batch_size % (micro * run.world_size):
         raise AlignloopError(
-            f"train.batch_size ({tc.batch_size}) must be a multiple of micro_batch_size × processes ({micro}×{run.world_size})"
+            f"train.batch_size ({tc.batch_size}) must be a multiple of micro_batch_size × processes "
+            f"({micro}×{run.world_size})"
         )
     accum = tc.batch_size // (micro * run.world_size)
     source = stage.batches()
@@ -209,7 +210,8 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
                 else:
                     optimizer.zero_grad(set_to_none=True)
                     bad_streak += 1
-                    log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", step + 1, bad_streak)
+                    log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)",
+                                step + 1, bad_streak)
                     if bad_streak >= tc.max_bad_steps:
                         raise AlignloopError(
                             f"{bad_streak} consecutive steps had NaN/inf loss or gradients (train.max_bad_steps); "
@@ -248,7 +250,8 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     if step > last_saved or latest_checkpoint(out_dir) is None:
         checkpoint()
     run.accelerator.wait_for_everyone()
-    summary: dict[str, Any] = {"stage": stage.name, "steps": step, **writer.last_values(), **final_eval, **stage.summary()}
+    summary: dict[str, Any] = {"stage": stage.name, "steps": step, **writer.last_values(), **final_eval,
+                               **stage.summary()}
     if torch.cuda.is_available():
         summary["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     summary = run_dir.finish(summary, write=False)

@@ -1,9 +1,10 @@
-"""Deprecated re-export: this module moved to ``alignloop.stages.rl.experience``; the old path works for one release."""
+"""Deprecated re-export: this module moved to ``alignloop.stages.rl.experience``
+(the old path works for one release)."""
 
 import sys
 import warnings
 
 from alignloop.stages.rl import experience as _moved
 
-warnings.warn("alignloop.train.rl_experience moved to alignloop.stages.rl.experience; import it from there", DeprecationWarning, stacklevel=2)
+warnings.warn(f"{__name__} moved to {_moved.__name__}; import it from there", DeprecationWarning, stacklevel=2)
 sys.modules[__name__] = _moved

@@ -1,9 +1,10 @@
-"""Deprecated re-export: this module moved to ``alignloop.stages.rl.monitors``; the old path works for one release."""
+"""Deprecated re-export: this module moved to ``alignloop.stages.rl.monitors``
+(the old path works for one release)."""
 
 import sys
 import warnings
 
 from alignloop.stages.rl import monitors as _moved
 
-warnings.warn("alignloop.train.rl_monitors moved to alignloop.stages.rl.monitors; import it from there", DeprecationWarning, stacklevel=2)
+warnings.warn(f"{__name__} moved to {_moved.__name__}; import it from there", DeprecationWarning, stacklevel=2)
 sys.modules[__name__] = _moved

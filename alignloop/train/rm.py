@@ -1,9 +1,10 @@
-"""Deprecated re-export: this module moved to ``alignloop.stages.rm.stage``; the old path works for one release."""
+"""Deprecated re-export: this module moved to ``alignloop.stages.rm.stage``
+(the old path works for one release)."""
 
 import sys
 import warnings
 
 from alignloop.stages.rm import stage as _moved
 
-warnings.warn("alignloop.train.rm moved to alignloop.stages.rm.stage; import it from there", DeprecationWarning, stacklevel=2)
+warnings.warn(f"{__name__} moved to {_moved.__name__}; import it from there", DeprecationWarning, stacklevel=2)
 sys.modules[__name__] = _moved

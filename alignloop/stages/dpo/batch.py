@@ -128,7 +128,8 @@ def collate_pairs(examples: list[PairExample], pad_id: int, mask_dtype: torch.dt
         input_ids[r, cols], segments[r, cols] = torch.tensor(row.ids), torch.tensor(row.segments)
         positions[r, cols], pair[r, cols] = torch.tensor(row.positions), torch.tensor(row.owners)
     # a position predicts the next token of its own branch; prefixes and branch ends predict nothing
-    same_branch = (segments[:, :-1] > SHARED_SEGMENT) & (segments[:, 1:] == segments[:, :-1]) & (pair[:, 1:] == pair[:, :-1])
+    same_branch = ((segments[:, :-1] > SHARED_SEGMENT) & (segments[:, 1:] == segments[:, :-1])
+                   & (pair[:, 1:] == pair[:, :-1]))
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     labels[:, :-1] = torch.where(same_branch, input_ids[:, 1:], IGNORE_INDEX)
     return {

@@ -1,7 +1,7 @@
 """DPO and its variants (cDPO, robust DPO, IPO, hinge/SLiC, SimPO) as one step function on the shared loop.
 
 Each micro-batch is ONE policy forward: chosen and rejected share the prompt, and short pairs share rows
-(``dpo_batch``).
+(``batch.py``).
 The reference log-probs are computed once in ``setup`` and cached in the run directory (``dpo_reference``),
 so training runs no reference model at all; ``dpo.precompute_ref: false`` computes them on the fly instead
 (a second, no-grad forward per micro-batch). With LoRA the reference is the policy with its adapter disabled.
@@ -43,17 +43,24 @@ __all__ = ["DPOConfig", "DPOOptions", "DPOStage"]
 log = logging.getLogger("alignloop")
 
 class DPOOptions(Section):
-    beta: float = Field(0.1, gt=0, description="β: strength of the implicit KL to the reference (IPO's τ; SimPO's reward scale).")
+    beta: float = Field(
+        0.1, gt=0, description="β: strength of the implicit KL to the reference (IPO's τ; SimPO's reward scale)."
+    )
     loss_type: Literal["sigmoid", "robust", "ipo", "hinge", "simpo"] = Field(
         "sigmoid",
         description="sigmoid = DPO (cDPO with label_smoothing > 0); robust = robust DPO; ipo; hinge = SLiC; "
         "simpo = length-normalised and reference-free.",
     )
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="ε: assumed rate of flipped labels (cDPO / robust DPO).")
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="ε: assumed rate of flipped labels (cDPO / robust DPO)."
+    )
     simpo_gamma: float = Field(0.5, description="SimPO target reward margin γ.")
-    reference_free: bool = Field(False, description="Use a uniform reference (no reference model, rewards are β·log π).")
+    reference_free: bool = Field(
+        False, description="Use a uniform reference (no reference model, rewards are β·log π)."
+    )
     average_logprobs: bool = Field(
-        False, description="Length-normalise: mean token log-prob per completion instead of the sum (policy and reference)."
+        False, description="Length-normalise: mean token log-prob per completion instead of the sum "
+        "(policy and reference)."
     )
     sft_weight: float = Field(0.0, ge=0.0, description="Adds sft_weight × the mean token NLL of the chosen completion.")
     precompute_ref: bool = Field(
@@ -162,7 +169,8 @@ class DPOStage(Stage):
         if self.ref_logps is not None:
             index = batch["index"].cpu()
             device = self.run.device
-            return self.ref_logps[f"{split}_chosen"][index].to(device), self.ref_logps[f"{split}_rejected"][index].to(device)
+            return (self.ref_logps[f"{split}_chosen"][index].to(device),
+                    self.ref_logps[f"{split}_rejected"][index].to(device))
         with self.reference.use() as reference:
             out = pair_logps(reference, batch)
         return out.chosen.detach(), out.rejected.detach()

@@ -49,8 +49,12 @@ log = logging.getLogger("alignloop")
 
 class PolicySpec(Section):
     model: str | None = Field(None, description="Bundled name, HF folder or stage folder of the policy.")
-    best_of: int | None = Field(None, gt=0, description="Instead of a model: best-of-N of the reference by the proxy reward.")
-    checkpoints: bool = Field(False, description="Also evaluate the stage's saved checkpoints (over-optimisation curve).")
+    best_of: int | None = Field(
+        None, gt=0, description="Instead of a model: best-of-N of the reference by the proxy reward."
+    )
+    checkpoints: bool = Field(
+        False, description="Also evaluate the stage's saved checkpoints (over-optimisation curve)."
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> "PolicySpec":
@@ -81,7 +85,10 @@ class EvalOptions(SamplingSettings.defaults(max_new_tokens=48)):
 class EvalConfig(StageConfig):
     stage: Literal["eval"] = "eval"
     data: DataConfig = Field(default_factory=lambda: DataConfig(eval="bundled:prompts_eval.jsonl"))
-    reward: Any = Field(None, description="Proxy reward (a reward-model folder, 'module:function', or a list); needed for best-of-N.")
+    reward: Any = Field(
+        None, description="Proxy reward (a reward-model folder, 'module:function', or a list); "
+        "needed for best-of-N."
+    )
     eval: EvalOptions = Field(default_factory=EvalOptions)
 
 
@@ -91,7 +98,9 @@ def _policies(opts: EvalOptions) -> dict[str, PolicySpec]:
         specs.setdefault(f"bon{n}", PolicySpec(best_of=n))
     for name in specs:
         if name == opts.reference or not name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"eval.policies: {name!r}: names are letters, digits, - and _, and differ from eval.reference")
+            raise ConfigError(
+                f"eval.policies: {name!r}: names are letters, digits, - and _, and differ from eval.reference"
+            )
     return specs
 
 
@@ -135,7 +144,8 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | RunDir) -> dict:
     pool_size = max(bon_sizes, default=0)
     tokenizer = load_tokenizer(cfg.model)
     k = opts.samples_per_prompt
-    sampling = dict(**opts.sampling_kwargs(), batch_size=opts.batch_size, gold=gold, proxy=proxy, proxy_bf16=cfg.train.precision == "bf16")
+    sampling = dict(**opts.sampling_kwargs(), batch_size=opts.batch_size, gold=gold, proxy=proxy,
+                    proxy_bf16=cfg.train.precision == "bf16")
     ckpt_plan = {name: _intermediate_checkpoints(s.model) for name, s in specs.items() if s.checkpoints}
     n_model = sum(1 for s in specs.values() if s.model) + sum(len(v) for v in ckpt_plan.values())
     total = len(prompts) * (k * (1 + n_model) + k * pool_size)
@@ -181,8 +191,8 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | RunDir) -> dict:
                 def run_checkpoint(stage_dir: str = specs[name].model, ckpt: Path = path) -> list[dict]:
                     policy = load_checkpoint_policy(stage_dir, ckpt)
                     try:
-                        return sample_and_score(policy, tokenizer, prompts, n=k, seed=opts.seed + 1, reference=reference,
-                                                progress=progress.advance, **sampling)
+                        return sample_and_score(policy, tokenizer, prompts, n=k, seed=opts.seed + 1,
+                                                reference=reference, progress=progress.advance, **sampling)
                     finally:
                         del policy
                         gc.collect()
@@ -231,15 +241,16 @@ def _build_report(cfg: EvalConfig, specs: dict[str, PolicySpec], records: dict[s
         points, n = [], 1
         while n <= len(groups[0]):
             picks = best_of_n_pick(groups, n)
-            points.append({"label": f"N={n}", "kl": best_of_n_kl(n), "gold": _mean(picks, "gold"), "proxy": _mean(picks, "proxy")})
+            points.append({"label": f"N={n}", "kl": best_of_n_kl(n), "gold": _mean(picks, "gold"),
+                           "proxy": _mean(picks, "proxy")})
             n *= 2
         overopt["best_of_n"] = overoptimisation_curve(points)
     for name, steps in checkpoint_points.items():
         points = [ref_point]
         for item in steps:
             s = summarize(item["records"], {"method": "monte_carlo"})
-            points.append({"label": f"step {item['step']}", "kl": max(s["kl_to_ref"], 0.0), "gold": s["gold_reward_mean"],
-                           "proxy": s["proxy_reward_mean"]})
+            points.append({"label": f"step {item['step']}", "kl": max(s["kl_to_ref"], 0.0),
+                           "gold": s["gold_reward_mean"], "proxy": s["proxy_reward_mean"]})
         final = policies[name]
         points.append({"label": "final", "kl": max(final["kl_to_ref"], 0.0), "gold": final["gold_reward_mean"],
                        "proxy": final["proxy_reward_mean"]})

@@ -45,7 +45,8 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
     kl_coef: float = Field(0.05, ge=0, description="β of the KL penalty to the reference.")
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field("k1", description="Per-token KL estimator (Schulman 2020).")
     target_kl: float | None = Field(
-        None, gt=0, description="Early stop: skip the rest of a rollout's updates once policy/approxkl_avg exceeds this."
+        None, gt=0, description="Early stop: skip the rest of a rollout's updates "
+        "once policy/approxkl_avg exceeds this."
     )
     truncation: Literal["keep", "penalty", "score", "exclude"] = Field(
         "keep",
@@ -61,7 +62,9 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
     reuse_sampler_logprobs: bool = Field(
         True, description="Use the sampler's log-probs as the old log-probs (saves one policy forward per rollout)."
     )
-    gold: str | None = Field(None, description="Gold scorer logged next to the proxy reward ('vader' or module:function).")
+    gold: str | None = Field(
+        None, description="Gold scorer logged next to the proxy reward ('vader' or module:function)."
+    )
     samples_every: int = Field(1, ge=0, description="Write a few samples to samples.jsonl every N rollouts (0: never).")
     samples_count: int = Field(4, gt=0, description="Samples written each time.")
     eval_prompts: int = Field(64, ge=0, description="Eval prompts decoded greedily by evaluate() (0: no evaluation).")
@@ -73,7 +76,8 @@ class RolloutSettings(Section):
     accelerate included); ``workers ≥ 1`` runs the stage on Ray (``alignloop.distributed.ray_stage``)."""
 
     backend: Literal["hf", "vllm"] = Field(
-        "hf", description="hf: transformers generate loop (CPU or GPU); vllm: vLLM engines (CUDA, needs rollout.workers ≥ 1)."
+        "hf", description="hf: transformers generate loop (CPU or GPU); "
+        "vllm: vLLM engines (CUDA, needs rollout.workers ≥ 1)."
     )
     workers: int = Field(0, ge=0, description="Ray rollout workers (0: sample in the learner process, no Ray).")
     worker_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker (fractions colocate roles on one GPU).")
@@ -100,7 +104,9 @@ def check_rollout_shape(cfg: StageConfig, opts: RLOptions, section: str) -> None
             f"{opts.num_generations} = {rows}) must be a multiple of train.batch_size ({cfg.train.batch_size})"
         )
     if opts.policy_loss not in POLICY_LOSSES:
-        raise ValueError(f"{section}.policy_loss: unknown {opts.policy_loss!r}; known: {', '.join(sorted(POLICY_LOSSES))}")
+        raise ValueError(
+            f"{section}.policy_loss: unknown {opts.policy_loss!r}; known: {', '.join(sorted(POLICY_LOSSES))}"
+        )
     rollout = getattr(cfg, "rollout", None)
     if rollout is not None and rollout.backend == "vllm" and rollout.workers < 1:
         raise ValueError("rollout.backend: 'vllm' runs in Ray rollout workers; set rollout.workers ≥ 1")

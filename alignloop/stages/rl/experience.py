@@ -110,6 +110,7 @@ def minibatch_schedule(
         g = torch.Generator().manual_seed(seed * 1_000_003 + rollout_index * 101 + epoch)
         order = torch.randperm(n_rows, generator=g).tolist()
         if group_size > 1:
-            order = [i for s in range(0, n_rows, minibatch) for i in sorted(order[s : s + minibatch], key=lambda i: (i // group_size, i))]
+            order = [i for s in range(0, n_rows, minibatch)
+                     for i in sorted(order[s : s + minibatch], key=lambda i: (i // group_size, i))]
         out.extend(order[i : i + micro] for i in range(0, n_rows, micro))
     return out

@@ -4,7 +4,7 @@
 (``scale_by_std: false`` gives Dr. GRPO, Liu et al. 2025); ``rloo`` is REINFORCE leave-one-out (Ahmadian et
 al. 2024). Every response token gets its sequence's advantage. The KL to the reference is a loss term with the
 k3 estimator (``β·k3``, as in DeepSeekMath); ``kl_coef: 0`` skips the reference forward entirely.
-Rollout shape, steps and resume: rl_config.py / rl_source.py; docs/grpo.md.
+Rollout shape, steps and resume: config.py / source.py; docs/grpo.md.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ _ESTIMATOR = {"group_norm": "grpo", "rloo": "rloo"}
 class GRPOOptions(RLOptions):
     reward: object = Field("rule:exact_match", description=RLOptions.model_fields["reward"].description)
     num_generations: int = Field(4, ge=2, description="G: responses per prompt (a group).")
-    advantage: Literal["group_norm", "rloo"] = Field("group_norm", description="GRPO group normalisation or RLOO leave-one-out.")
+    advantage: Literal["group_norm", "rloo"] = Field(
+        "group_norm", description="GRPO group normalisation or RLOO leave-one-out."
+    )
     scale_by_std: bool = Field(True, description="group_norm only: divide by the group std (false = Dr. GRPO).")
     kl_coef: float = Field(0.04, ge=0, description="β of the k3 KL loss term; 0 = no reference model at all.")
     kl_estimator: Literal["k1", "k2", "k3", "abs"] = Field("k3", description="KL estimator of the loss term.")
@@ -45,7 +47,9 @@ class GRPOConfig(StageConfig):
     algorithm: ClassVar[type]  # GRPO, set below
     stage: Literal["grpo"] = "grpo"
     data: DataConfig = Field(
-        default_factory=lambda: DataConfig(train="bundled:arith_train.jsonl", eval="bundled:arith_eval.jsonl", max_length=256)
+        default_factory=lambda: DataConfig(
+            train="bundled:arith_train.jsonl", eval="bundled:arith_eval.jsonl", max_length=256
+        )
     )
     # checkpointing on by default (as TRL's GRPOConfig): G samples per prompt make large micro-batches
     train: TrainConfig = Field(

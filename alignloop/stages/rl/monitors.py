@@ -56,13 +56,16 @@ class SampleLog:
         self.path = Path(path)
         self.enabled = enabled
 
-    def write(self, rollout: int, prompts: list[Any], responses: list[str], scores: torch.Tensor, count: int, **extra: Any) -> None:
+    def write(
+        self, rollout: int, prompts: list[Any], responses: list[str], scores: torch.Tensor, count: int, **extra: Any
+    ) -> None:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             for i in range(min(count, len(responses))):
-                row = {"rollout": rollout, "prompt": prompt_text(prompts[i]), "response": responses[i], "score": float(scores[i])}
+                row = {"rollout": rollout, "prompt": prompt_text(prompts[i]), "response": responses[i],
+                       "score": float(scores[i])}
                 row.update({k: (float(v[i]) if torch.is_tensor(v) else v[i]) for k, v in extra.items()})
                 f.write(json.dumps(row) + "\n")
 
@@ -70,5 +73,6 @@ class SampleLog:
         """On resume, drop samples of rollouts at or after ``rollout`` (they will be generated again)."""
         if not self.enabled or not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("rollout", 0) < rollout]
+        keep = [line for line in self.path.read_text().splitlines()
+                if line and json.loads(line).get("rollout", 0) < rollout]
         self.path.write_text("".join(line + "\n" for line in keep))

@@ -5,7 +5,7 @@ Per rollout (once): sample, score, reference log-probs, critic values; per-token
 al. 2019) or a ``β·KL`` loss term instead (``kl_placement: loss``); advantages by a registered estimator
 (GAE by default), optionally whitened. Per mini-batch: clipped surrogate + ``vf_coef`` × clipped value loss
 (− entropy bonus). β comes from a fixed, adaptive (Ziegler et al.) or uncertainty-adaptive controller.
-Every knob and its paper: docs/ppo.md. Rollout shape, steps and resume: rl_config.py / rl_source.py.
+Every knob and its paper: docs/ppo.md. Rollout shape, steps and resume: config.py / source.py.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ class PPOOptions(RLOptions):
         "reward", description="reward: r_t = −β·KL_t in the per-token reward (Ziegler et al.); loss: a β·KL loss term."
     )
     kl_controller: Literal["fixed", "adaptive", "uncertainty"] = Field(
-        "fixed", description="fixed β; adaptive (Ziegler et al. 2019 §2.2); uncertainty: β_i scaled by the ensemble std."
+        "fixed", description="fixed β; adaptive (Ziegler et al. 2019 §2.2); "
+        "uncertainty: β_i scaled by the ensemble std."
     )
     kl_target: float = Field(6.0, gt=0, description="Adaptive controller: target sequence KL (nats).")
     kl_horizon: float = Field(10000.0, gt=0, description="Adaptive controller: horizon in samples.")
@@ -51,12 +52,17 @@ class PPOOptions(RLOptions):
     lam: float = Field(0.95, ge=0, le=1, description="GAE λ.")
     whiten_advantages: bool = Field(True, description="Normalise advantages to mean 0 / std 1 over the rollout.")
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
-    vf_clip: float | None = Field(0.2, gt=0, description="Value clipping range around the rollout's values (null: off).")
+    vf_clip: float | None = Field(
+        0.2, gt=0, description="Value clipping range around the rollout's values (null: off)."
+    )
     critic_lr: float | None = Field(None, gt=0, description="Critic learning rate (null: train.lr).")
     critic_init: str = Field(
-        "policy", description="policy: fresh head on the SFT model; reward: copy of the reward model dir; or a scalar-head dir."
+        "policy", description="policy: fresh head on the SFT model; reward: copy of the reward model dir; "
+        "or a scalar-head dir."
     )
-    critic_warmup_steps: int = Field(0, ge=0, description="Optimizer steps that train only the critic before the policy moves.")
+    critic_warmup_steps: int = Field(
+        0, ge=0, description="Optimizer steps that train only the critic before the policy moves."
+    )
     critic_share_frozen: bool = Field(
         True, description="Critic and LoRA policy hold their equal frozen base weights once (not under FSDP/DeepSpeed)."
     )
@@ -66,7 +72,9 @@ class PPOConfig(StageConfig):
     algorithm: ClassVar[type]  # PPO, set below
     stage: Literal["ppo"] = "ppo"
     data: DataConfig = Field(
-        default_factory=lambda: DataConfig(train="bundled:prompts_train.jsonl", eval="bundled:prompts_eval.jsonl", max_length=256)
+        default_factory=lambda: DataConfig(
+            train="bundled:prompts_train.jsonl", eval="bundled:prompts_eval.jsonl", max_length=256
+        )
     )
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(max_steps=-1, batch_size=8, lr=1e-5, lr_schedule="constant", save_every=10)
@@ -78,7 +86,9 @@ class PPOConfig(StageConfig):
     def _rollout_shape(self) -> "PPOConfig":
         check_rollout_shape(self, self.ppo, "ppo")
         if self.ppo.advantage not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"ppo.advantage: unknown {self.ppo.advantage!r}; known: {', '.join(sorted(ADVANTAGE_ESTIMATORS))}")
+            raise ValueError(
+                f"ppo.advantage: unknown {self.ppo.advantage!r}; known: {', '.join(sorted(ADVANTAGE_ESTIMATORS))}"
+            )
         return self
 
 
@@ -177,7 +187,9 @@ class PPO:
             loss, stats = torch.zeros((), device=stage.run.device), {"policy/critic_warmup": 1.0}
         else:
             loss, stats = stage.policy_loss(batch)
-        values = self._values(stage.models["critic"], batch["input_ids"], batch["attention_mask"], batch["response_start"])
+        values = self._values(
+            stage.models["critic"], batch["input_ids"], batch["attention_mask"], batch["response_start"]
+        )
         vf, vstats = value_loss(
             values, batch["old_values"], batch["returns"], mask, opts.vf_clip, opts.loss_agg, opts.max_new_tokens
         )

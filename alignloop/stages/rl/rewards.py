@@ -10,7 +10,8 @@ import torch
 
 from alignloop.rewards.base import has_uncertainty
 
-__all__ = ["RunningMoments", "batch_moments", "ScoredRollout", "prompt_text", "score_rollout", "apply_truncation", "normalise_scores", "token_rewards"]
+__all__ = ["RunningMoments", "batch_moments", "ScoredRollout", "prompt_text", "score_rollout", "apply_truncation",
+           "normalise_scores", "token_rewards"]
 
 
 def prompt_text(prompt: Any) -> str:
@@ -44,7 +45,9 @@ def score_rollout(
     return ScoredRollout(scores=scores, components=components, uncertainty=uncertainty)
 
 
-def apply_truncation(scores: torch.Tensor, finished: torch.Tensor, policy: str, value: float) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_truncation(
+    scores: torch.Tensor, finished: torch.Tensor, policy: str, value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores after the no-EOS policy, and a [N] bool of rows that stay in the losses.
 
     keep: unchanged; penalty: ``score − value``; score: ``value``; exclude: unchanged but dropped from the losses.

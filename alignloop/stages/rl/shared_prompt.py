@@ -54,7 +54,9 @@ class SharedPromptBatch:
         return self.input_ids.shape[0]
 
 
-def shared_prompt_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, pad_id: int = 0) -> SharedPromptBatch:
+def shared_prompt_batch(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, pad_id: int = 0
+) -> SharedPromptBatch:
     """Group rows of ``[N, P + R]`` (left-padded prompt, right-padded response) by identical prompt tokens.
 
     Groups then share packed rows when they fit in the longest group's length (first-fit decreasing, as DPO's

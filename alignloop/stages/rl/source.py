@@ -77,8 +77,8 @@ class RolloutBatchSource:
     def _make_schedule(self) -> None:
         assert self.experience is not None
         self.schedule = minibatch_schedule(
-            len(self.experience), self.minibatch_size, self.micro_batch_size, self.epochs, self.seed, self.rollouts_done,
-            self.group_size,
+            len(self.experience), self.minibatch_size, self.micro_batch_size, self.epochs, self.seed,
+            self.rollouts_done, self.group_size,
         )
 
     def skip_rest_of_rollout(self) -> None:

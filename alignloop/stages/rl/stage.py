@@ -65,7 +65,9 @@ class RLStage(Stage):
     def setup(self, run) -> None:
         cfg, opts = self.config, self.opts
         if opts.reward is None and self.given_roles.reward is None:
-            raise ConfigError(f"{self.section}.reward: no reward given (a reward-model dir, 'module:function' or 'rule:<name>')")
+            raise ConfigError(
+                f"{self.section}.reward: no reward given (a reward-model dir, 'module:function' or 'rule:<name>')"
+            )
         self.tokenizer = load_tokenizer(cfg.model)
         policy = load_trainable_lm(cfg.model, cfg.lora, cfg.train.gradient_checkpointing, run.device)
         self.models["policy"] = policy
@@ -79,8 +81,8 @@ class RLStage(Stage):
         self.eval_records = self._load_prompts(cfg.data.eval, "data.eval") if cfg.data.eval else []
         self.kl = KLPenalty(opts, self.section, self.algorithm.kl_placement)
         if self.kl.per_sample and not has_uncertainty(self.reward):
-            raise ConfigError(f"{self.section}.kl_controller: 'uncertainty' needs a reward source with an uncertainty() "
-                              "(a reward-model ensemble)")
+            raise ConfigError(f"{self.section}.kl_controller: 'uncertainty' needs a reward source "
+                              "with an uncertainty() (a reward-model ensemble)")
         self.running = RunningMoments()
         self.samples = SampleLog(run.out_dir / "samples.jsonl", enabled=run.is_main)
         self.global_step = 0
@@ -90,6 +92,8 @@ class RLStage(Stage):
         self.generation_seconds = 0.0
         self.algorithm.setup(run)
         if isinstance(self.sampler, SyncsWeights):
+            if run.world_size > 1:
+                raise ConfigError("ray: the learner is one process here; launch it without torchrun/accelerate")
             self.sampler.sync_weights(policy)  # remote samplers start from exactly the learner's weights
 
     @property
@@ -200,7 +204,8 @@ class RLStage(Stage):
                 ref_logp = self.reference.logprobs(input_ids, attention, start, temperature).to(old_logp.device).float()
         dense = None
         if isinstance(self.reward, HasDenseRewards):  # a process reward model: one reward per reasoning step
-            dense = self.reward.dense_rewards(rollout.prompts, rollout.response_ids, rollout.response_mask, self.tokenizer)
+            dense = self.reward.dense_rewards(rollout.prompts, rollout.response_ids, rollout.response_mask,
+                                              self.tokenizer)
         data = RolloutData(
             rollout=rollout, input_ids=input_ids, attention_mask=attention, response_start=start,
             response_mask=response_mask, loss_mask=response_mask * keep_rows.to(response_mask).unsqueeze(1),

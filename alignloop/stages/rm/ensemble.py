@@ -79,10 +79,12 @@ def train_ensemble(stage_cls: type, cfg: Any, run_dir: RunDir) -> dict[str, Any]
     metrics: dict[str, float] = {}
     if evals:
         micro = cfg.train.micro_batch_size or cfg.train.batch_size
-        batches = [collate_for(cfg, model.tokenizer.pad_token_id, evals[i : i + micro]) for i in range(0, len(evals), micro)]
+        batches = [collate_for(cfg, model.tokenizer.pad_token_id, evals[i : i + micro])
+                   for i in range(0, len(evals), micro)]
         metrics, scores = evaluate_examples(batches, model.score_packed, loss_settings(cfg.rm), cfg.rm.calibration_bins)
         summary.update(metrics)
-        summary.update(eval_accuracy=metrics["eval/accuracy"], eval_ece=metrics["eval/ece"], eval_margin=metrics["eval/margin"])
+        summary.update(eval_accuracy=metrics["eval/accuracy"], eval_ece=metrics["eval/ece"],
+                       eval_margin=metrics["eval/margin"])
         member_rows = {f"member {i} eval accuracy": s.get("eval_accuracy") for i, s in enumerate(summaries)}
         write_rm_report(
             out_dir, scores, title=f"Reward-model ensemble ({size} members)",

@@ -105,7 +105,9 @@ def preference_loss(
                 loss = loss + reward_centering_loss(part, coef=coef)
         winners, losers, owner = ranking_pairs(rankings, sizes, flat.shape[0])
         winners, losers, owner = winners.to(device), losers.to(device), owner.to(device)
-        counts = torch.zeros(len(rank_rows), device=device).index_add(0, owner, torch.ones_like(owner, dtype=torch.float))
+        counts = torch.zeros(len(rank_rows), device=device).index_add(
+            0, owner, torch.ones_like(owner, dtype=torch.float)
+        )
         per_pair_correct = pairwise_correct(flat[winners], flat[losers])
         per_pair_margin = (flat[winners] - flat[losers]).detach().float()
         accuracy += float((torch.zeros_like(counts).index_add(0, owner, per_pair_correct) / counts).sum())

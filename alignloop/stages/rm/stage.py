@@ -1,7 +1,7 @@
 """Reward modelling: a scalar head on a causal-LM backbone learns which completion people prefer.
 
 One step function on the shared loop. A micro-batch of pair and ranking records is scored in ONE forward
-pass where every prompt and every unique completion is encoded once (``rm_pack``); the loss is
+pass where every prompt and every unique completion is encoded once (``models/shared_prompt.py``); the loss is
 Bradley–Terry for pairs and InstructGPT's all-pairs or Plackett–Luce for rankings (``rm_loss``).
 Ensembles (``rm.ensemble.size > 1``) are k ordinary runs into ``member-<i>/`` (``rm_ensemble``).
 """
@@ -65,7 +65,8 @@ class RMOptions(Section):
     use_margin: bool = Field(True, description="Use a pair's `margin` field: −log σ(r_c − r_r − margin).")
     center_coef: float = Field(0.0, ge=0, description="Reward-centering weight: coef·(r_c + r_r)² keeps scores near 0.")
     criteria: list[str] = Field(
-        default_factory=list, description="Per-criterion heads (e.g. [helpful, harmless]) trained from `criteria` labels."
+        default_factory=list, description="Per-criterion heads (e.g. [helpful, harmless]) "
+        "trained from `criteria` labels."
     )
     more_train: list[str] = Field(
         default_factory=list, description="More training files (pairs or rankings) added to data.train."
@@ -73,7 +74,9 @@ class RMOptions(Section):
     max_prompt_length: int | None = Field(
         None, gt=0, description="Prompt tokens kept (cut from the left); default: half of data.max_length."
     )
-    share_prompt: bool = Field(True, description="Encode each prompt once for all its completions (same scores, fewer tokens).")
+    share_prompt: bool = Field(
+        True, description="Encode each prompt once for all its completions (same scores, fewer tokens)."
+    )
     group_by_prompt: bool = Field(
         False, description="Keep a prompt's pairs in the same batch (InstructGPT): its completions are encoded once "
         "(fewer tokens per pair), but batches are less diverse (on the tiny-model test, worse calibration)."
@@ -94,7 +97,9 @@ class RMOptions(Section):
 
 class RMConfig(StageConfig):
     stage: Literal["rm"] = "rm"
-    model: str = Field(DEFAULT_INIT, description="Initial backbone: an SFT run dir, a causal LM name/dir, or an RM dir.")
+    model: str = Field(
+        DEFAULT_INIT, description="Initial backbone: an SFT run dir, a causal LM name/dir, or an RM dir."
+    )
     data: DataConfig = Field(default_factory=lambda: DataConfig(eval_fraction=0.1, max_length=512))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=-1, epochs=1.0, lr=1e-5, batch_size=8))
     rm: RMOptions = Field(default_factory=RMOptions)
@@ -292,7 +297,8 @@ class RMStage(Stage):
         return self._stop
 
     def state_dict(self) -> dict:
-        return {"best_eval": self._best_eval, "bad_evals": self._bad_evals, "stop": self._stop, "last_epoch": self._last_epoch}
+        return {"best_eval": self._best_eval, "bad_evals": self._bad_evals, "stop": self._stop,
+                "last_epoch": self._last_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self._best_eval = float(state.get("best_eval", math.inf))
@@ -304,7 +310,8 @@ class RMStage(Stage):
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.counts)
         if self.last_scores is not None:
-            held_out = preference_metrics(self.last_scores.winners, self.last_scores.losers, self.config.rm.calibration_bins)
+            held_out = preference_metrics(self.last_scores.winners, self.last_scores.losers,
+                                          self.config.rm.calibration_bins)
             out.update(eval_accuracy=held_out["accuracy"], eval_ece=held_out["ece"], eval_margin=held_out["margin"])
         if self._stop:
             out["early_stopped"] = True
