@@ -12,13 +12,13 @@ __all__ = ["load_splits"]
 R = TypeVar("R")
 
 
-def load_splits(data: Any, seed: int, load: Callable[[str], R], what: str = "training data",
+def load_splits(data: Any, seed: int, load: Callable[[str], R], missing: str = "no training data given",
                 min_records_to_split: int = 1) -> tuple[R, R | list]:
     """``(train, eval)`` records from a ``DataConfig``: ``data.eval`` when given, else ``data.eval_fraction`` of
     ``data.train`` held out (deterministic in ``seed``, so ensemble members and resumed runs hold out the same
-    records), else no eval records. ``load(path)`` reads one file."""
+    records), else no eval records. ``load(path)`` reads one file; ``missing`` says what no ``data.train`` lacks."""
     if not data.train:
-        raise DataError(f"data.train: no {what} given")
+        raise DataError(f"data.train: {missing}")
     train = load(data.train)
     if data.eval:
         return train, load(data.eval)

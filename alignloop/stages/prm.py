@@ -73,7 +73,7 @@ class PRMStage(Stage):
         self.models["prm"] = model.to(run.device)
         train, evals = load_splits(
             cfg.data, cfg.train.seed, lambda path: load_records(path, "process", skip_invalid=cfg.data.skip_invalid),
-            what="process-supervision records",
+            missing="no process-supervision records given",
         )
         self.train_rows = self._rows(train)
         self.eval_rows = self._rows(evals)

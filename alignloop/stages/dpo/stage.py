@@ -113,7 +113,7 @@ class DPOStage(Stage):
         cfg = self.config
         fmt, skip = cfg.dpo.record_format, cfg.data.skip_invalid
         train, evals = load_splits(cfg.data, cfg.train.seed, lambda path: load_pairs(path, fmt, skip),
-                                   what="training data (pair or ranking records)", min_records_to_split=2)
+                                   missing="no training data given (pair or ranking records)", min_records_to_split=2)
         lengths = (cfg.data.max_length, cfg.dpo.max_prompt_length)
         self.train_examples, dropped_train = tokenize_pairs(self.tokenizer, train, *lengths)
         self.eval_examples, dropped_eval = tokenize_pairs(self.tokenizer, evals, *lengths)
