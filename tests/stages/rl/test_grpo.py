@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from alignloop.config import load_config
@@ -60,6 +61,8 @@ def test_grpo_with_lora_logs_trl_names_and_derives_steps(tmp_path, toy):
     assert rows[0]["policy/ratio_avg"] == pytest.approx(1.0, abs=1e-4)  # sampler log-probs = training log-probs
     assert (tmp_path / "model" / "adapter_config.json").exists()  # LoRA: the adapter, reference = adapter off
     assert len(samples(tmp_path, 1)) == 8
+    # config.yaml holds the resolved config: the derived step count, not the -1 that asks for it
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["max_steps"] == 4
 
 
 def test_beta_zero_does_no_reference_forward(tmp_path, toy, monkeypatch):
