@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import datasets
-import pyarrow.parquet as pq
-
 from alignloop.data.schema import KINDS, validate_record
 from alignloop.errors import DataError
+from alignloop.utils.lazy import LazyModule
+
+datasets = LazyModule("datasets")  # Parquet and saved HF datasets only (utils/lazy.py)
+pq = LazyModule("pyarrow.parquet")
 
 logger = logging.getLogger("alignloop")
 

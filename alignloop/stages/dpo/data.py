@@ -7,12 +7,13 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-import datasets
-import pyarrow.parquet as pq
-
 from alignloop.data import load_records, rankings_to_pairs, resolve_data_path, tokenize_prompt_completion
 from alignloop.errors import DataError
 from alignloop.stages.dpo.batch import PairExample
+from alignloop.utils.lazy import LazyModule
+
+datasets = LazyModule("datasets")  # Parquet and saved HF datasets only (utils/lazy.py)
+pq = LazyModule("pyarrow.parquet")
 
 log = logging.getLogger("alignloop")
 

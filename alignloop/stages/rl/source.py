@@ -1,9 +1,10 @@
 """The resumable batch source of the RL stages: prompts → rollout → experience → micro-batches.
 
-When its buffer is empty the source takes the next prompts, asks the stage to build an ``Experience``
-(generation, scoring, reference / value forwards and advantages, all once per rollout), and then hands out
-its micro-batches for ``epochs`` shuffled passes. The loop takes ``batch_size / micro_batch_size`` of
-them per optimizer step, so a rollout always ends on a step boundary.
+When its buffer is empty the source takes the next prompts, runs the stage's rollout phase
+(``RLStage.rollout_phase``: generation, scoring, reference / value forwards and advantages, all once per
+rollout) to build an ``Experience``, and then hands out its micro-batches for ``epochs`` shuffled passes.
+The loop takes ``batch_size / micro_batch_size`` of them per optimizer step, so a rollout always ends on a
+step boundary.
 
 State: the prompt cursor, the number of rollouts made and the cursor into the current rollout's schedule
 (JSON, in the checkpoint's meta) plus the experience tensors when a checkpoint falls inside a rollout
@@ -29,7 +30,7 @@ class RolloutBatchSource:
     def __init__(
         self,
         prompts: EpochBatchSource,
-        make_experience: Callable[[list[dict], int], Experience],
+        rollout_phase: Callable[[list[dict], int], Experience],
         *,
         minibatch_size: int,
         micro_batch_size: int,
@@ -38,7 +39,7 @@ class RolloutBatchSource:
         group_size: int = 1,
     ):
         self.prompts = prompts
-        self.make_experience = make_experience
+        self.rollout_phase = rollout_phase
         self.minibatch_size = minibatch_size
         self.micro_batch_size = micro_batch_size
         self.epochs = epochs
@@ -69,7 +70,7 @@ class RolloutBatchSource:
 
     def _new_rollout(self) -> None:
         records = self.prompts.next_batch()
-        self.experience = self.make_experience(records, self.rollouts_done)
+        self.experience = self.rollout_phase(records, self.rollouts_done)
         self._make_schedule()
         self.rollouts_done += 1
         self.cursor = 0
