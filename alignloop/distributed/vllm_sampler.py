@@ -27,7 +27,7 @@ def require_vllm():
     if not torch.cuda.is_available():
         raise ConfigError("rollout backend 'vllm' needs a CUDA GPU and none is available here; use backend 'hf'")
     try:
-        import vllm
+        import vllm  # optional dependency: GPU rollouts only
     except ImportError:
         raise ConfigError("rollout backend 'vllm' needs the vllm package: pip install vllm") from None
     return vllm
@@ -63,7 +63,7 @@ class VLLMSampler:
 
     def generate(self, prompts: Sequence[Any], n: int = 1, max_new_tokens: int = 64, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, stop: Any = None, seed: int | None = None) -> Rollout:
-        from vllm import SamplingParams, TokensPrompt
+        from vllm import SamplingParams, TokensPrompt  # optional dependency (see require_vllm)
 
         token_lists, shown = encode_prompts(self.tokenizer, list(prompts))
         stops = [stop] if isinstance(stop, str) else list(stop or [])
