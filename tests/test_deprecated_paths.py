@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_architecture import FILES, is_shim
-
-SHIMS = sorted(name for name, path in FILES.items() if is_shim(path))
+PACKAGE = Path(__file__).resolve().parents[1] / "alignloop"
+FILES = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")}
+SHIMS = sorted(name for name, path in FILES.items() if "Deprecated re-export" in path.read_text()[:400])
 
 
 def test_every_moved_module_has_a_short_shim():

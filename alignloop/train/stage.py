@@ -124,4 +124,4 @@ class StandaloneStage:
 
     @classmethod
     def run(cls, cfg: StageConfig, run_dir: "RunDir") -> dict[str, Any]:
-        raise NotImplementedError
+        raise TypeError(f"{cls.__name__} is a StandaloneStage: it must define the classmethod run(cfg, run_dir)")

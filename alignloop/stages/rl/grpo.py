@@ -77,10 +77,10 @@ class GRPO:
         self.needs_reference = self.opts.kl_coef > 0
 
     def setup(self, run) -> None:
-        pass
+        """No critic: nothing to build beyond the policy."""
 
     def param_groups(self) -> None:
-        return None
+        return None  # one group: the policy's trainable parameters
 
     def experience(self, data: RolloutData, kl: KLPenalty) -> tuple[Experience, dict[str, float]]:
         opts = self.opts
@@ -114,7 +114,7 @@ class GRPO:
         return self.stage.policy_loss(batch)
 
     def save(self, out_dir: Path) -> None:
-        pass
+        """Nothing beyond the policy, which RLStage saves."""
 
 
 GRPOConfig.algorithm = GRPO

@@ -47,10 +47,10 @@ class RMCommand(StandaloneStage):
     def run(cls, cfg: RMConfig, run_dir: RunDir) -> dict[str, Any]:
         if cfg.rm.ensemble.size == 1 or cfg.rm.ensemble.member is not None:
             return train(RMStage(cfg), run_dir.path)
-        return train_ensemble(RMStage, cfg, run_dir)
+        return train_ensemble(cfg, run_dir)
 
 
-def train_ensemble(stage_cls: type, cfg: Any, run_dir: RunDir) -> dict[str, Any]:
+def train_ensemble(cfg: RMConfig, run_dir: RunDir) -> dict[str, Any]:
     """Train ``cfg.rm.ensemble.size`` members, write the manifest, evaluate the ensemble, return the summary."""
     size = cfg.rm.ensemble.size
     out_dir = run_dir.begin(cfg).path
@@ -64,7 +64,7 @@ def train_ensemble(stage_cls: type, cfg: Any, run_dir: RunDir) -> dict[str, Any]
         log.info("rm: training ensemble member %d/%d in %s", index + 1, size, folder)
         member_cfg = cfg.model_copy(deep=True)
         member_cfg.rm.ensemble.member = index
-        summaries.append(train(stage_cls(member_cfg), folder))
+        summaries.append(train(RMStage(member_cfg), folder))
 
     (out_dir / "model").mkdir(exist_ok=True)
     members = [f"../member-{i}/model" for i in range(size)]
