@@ -112,6 +112,9 @@ class LoraSettings(Section):
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | str = Field("all-linear", description="Module names, or 'all-linear'.")
+    vision: Literal["frozen", "connector", "all"] = Field(
+        "connector", description="Vision-language models: what of the vision side trains in full beside the adapter."
+    )
 
 
 class StageConfig(Section):

@@ -170,6 +170,26 @@ def tiny_llama(seed: int = 0, **overrides):
     return build_tiny_llama(seed, **{**settings, **overrides})
 
 
+@pytest.fixture(scope="session", params=["idefics3"])
+def tiny_vlm_dir(request, tmp_path_factory) -> Path:
+    """A random 2-layer VLM (``models.vision.build_tiny_vlm``, SmolVLM layout, 32×32 images, 4 image tokens per
+    image) and its processor, saved once per session as a plain HF folder. Read-only for tests."""
+    from alignloop.models import TINY_MODEL, load_tokenizer
+    from alignloop.models.vision import build_tiny_vlm
+
+    model, processor = build_tiny_vlm(load_tokenizer(TINY_MODEL), request.param, seed=0)
+    folder = tmp_path_factory.mktemp(f"tiny_vlm_{request.param}") / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shapes_data() -> Path:
+    """The bundled synthetic image task (alignloop/resources/data/vlm_shapes): sft, pairs, prompts, heldout."""
+    return ROOT / "alignloop" / "resources" / "data" / "vlm_shapes"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """``alignloop.models.build_tiny_llama(seed=0)`` and its tokenizer saved once per session with ``save_model``

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from alignloop.data.images import check_images
 from alignloop.data.schema import KINDS, validate_record
 from alignloop.errors import DataError
 from alignloop.utils.lazy import LazyModule
@@ -25,6 +26,9 @@ logger = logging.getLogger("alignloop")
 
 BUNDLED_PREFIX = "bundled:"
 _JSON_SUFFIXES = (".jsonl", ".json")
+# The message fields whose <image> placeholders the record's images fill, per record kind.
+_IMAGE_FIELDS = {"sft": ("messages",), "pair": ("prompt",), "ranking": ("prompt",), "prompt": ("prompt",),
+                 "process": ("prompt",)}
 
 
 class Records(list):
@@ -131,6 +135,7 @@ def load_records(
         raise DataError(f"unknown record kind {kind!r}; expected one of {', '.join(KINDS)}")
     label = str(path)
     resolved = resolve_data_path(path)
+    base_dir = resolved.parent if resolved.is_file() else resolved
     records: list[dict] = []
     problems: list[str] = []
     total_problems = 0
@@ -138,6 +143,9 @@ def load_records(
     first_problem = ""
     for location, value, parse_error in _iter_source(resolved, label):
         record, found = (None, [parse_error]) if parse_error else validate_record(value, kind)
+        if record is not None and "images" in record:
+            check_images(record, base_dir, found, fields=_IMAGE_FIELDS[kind])
+            record = None if found else record
         if record is not None:
             records.append(record)
             continue

@@ -111,7 +111,7 @@ def _locked(target: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _convert_atomically(target: Path, done_file: str, write: Callable[[Path], None]) -> Path:
+def convert_atomically(target: Path, done_file: str, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp_dir)`` once and move the result to ``target``, unless already done."""
     if (target / done_file).is_file():
         return target
@@ -155,7 +155,7 @@ def ensure_bundled_tokenizer(name: str) -> Path:
     def write(tmp: Path) -> None:
         _write_tokenizer(_load_gguf_tokenizer(name), tmp, BUNDLED_MODELS[name].context_length)
 
-    return _convert_atomically(bundled_tokenizer_dir(name), _TOKENIZER_FILES_DONE, write)
+    return convert_atomically(bundled_tokenizer_dir(name), _TOKENIZER_FILES_DONE, write)
 
 
 def ensure_bundled_model(name: str) -> Path:
@@ -186,7 +186,7 @@ def ensure_bundled_model(name: str) -> Path:
             tokenizer = _load_gguf_tokenizer(name)
         _write_tokenizer(tokenizer, tmp, model.config.max_position_embeddings)
 
-    return _convert_atomically(target, _MODEL_FILES_DONE, write)
+    return convert_atomically(target, _MODEL_FILES_DONE, write)
 
 
 def _load_local_tokenizer(folder: Path):

@@ -13,7 +13,13 @@ from typing import Any
 import torch
 from peft import PeftModel
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from alignloop.errors import ModelError
 from alignloop.models.bundled import BUNDLED_MODELS, ensure_bundled_tokenizer
@@ -28,6 +34,7 @@ from alignloop.models.files import (
     write_json,
 )
 from alignloop.models.lora import apply_lora
+from alignloop.models.vision import is_vision_folder, load_processor
 from alignloop.models.origin import ORIGIN_ATTR, model_origin, quiet_peft, set_origin
 from alignloop.models.registry import (
     TINY_MODEL,
@@ -43,6 +50,8 @@ __all__ = [
     "load_causal_lm",
     "load_tokenizer",
     "load_trainable_lm",
+    "load_vision_processor",
+    "is_vision_language_model",
     "model_origin",
     "quiet_peft",
     "save_adapter",
@@ -104,7 +113,7 @@ def _tokenizer_folder(name_or_path: str | Path) -> Path:
         return ensure_bundled_tokenizer(name)
     if name == TINY_MODEL:
         return ensure_bundled_tokenizer(TINY_TOKENIZER_SOURCE)
-    folder = Path(resolve_model(name))
+    folder = Path(resolve_model(name))  # a built model (smolvlm-tiny) is built here once
     if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
         return folder
     # An adapter or head saved without a tokenizer uses its base model's.
@@ -133,6 +142,23 @@ def load_tokenizer(name_or_path: str | Path, *, padding_side: str | None = None)
             raise ModelError(f"padding_side must be 'left' or 'right', not '{padding_side}'")
         tokenizer.padding_side = padding_side
     return tokenizer
+
+
+def is_vision_language_model(name_or_path: str | Path) -> bool:
+    """True when the model (or an adapter's base) is a vision-language model; builds/converts nothing new."""
+    name = str(name_or_path)
+    if name in BUNDLED_MODELS or name == TINY_MODEL:
+        return False
+    return is_vision_folder(_tokenizer_folder(name))
+
+
+def load_vision_processor(name_or_path: str | Path):
+    """The processor (image preprocessing + tokenizer + chat template) of a vision-language model."""
+    processor = load_processor(_tokenizer_folder(name_or_path))
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor
 
 
 def _first_line(err: BaseException) -> str:
@@ -178,8 +204,9 @@ def load_causal_lm(
 
 
 def _load_full(folder: Path, dtype: torch.dtype) -> nn.Module:
+    auto = AutoModelForImageTextToText if is_vision_folder(folder) else AutoModelForCausalLM
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        return auto.from_pretrained(folder, dtype=dtype, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"cannot load a causal LM from '{folder}': {_first_line(err)}") from err
 

@@ -21,6 +21,7 @@ from transformers import GenerationMixin
 from alignloop.errors import ModelError
 from alignloop.models.origin import model_origin, quiet_peft
 from alignloop.models.registry import loadable_path
+from alignloop.models.vision import connector_names, is_vision_model, language_model_lora_targets, vision_tower_names
 
 
 def _field(lora: Any, key: str, default: Any) -> Any:
@@ -28,18 +29,35 @@ def _field(lora: Any, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def lora_config(lora: Any, *, task_type: str | None):
-    """A ``peft.LoraConfig`` from any object or mapping with ``r``, ``alpha``, ``dropout``, ``target_modules``."""
+def _vision_modules(model: nn.Module, lora: Any) -> list[str]:
+    """Vision-side modules trained in full beside the adapter (``lora.vision``: frozen, connector or all)."""
+    choice = _field(lora, "vision", "connector")
+    if choice not in ("frozen", "connector", "all"):
+        raise ModelError(f"lora.vision: must be frozen, connector or all, not '{choice}'")
+    names = [] if choice == "frozen" else connector_names(model)
+    return names + vision_tower_names(model) if choice == "all" else names
+
+
+def lora_config(lora: Any, *, task_type: str | None, model: nn.Module | None = None):
+    """A ``peft.LoraConfig`` from any object or mapping with ``r``, ``alpha``, ``dropout``, ``target_modules``.
+
+    On a vision-language model, "all-linear" means the language model's projections only, and the connector
+    (``lora.vision``) is trained in full beside the adapter.
+    """
     r = int(_field(lora, "r", 8))
     target_modules = _field(lora, "target_modules", "all-linear")
     if not isinstance(target_modules, str):
         target_modules = list(target_modules)
+    vision = model is not None and is_vision_model(model)
+    if vision and target_modules == "all-linear":
+        target_modules = language_model_lora_targets(model)
     return LoraConfig(
         r=r,
         lora_alpha=float(_field(lora, "alpha", 2 * r)),
         lora_dropout=float(_field(lora, "dropout", 0.0)),
         target_modules=target_modules,
         task_type=task_type,
+        modules_to_save=_vision_modules(model, lora) if vision else None,
     )
 
 
@@ -56,7 +74,7 @@ def apply_lora(model: nn.Module, lora: Any) -> nn.Module:
     if isinstance(model, PeftModel):
         raise ModelError("this model already has a LoRA adapter; load it with merge=True before adding a new one")
     origin = model_origin(model)
-    config = lora_config(lora, task_type="CAUSAL_LM" if _is_causal_lm(model) else None)
+    config = lora_config(lora, task_type="CAUSAL_LM" if _is_causal_lm(model) else None, model=model)
     try:
         with quiet_peft():
             peft_model = get_peft_model(model, config)

@@ -23,6 +23,7 @@ from alignloop.models.bundled import (
     gguf_path,
     is_converted,
 )
+from alignloop.models.bundled_vlm import BUILT_MODELS, ensure_built_model
 from alignloop.models.files import (
     ADAPTER_CONFIG,
     HEAD_META,
@@ -48,7 +49,7 @@ __all__ = [
 
 
 def _unknown(name: str) -> ModelError:
-    known = ", ".join([*BUNDLED_MODELS, TINY_MODEL])
+    known = ", ".join([*BUNDLED_MODELS, *BUILT_MODELS, TINY_MODEL])
     return ModelError(f"model '{name}' is neither a bundled model ({known}) nor a local directory")
 
 
@@ -80,6 +81,8 @@ def resolve_model(name_or_path: str | Path) -> str | Path:
     name = str(name_or_path)
     if name in BUNDLED_MODELS:
         return ensure_bundled_model(name)
+    if name in BUILT_MODELS:
+        return ensure_built_model(name)
     if name == TINY_MODEL:
         return TINY_MODEL
     path = Path(name).expanduser()
@@ -98,7 +101,7 @@ def origin_name(name_or_path: str | Path, folder: str | Path) -> str:
     become absolute paths.
     """
     name = str(name_or_path)
-    if name in BUNDLED_MODELS or name == TINY_MODEL:
+    if name in BUNDLED_MODELS or name in BUILT_MODELS or name == TINY_MODEL:
         return name
     if not Path(name).expanduser().is_dir() and hub_cache_snapshot(name) is not None:
         return name
@@ -107,7 +110,7 @@ def origin_name(name_or_path: str | Path, folder: str | Path) -> str:
 
 def loadable_path(origin: str) -> str:
     """What plain ``transformers``/``peft`` should load for ``origin`` (bundled name -> cache folder)."""
-    return str(bundled_model_dir(origin)) if origin in BUNDLED_MODELS else origin
+    return str(bundled_model_dir(origin)) if origin in BUNDLED_MODELS or origin in BUILT_MODELS else origin
 
 
 def _cached_hub_models() -> list[dict[str, Any]]:
@@ -148,6 +151,11 @@ def list_models() -> list[dict[str, Any]]:
             except ModelError:
                 size = "package missing"
         rows.append({"name": name, "kind": "bundled", "path": str(target), "converted": converted, "size": size})
+    for name, description in BUILT_MODELS.items():
+        target = bundled_model_dir(name)
+        built = (target / "model.safetensors").is_file()
+        size = human_size(folder_size(target)) if built else "built on first use"
+        rows.append({"name": name, "kind": "built", "path": str(target), "converted": built, "size": size})
     tokenizer_ready = is_converted(TINY_TOKENIZER_SOURCE) or (
         bundled_tokenizer_dir(TINY_TOKENIZER_SOURCE) / "tokenizer_config.json"
     ).is_file()
