@@ -18,17 +18,19 @@ import torch
 
 from alignloop.data import load_records
 from alignloop.eval.metrics import mcnemar_exact
-from alignloop.models import load_causal_lm, load_tokenizer
+from alignloop.models import load_causal_lm
 from alignloop.rewards.rules import exact_match
 from alignloop.rollout.hf import HFSampler
+from alignloop.stages.rl.prompts import RLPrompts
 
 
 def greedy_correct(model_name: str, records: list[dict], max_new_tokens: int) -> tuple[list[bool], float]:
     model = load_causal_lm(model_name, trainable=False)
     model.eval()
-    sampler = HFSampler(model, load_tokenizer(model_name, padding_side="left"), batch_size=50)
+    prompts = RLPrompts(model_name, max_length=4096)  # vision-language models: prompts with their images
+    sampler = HFSampler(model, prompts.tokenizer, batch_size=50)
     torch.manual_seed(0)
-    rollout = sampler.generate([r["prompt"] for r in records], n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+    rollout = sampler.generate(prompts.for_sampler(records), n=1, max_new_tokens=max_new_tokens, temperature=0.0)
     scores = exact_match(rollout.prompts, rollout.responses, answer=[r["answer"] for r in records])
     return [s > 0 for s in scores], float(rollout.response_lengths().float().mean())
 

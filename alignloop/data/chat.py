@@ -24,6 +24,7 @@ class TokenizedExample:
 
     input_ids: list[int]
     loss_mask: list[int]
+    images: tuple = ()  # the sample's images (``models.images.EncodedImage``), in token order
 
     def __len__(self) -> int:
         return len(self.input_ids)

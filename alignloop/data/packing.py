@@ -21,6 +21,7 @@ class PackedRow:
     position_ids: list[int] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)  # positions of the packed examples in the input list
+    images: tuple = ()  # the packed examples' images, in token order
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -62,4 +63,6 @@ def pack_examples(examples: Sequence[TokenizedExample | Mapping], max_length: in
             row = PackedRow()
             rows.append(row)
         row.add(i, ids, mask)
+    for row in rows:
+        row.images = tuple(image for i in row.indices for image in getattr(examples[i], "images", ()))
     return rows

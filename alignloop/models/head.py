@@ -19,6 +19,7 @@ from torch import nn
 
 from alignloop.algos.linear_logprobs import linear_log_softmax
 from alignloop.algos.logprobs import selective_log_softmax
+from alignloop.models.images import multimodal_inputs
 
 __all__ = ["token_logprobs", "fused_head"]
 
@@ -64,8 +65,10 @@ def token_logprobs(model: nn.Module, inputs: dict, labels: torch.Tensor, tempera
     """fp32 ``log softmax(logits / T)[label]`` for the last ``labels.shape[1]`` positions of ``model(**inputs)``.
 
     ``labels`` ``[B, K]`` holds, for each of those positions, the token it predicts (``-100``: not scored,
-    gives 0). ``logits_to_keep`` is passed on to the model (it must then be ≥ K).
+    gives 0). ``logits_to_keep`` is passed on to the model (it must then be ≥ K). ``inputs["images"]`` (one tuple
+    of ``EncodedImage`` per row) becomes ``inputs_embeds`` with the image features (``models.images``).
     """
+    inputs = multimodal_inputs(model, inputs) if "images" in inputs else inputs
     keep = labels.shape[1]
     extra = {"logits_to_keep": logits_to_keep} if logits_to_keep is not None else {}
     head = fused_head(model)

@@ -4,13 +4,19 @@
 last non-pad token, so left- and right-padded batches of the same sequences score the same.
 A saved folder holds the backbone in HF format (or its LoRA adapter), ``head.safetensors`` and
 ``alignloop_head.json``.
+
+On a vision-language model the backbone is its base model (e.g. ``Idefics3Model``: vision tower, connector and
+language model, no LM head); ``images`` (one tuple of ``EncodedImage`` per row) are encoded and spliced into the
+token embeddings. ``pack_image_groups`` / ``score_groups`` are shared-prompt packing for such models: packed
+rows carry their prompts' images, and two prompts with the same tokens but different images are never merged.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from peft import PeftModel
@@ -27,10 +33,13 @@ from alignloop.models.files import (
     read_json,
     write_json,
 )
+from alignloop.models.images import EncodedImage, image_features, multimodal_inputs
 from alignloop.models.loading import load_causal_lm, save_adapter
 from alignloop.models.lora import apply_lora
 from alignloop.models.origin import model_origin, quiet_peft, set_origin
 from alignloop.models.registry import resolve_model
+from alignloop.models.shared_prompt import PackedGroups, ScoreGroup, attention_mask_for, pack_groups, score_packed
+from alignloop.models.vision import innermost_model, is_vision_config
 
 POOLING = "last_non_pad_token"
 
@@ -66,7 +75,7 @@ class ScalarHeadModel(nn.Module):
         self.num_outputs = num_outputs
         self.output_names = names
         self.base_model_name = base_model
-        hidden = self.config.hidden_size
+        hidden = hidden_size(self.config)
         self.head = nn.Linear(hidden, num_outputs)
         # Small initial scores (~unit scale): std 1/sqrt(hidden+1), as in common RM heads.
         nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden + 1))
@@ -85,23 +94,47 @@ class ScalarHeadModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        images: Sequence[Sequence[EncodedImage]] | None = None,
+        image_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-token values, shape ``[batch, seq, num_outputs]``."""
+        """Per-token values, shape ``[batch, seq, num_outputs]``.
+
+        ``images``: one tuple of ``EncodedImage`` per row (vision-language backbones). Their features fill the
+        row's first image tokens, or exactly the ``image_positions`` (``[batch, seq]`` bool) when given.
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        out = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
+        if image_positions is not None and images is not None:
+            inputs = {"inputs_embeds": self._spliced_embeddings(input_ids, images, image_positions)}
+        elif images is not None:
+            inputs = multimodal_inputs(self.backbone, {"input_ids": input_ids, "images": list(images)})
+        else:
+            inputs = {"input_ids": input_ids}
+        out = self.backbone(**inputs, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         hidden = out.last_hidden_state
         return self.head(hidden.to(self.head.weight.dtype))
 
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _spliced_embeddings(self, input_ids, images, positions: torch.Tensor) -> torch.Tensor:
+        flat = [image for row in images for image in row]
+        features = image_features(self.backbone, flat)  # each distinct image object encoded once
+        embeds = innermost_model(self.backbone).get_input_embeddings()(input_ids)
+        stacked = torch.cat([features[id(image)] for image in flat]) if flat else embeds.new_zeros(0, embeds.shape[-1])
+        if stacked.shape[0] != int(positions.sum()):
+            raise ModelError(f"{stacked.shape[0]} image features for {int(positions.sum())} image positions")
+        return embeds.masked_scatter(positions.unsqueeze(-1), stacked.to(embeds.dtype))
+
+    def score(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: Sequence[Sequence[EncodedImage]] | None = None,
+    ) -> torch.Tensor:
         """One score per sequence, taken at its last non-pad token: shape ``[batch, num_outputs]``."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        values = self.forward(input_ids, attention_mask)
+        values = self.forward(input_ids, attention_mask, images=images)
         rows = torch.arange(values.shape[0], device=values.device)
         return values[rows, last_token_index(attention_mask)]
 
@@ -132,6 +165,10 @@ class ScalarHeadModel(nn.Module):
             backbone = apply_lora(backbone, lora)
         return cls(backbone, num_outputs, output_names, base_model=origin)
 
+    @property
+    def is_vision(self) -> bool:
+        return is_vision_config(innermost_model(self.backbone).config)
+
     def save_pretrained(self, out_dir: str | Path, tokenizer: Any = None) -> Path:
         """Backbone (full HF folder, or LoRA adapter), ``head.safetensors``, ``alignloop_head.json``."""
         out_dir = Path(out_dir)
@@ -149,11 +186,11 @@ class ScalarHeadModel(nn.Module):
                 "num_outputs": self.num_outputs,
                 "output_names": self.output_names,
                 "base_model": self.base_model_name,
-                "hidden_size": self.config.hidden_size,
+                "hidden_size": hidden_size(self.config),
                 "pooling": POOLING,
             }
             write_json(tmp / HEAD_META, meta)
-            if tokenizer is not None:
+            if tokenizer is not None:  # a VLM's processor (its tokenizer included) goes here too
                 tokenizer.save_pretrained(tmp)
         return out_dir
 
@@ -185,5 +222,108 @@ class ScalarHeadModel(nn.Module):
         return model
 
 
+def load_shared_lora_members(folders: list[Path], dtype: torch.dtype = torch.float32) -> list[ScalarHeadModel]:
+    """Frozen LoRA scalar-head models on the same base: one backbone in memory, one adapter (+ head) each.
+
+    Member ``i``'s adapter is named ``member-<i>``; switch it on with ``backbone.set_adapter`` before scoring.
+    """
+    meta = read_json(folders[0] / HEAD_META)
+    base = load_causal_lm(meta["base_model"], dtype=dtype, trainable=False).base_model
+    backbone = PeftModel.from_pretrained(base, folders[0], adapter_name="member-0", is_trainable=False)
+    for i, folder in enumerate(folders[1:], start=1):
+        backbone.load_adapter(folder, adapter_name=f"member-{i}", is_trainable=False)
+    members = []
+    for folder in folders:
+        meta = read_json(folder / HEAD_META)
+        member = ScalarHeadModel(backbone, int(meta["num_outputs"]), meta.get("output_names"),
+                                 base_model=meta["base_model"])
+        member.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
+        members.append(member.eval().requires_grad_(False))
+    return members
+
+
 def _default_names(num_outputs: int) -> list[str]:
     return ["score"] if num_outputs == 1 else [f"score_{i}" for i in range(num_outputs)]
+
+
+def hidden_size(config: Any) -> int:
+    """The width of the backbone's last hidden states (a VLM's config keeps it in its text config)."""
+    size = getattr(config, "hidden_size", None)
+    return int(size if size is not None else config.get_text_config().hidden_size)
+
+
+@dataclass
+class ImagePacked(PackedGroups):
+    """``PackedGroups`` of a vision-language model: each row's images in token order, and their positions."""
+
+    row_images: list[tuple[EncodedImage, ...]] = field(default_factory=list)
+    image_positions: torch.Tensor | None = None  # [R, W] bool: where image features go
+
+    def to(self, device: torch.device | str) -> "ImagePacked":
+        moved = super().to(device)
+        positions = None if self.image_positions is None else self.image_positions.to(device)
+        return ImagePacked(moved.input_ids, moved.position_ids, moved.allowed, moved.end_rows, moved.end_cols,
+                           moved.index, moved.n_tokens, self.row_images, positions)
+
+
+def pack_image_groups(
+    groups: list[ScoreGroup],
+    images: Sequence[Sequence[EncodedImage]] | None,
+    pad_id: int,
+    image_token_id: int | None,
+    *,
+    share_prompt: bool = True,
+    max_segment: int | None = None,
+) -> PackedGroups:
+    """``pack_groups`` where group ``g``'s prompt holds ``images[g]`` (their image tokens, in order).
+
+    Image positions are tagged with the image's identity while packing, so prompts are shared only when their
+    tokens AND images are the same; each row then gets its segments' images in token order. Text-only groups
+    (no images anywhere) give plain ``PackedGroups``.
+    """
+    if images is None or not any(len(row) for row in images):
+        return pack_groups(groups, pad_id, share_prompt=share_prompt, max_segment=max_segment)
+    if len(images) != len(groups) or image_token_id is None:
+        raise ModelError(f"got images for {len(images)} groups but {len(groups)} groups (or no image token id)")
+    number: dict[int, int] = {}
+    objects: list[EncodedImage] = []
+    tagged = []
+    for group, row in zip(groups, images):
+        tags = []
+        for image in row:
+            if id(image) not in number:
+                number[id(image)] = len(objects)
+                objects.append(image)
+            tags += [-1 - number[id(image)]] * image.n_features
+        prompt = list(group.prompt_ids)
+        slots = [i for i, token in enumerate(prompt) if token == image_token_id]
+        if len(slots) != len(tags):
+            raise ModelError(f"a prompt has {len(slots)} image-token positions for {len(tags)} image features")
+        for i, tag in zip(slots, tags):
+            prompt[i] = tag
+        tagged.append(ScoreGroup(prompt, group.completions))
+    packed = pack_groups(tagged, pad_id, share_prompt=share_prompt, max_segment=max_segment)
+    positions = packed.input_ids < 0
+    row_images = []
+    for row in packed.input_ids.tolist():
+        found: list[EncodedImage] = []
+        left = 0  # feature positions of the current image still to pass
+        for token in row:
+            if token < 0:
+                if left == 0:
+                    found.append(objects[-1 - token])
+                    left = found[-1].n_features
+                left -= 1
+        row_images.append(tuple(found))
+    return ImagePacked(packed.input_ids.masked_fill(positions, image_token_id), packed.position_ids, packed.allowed,
+                       packed.end_rows, packed.end_cols, packed.index, packed.n_tokens, row_images, positions)
+
+
+def score_groups(model: nn.Module, packed: PackedGroups) -> torch.Tensor:
+    """``score_packed`` that also passes an ``ImagePacked`` batch's images: ``[U, num_outputs]``."""
+    if not isinstance(packed, ImagePacked):
+        return score_packed(model, packed)
+    mask = attention_mask_for(getattr(model, "module", model), packed.allowed)
+    values = model(packed.input_ids, attention_mask=mask, position_ids=packed.position_ids,
+                   images=packed.row_images, image_positions=packed.image_positions)
+    return values[packed.end_rows, packed.end_cols]

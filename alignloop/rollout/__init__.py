@@ -1,12 +1,13 @@
 """Rollouts: the sampler interface, the HF KV-cache backend and the shared log-prob convention."""
 
-from alignloop.rollout.base import Prompt, Rollout, Sampler, position_ids_from_mask
+from alignloop.rollout.base import Prompt, Rollout, Sampler, TokenizedPrompt, position_ids_from_mask
 from alignloop.rollout.hf import HFSampler
 from alignloop.rollout.logprobs import entropy_from_logits, forward_logprobs, logprobs_from_logits
 
 __all__ = [
     "HFSampler",
     "Prompt",
+    "TokenizedPrompt",
     "Rollout",
     "Sampler",
     "entropy_from_logits",

@@ -12,8 +12,19 @@ from typing import Any, Protocol, Sequence, Union, runtime_checkable
 import torch
 
 Message = dict[str, str]
-# A prompt is plain text (sent as one user message), a chat message list, or token ids.
-Prompt = Union[str, list[Message], list[int]]
+
+
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    """A prompt already turned into token ids, with the images its image tokens stand for (VLM prompts)."""
+
+    token_ids: list[int]
+    images: tuple = ()  # ``models.images.EncodedImage`` per image, in token order
+    shown: Any = None  # what ``Rollout.prompts`` reports (the messages); decoded ids when None
+
+
+# A prompt is plain text (sent as one user message), a chat message list, token ids, or a TokenizedPrompt.
+Prompt = Union[str, list[Message], list[int], TokenizedPrompt]
 
 _TENSOR_FIELDS = (
     "prompt_ids",
@@ -44,6 +55,7 @@ class Rollout:
     prompts: list[Any]  # [N] the prompt as given (str or messages); token-id prompts decoded to text
     responses: list[str]  # [N] decoded response, special tokens skipped, stop string removed
     group_index: torch.Tensor  # [N] long: which input prompt the row belongs to
+    images: list[tuple] | None = None  # [N] each row's prompt images (a group's rows share the objects)
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -87,6 +99,7 @@ class Rollout:
             **tensors,
             prompts=[self.prompts[i] for i in rows],
             responses=[self.responses[i] for i in rows],
+            images=None if self.images is None else [self.images[i] for i in rows],
         )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alignloop.models.images import multimodal_inputs
 from alignloop.rollout.base import position_ids_from_mask
 from alignloop.rollout.logprobs import cache_argument, output_cache
 from alignloop.rollout.sampling import SamplingSettings, sample_next
@@ -45,15 +46,18 @@ def decode_batch(
     options: DecodeOptions,
     generator: torch.Generator | None,
     stop_checker: StopChecker | None,
+    images: list[tuple] | None = None,
 ) -> BatchOutput:
     """Sample ``repeats[i]`` continuations of prompt row ``i``; output rows are in repeat-interleaved order.
 
-    Each distinct prompt is prefilled once; its cache is then copied to its samples.
+    Each distinct prompt is prefilled once (its images encoded once, ``images[i]`` per prompt row); its cache
+    is then copied to its samples.
     """
     device = prompt_ids.device
     extra = {"logits_to_keep": 1} if options.logits_to_keep else {}
     positions = position_ids_from_mask(prompt_mask)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **extra)
+    prefill = multimodal_inputs(model, {"input_ids": prompt_ids, "images": images})
+    out = model(**prefill, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **extra)
     cache = output_cache(out)
     cache_kwarg = cache_argument(model)
     logits = out.logits[:, -1, :]

@@ -11,7 +11,7 @@ import torch
 from alignloop.errors import ConfigError
 from alignloop.models.lora import lora_merged_view
 from alignloop.models.precision import native_bf16
-from alignloop.rollout.base import Prompt, Rollout
+from alignloop.rollout.base import Prompt, Rollout, TokenizedPrompt
 from alignloop.rollout.decode import BatchOutput, DecodeOptions, decode_batch
 from alignloop.rollout.logprobs import accepts_logits_to_keep, model_device
 from alignloop.rollout.prompts import encode_prompts
@@ -204,6 +204,8 @@ class HFSampler:
             logits_to_keep=accepts_logits_to_keep(self.model),
         )
         token_lists, shown = encode_prompts(self.tokenizer, prompts)
+        images = [p.images if isinstance(p, TokenizedPrompt) else () for p in prompts]
+        images = images if any(images) else None
         stops = normalize_stops(stop)
         checker = StopChecker(self.tokenizer, stops) if stops else None
         if seed is None:
@@ -216,9 +218,13 @@ class HFSampler:
             for batch in batches:
                 ids, mask = left_pad([token_lists[piece.prompt] for piece in batch], self.pad_id, self.device)
                 repeats = torch.tensor([piece.count for piece in batch], dtype=torch.long)
-                outputs.append(decode_batch(self.model, ids, mask, repeats, options, generator, checker))
+                rows_images = [images[piece.prompt] for piece in batch] if images is not None else None
+                outputs.append(decode_batch(self.model, ids, mask, repeats, options, generator, checker, rows_images))
         # Assembled outside inference mode, so training code can use the tensors with autograd.
-        return self._assemble(outputs, batches, shown, n, stops)
+        rollout = self._assemble(outputs, batches, shown, n, stops)
+        if images is not None:
+            rollout.images = [images[i // n] for i in range(len(rollout))]
+        return rollout
 
     def _assemble(
         self, outputs: list[BatchOutput], batches: list[list[_Piece]], shown: list[Any], n: int, stops: list[str]

@@ -18,6 +18,7 @@ import torch
 from alignloop.algos.logprobs import DEFAULT_CHUNK_SIZE, selective_log_softmax
 from alignloop.algos.logprobs import entropy_from_logits as _entropy
 from alignloop.models.head import token_logprobs
+from alignloop.models.images import multimodal_inputs
 from alignloop.rollout.base import Rollout, position_ids_from_mask
 
 
@@ -99,6 +100,7 @@ def forward_logprobs(
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     return_entropy: bool = False,
+    images: list[tuple] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probs ``[N, L - response_start]`` of the tokens ``ids[:, response_start:]`` in one forward pass.
 
@@ -106,12 +108,14 @@ def forward_logprobs(
     from the attention mask, so left-padded prompts are handled. Values at masked positions are
     computed but meaningless: multiply by the response mask. Gradients flow when enabled; the
     caller picks train/eval mode and autocast. With ``return_entropy`` also returns the entropy of
-    the tempered distribution at each response position.
+    the tempered distribution at each response position. ``images`` (one tuple per row; a Rollout brings its
+    own) are spliced in for vision-language models.
     """
     if isinstance(rollout_or_ids, Rollout):
         input_ids = rollout_or_ids.input_ids()
         attention_mask = rollout_or_ids.attention_mask()
         response_start = rollout_or_ids.response_start
+        images = rollout_or_ids.images
     else:
         input_ids = rollout_or_ids
         if attention_mask is None or response_start is None:
@@ -129,13 +133,13 @@ def forward_logprobs(
         predicted = torch.full((input_ids.shape[0], keep), -100, dtype=torch.long, device=device)
         predicted[:, :-1] = input_ids[:, response_start:]
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids_from_mask(attention_mask))
+                      position_ids=position_ids_from_mask(attention_mask), images=images)
         logps = token_logprobs(model, inputs, predicted, effective_temperature(temperature),
                                logits_to_keep=keep if accepts_logits_to_keep(model) else None)
         return logps[:, :-1]
     kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
     out = model(
-        input_ids=input_ids,
+        **multimodal_inputs(model, {"input_ids": input_ids, "images": images}),
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,

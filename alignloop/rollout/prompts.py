@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from alignloop.errors import DataError, ModelError
-from alignloop.rollout.base import Prompt
+from alignloop.rollout.base import Prompt, TokenizedPrompt
 
 
 def _is_token_ids(prompt: Any) -> bool:
@@ -45,7 +45,10 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt]) -> tuple[list[list
     for i, prompt in enumerate(prompts):
         token_lists.append(None)
         shown.append(prompt)
-        if isinstance(prompt, str):
+        if isinstance(prompt, TokenizedPrompt):
+            token_lists[i] = list(prompt.token_ids)
+            shown[i] = prompt.shown if prompt.shown is not None else tokenizer.decode(token_lists[i])
+        elif isinstance(prompt, str):
             if has_template:
                 texts_to_tokenize[i] = _render_chat(tokenizer, [{"role": "user", "content": prompt}])
             else:

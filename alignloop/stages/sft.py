@@ -11,6 +11,8 @@ from alignloop.config import SFTConfig
 from alignloop.data import collate_packed, load_records, pack_examples, pad_batch, tokenize_conversation
 from alignloop.data.splits import load_splits
 from alignloop.models import load_tokenizer, load_trainable_lm, save_model
+from alignloop.models.loading import is_vision_language_model, load_vision_processor
+from alignloop.models.vision_tokenizer import VisionTokenizer
 from alignloop.models.head import token_logprobs
 from alignloop.train.batches import EpochBatchSource
 from alignloop.train.stage import Stage, StepOutput
@@ -22,7 +24,8 @@ log = logging.getLogger("alignloop")
 
 def token_nll_sum(model, batch: dict) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL over labelled tokens (labels == -100 are ignored), and their count."""
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if batch.get(k) is not None}
+    keys = ("input_ids", "attention_mask", "position_ids", "images")
+    inputs = {k: batch[k] for k in keys if batch.get(k) is not None}
     labels = batch["labels"]
     predicted = torch.full_like(labels, -100)  # position t predicts token t + 1
     predicted[:, :-1] = labels[:, 1:]
@@ -36,7 +39,10 @@ class SFTStage(Stage):
 
     def setup(self, run) -> None:
         cfg = self.config
-        self.tokenizer = load_tokenizer(cfg.model)
+        # a vision-language model tokenises through its processor and saves it beside the weights
+        self.processor = load_vision_processor(cfg.model) if is_vision_language_model(cfg.model) else None
+        self.tokenizer = self.processor.tokenizer if self.processor is not None else load_tokenizer(cfg.model)
+        self.vision = VisionTokenizer(self.processor) if self.processor is not None else None
         self.models["policy"] = load_trainable_lm(cfg.model, cfg.lora, cfg.train.gradient_checkpointing, run.device)
         train, evals = load_splits(
             cfg.data, cfg.train.seed, lambda path: load_records(path, "sft", skip_invalid=cfg.data.skip_invalid)
@@ -50,8 +56,14 @@ class SFTStage(Stage):
     def _rows(self, records) -> list:
         max_len = self.config.data.max_length
         examples = []
-        for rec in records:
-            ex = tokenize_conversation(self.tokenizer, rec["messages"], max_length=max_len)
+        source = getattr(records, "source", "data")
+        for index, rec in enumerate(records):
+            if self.vision is not None:
+                ex, images = self.vision.conversation(rec["messages"], rec.get("images"), max_len,
+                                                      where=f"{source}: record {index + 1}")
+                ex.images = images
+            else:
+                ex = tokenize_conversation(self.tokenizer, rec["messages"], max_length=max_len)
             if self.config.sft.loss_on == "all":
                 ex.loss_mask = [1] * len(ex.input_ids)
             if sum(ex.loss_mask):
@@ -63,8 +75,12 @@ class SFTStage(Stage):
     def _collate(self, rows: list) -> dict:
         if self.config.sft.packing:
             # no 4D mask: transformers derives the block-diagonal mask from restarting position_ids (use_cache=False)
-            return collate_packed(rows, self.tokenizer.pad_token_id, block_mask=False)
-        return pad_batch(rows, self.tokenizer.pad_token_id, side="right")
+            batch = collate_packed(rows, self.tokenizer.pad_token_id, block_mask=False)
+        else:
+            batch = pad_batch(rows, self.tokenizer.pad_token_id, side="right")
+        if self.vision is not None:
+            batch["images"] = [row.images for row in rows]  # a list, one tuple per row: never stacked
+        return batch
 
     def batches(self):
         tc = self.config.train
@@ -101,4 +117,4 @@ class SFTStage(Stage):
         return {"skipped_records": self.n_skipped} if self.n_skipped else {}
 
     def save(self, out_dir: Path) -> None:
-        save_model(self.unwrap("policy"), self.tokenizer, Path(out_dir) / "model")
+        save_model(self.unwrap("policy"), self.processor or self.tokenizer, Path(out_dir) / "model")

@@ -60,6 +60,7 @@ class Experience:
     kl_coef: torch.Tensor | None = None  # [N] per-sample β for a KL term in the loss
     returns: torch.Tensor | None = None  # [N, R] value targets (critic stages)
     old_values: torch.Tensor | None = None  # [N, R] critic values at sampling time (value clipping)
+    images: list[tuple] | None = None  # [N] each row's prompt images (VLMs), a list: rows keep their own
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -83,6 +84,7 @@ class Experience:
             value = getattr(self, name)
             batch[name] = None if value is None else value[index, :width]
         batch["kl_coef"] = None if self.kl_coef is None else self.kl_coef[index]
+        batch["images"] = None if self.images is None else [self.images[i] for i in rows]
         return batch
 
     def state_dict(self) -> dict[str, Any]:

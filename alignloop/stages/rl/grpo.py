@@ -98,7 +98,7 @@ class GRPO:
         experience = Experience(
             input_ids=data.input_ids, attention_mask=data.attention_mask, response_start=data.response_start,
             loss_mask=data.loss_mask, old_logprobs=data.old_logprobs, advantages=advantages,
-            ref_logprobs=data.ref_logprobs, kl_coef=kl_coef,
+            ref_logprobs=data.ref_logprobs, images=data.rollout.images, kl_coef=kl_coef,
         )
         raw = data.raw_scores
         stats = {

@@ -105,6 +105,9 @@ class PPO:
 
     def setup(self, run) -> None:
         stage, opts = self.stage, self.opts
+        if stage.prompts.vision is not None:  # the critic would score the rows without their images
+            raise ConfigError("ppo: vision-language models are not supported by PPO (its critic takes text only); "
+                              "use `alignloop grpo` (GRPO/RLOO) for image prompts")
         critic = self._load_critic()
         if stage.config.train.gradient_checkpointing and hasattr(critic.backbone, "gradient_checkpointing_enable"):
             enable_gradient_checkpointing(critic.backbone)

@@ -26,7 +26,7 @@ class ReferenceRole(Protocol):
     """Per-token reference log-probs ``[N, R]`` of the responses in a rollout's rows."""
 
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int,
-                 temperature: float) -> torch.Tensor: ...
+                 temperature: float, images: list[tuple] | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -41,11 +41,12 @@ class LocalReference:
 
     def __init__(self, reference: Reference, forward: Callable[..., torch.Tensor]):
         self.reference = reference
-        self.forward = forward  # (model, input_ids, attention_mask, response_start, temperature) -> [N, R]
+        self.forward = forward  # (model, input_ids, attention_mask, response_start, temperature, images) -> [N, R]
 
-    def logprobs(self, input_ids, attention_mask, response_start: int, temperature: float) -> torch.Tensor:
+    def logprobs(self, input_ids, attention_mask, response_start: int, temperature: float,
+                 images: list[tuple] | None = None) -> torch.Tensor:
         with self.reference.use() as model:
-            return self.forward(model, input_ids, attention_mask, response_start, temperature)
+            return self.forward(model, input_ids, attention_mask, response_start, temperature, images)
 
     def held_modules(self) -> list[nn.Module]:
         return self.reference.held_modules()

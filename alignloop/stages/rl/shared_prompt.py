@@ -48,6 +48,7 @@ class SharedPromptBatch:
     source: torch.Tensor  # [n_scored] flat index into labels of each scored position
     target: torch.Tensor  # [n_scored] flat index into the [N, R] response grid it fills
     shape: tuple[int, int]  # (N, R) of the original rows
+    images: list[tuple] | None = None  # [rows] each packed row's prompt images, in prefix order (VLMs)
 
     @property
     def rows(self) -> int:
@@ -55,29 +56,34 @@ class SharedPromptBatch:
 
 
 def shared_prompt_batch(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, pad_id: int = 0
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int, pad_id: int = 0,
+    images: list[tuple] | None = None,
 ) -> SharedPromptBatch:
     """Group rows of ``[N, P + R]`` (left-padded prompt, right-padded response) by identical prompt tokens.
 
     Groups then share packed rows when they fit in the longest group's length (first-fit decreasing, as DPO's
     pairs): a row holds all its groups' prefixes first and all their branches last, so it ends in branch tokens.
+    With ``images`` (one tuple per row), a group is identical tokens AND the same image objects: two prompts
+    that differ only in their image share no prefix.
     """
     if response_start < 1:
         raise ValueError(f"response_start must be >= 1, got {response_start}")
     ids, mask = input_ids.cpu(), attention_mask.cpu().bool()
     n, width = ids.shape
     response_width = width - response_start
-    groups: dict[tuple[int, ...], list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for i in range(n):
         prompt = tuple(ids[i, :response_start][mask[i, :response_start]].tolist())
         if not prompt:
             raise ValueError(f"row {i} has no prompt token (nothing predicts its first response token)")
-        groups.setdefault(prompt, []).append(i)
+        seen = tuple(id(image) for image in images[i]) if images is not None else ()
+        groups.setdefault((prompt, seen), []).append(i)
     lengths = {i: _response_length(mask[i, response_start:]) for i in range(n)}
-    layouts = list(groups.items())
+    layouts = [(prompt, members) for (prompt, _), members in groups.items()]
     sizes = [len(prompt) + sum(lengths[i] + 1 for i in members) - 1 for prompt, members in layouts]
     rows: list[tuple[list[int], list[int], list[int], list[int], list[tuple[int, int, int]]]] = []
-    for members_of_row in pack_pairs(sizes):
+    packed = pack_pairs(sizes)
+    for members_of_row in packed:
         row_ids, segs, pos, owner = [], [], [], []
         for g in members_of_row:  # every prefix first ...
             prompt = layouts[g][0]
@@ -119,6 +125,9 @@ def shared_prompt_batch(
         input_ids=out_ids, position_ids=out_pos, segments=out_seg, owner=out_owner, labels=labels,
         source=torch.tensor(source, dtype=torch.long), target=torch.tensor(target, dtype=torch.long),
         shape=(n, response_width),
+        images=None if images is None else [
+            tuple(image for g in members_of_row for image in images[layouts[g][1][0]]) for members_of_row in packed
+        ],
     )
 
 
@@ -129,15 +138,16 @@ def _response_length(response_mask: torch.Tensor) -> int:
 
 def shared_prompt_logprobs(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int,
-    temperature: float = 1.0, pad_id: int = 0,
+    temperature: float = 1.0, pad_id: int = 0, images: list[tuple] | None = None,
 ) -> torch.Tensor:
     """``forward_logprobs``' result ``[N, R]`` (0 at response padding) from one shared-prompt forward."""
-    batch = shared_prompt_batch(input_ids, attention_mask, response_start, pad_id)
+    batch = shared_prompt_batch(input_ids, attention_mask, response_start, pad_id, images)
     device = model_device(model)
     inputs = {
         "input_ids": batch.input_ids.to(device),
         "position_ids": batch.position_ids.to(device),
         "attention_mask": branch_attention_mask(batch.segments, batch.owner, mask_dtype_for(model)).to(device),
+        "images": batch.images,
     }
     keep = batch.labels.shape[1]
     logps = token_logprobs(model, inputs, batch.labels.to(device), effective_temperature(temperature),

@@ -20,15 +20,15 @@ from alignloop.algos import POLICY_LOSSES, entropy_bonus, masked_mean
 from alignloop.data import load_records
 from alignloop.errors import ConfigError, DataError
 from alignloop.eval.gold import get_gold_scorer
-from alignloop.models import load_tokenizer, load_trainable_lm, save_model
+from alignloop.models import load_trainable_lm, save_model
 from alignloop.models.shared_prompt import takes_4d_mask
 from alignloop.rewards import HasDenseRewards, HasMetrics, HasOnlineState, has_uncertainty, reward_members
 from alignloop.rollout import forward_logprobs
-from alignloop.rollout.prompts import encode_prompts
 from alignloop.stages.rl.config import steps_per_rollout
 from alignloop.stages.rl.experience import Experience, RolloutData, loss_sum_factor
 from alignloop.stages.rl.kl import KLPenalty
 from alignloop.stages.rl.monitors import SampleLog, rollout_monitors
+from alignloop.stages.rl.prompts import RLPrompts
 from alignloop.stages.rl.rewards import RunningMoments, apply_truncation, normalise_scores, prompt_text, score_rollout
 from alignloop.stages.rl.roles import LocalReference, RLRoles, SyncsWeights, local_roles
 from alignloop.stages.rl.shared_prompt import shared_prompt_logprobs
@@ -68,7 +68,8 @@ class RLStage(Stage):
             raise ConfigError(
                 f"{self.section}.reward: no reward given (a reward-model dir, 'module:function' or 'rule:<name>')"
             )
-        self.tokenizer = load_tokenizer(cfg.model)
+        self.prompts = RLPrompts(cfg.model, cfg.data.max_length)  # VLM prompts carry their images
+        self.tokenizer = self.prompts.tokenizer
         policy = load_trainable_lm(cfg.model, cfg.lora, cfg.train.gradient_checkpointing, run.device)
         self.models["policy"] = policy
         roles = local_roles(
@@ -111,9 +112,9 @@ class RLStage(Stage):
         if not path:
             raise DataError(f"{key}: no prompt records given")
         records = list(load_records(path, "prompt", skip_invalid=self.config.data.skip_invalid))
-        token_lists, _ = encode_prompts(self.tokenizer, [r["prompt"] for r in records])
+        lengths = self.prompts.lengths(records, path)
         limit = self.config.data.max_length - self.opts.max_new_tokens
-        kept = [r for r, ids in zip(records, token_lists) if len(ids) <= limit]
+        kept = [r for r, n in zip(records, lengths) if n <= limit]
         if len(kept) < len(records):
             log.warning("%s: dropped %d prompt(s) longer than data.max_length - max_new_tokens (%d tokens)",
                         key, len(records) - len(kept), limit)
@@ -156,17 +157,20 @@ class RLStage(Stage):
         return bool(getattr(self.opts, "share_prompt", False) and self.opts.num_generations > 1
                     and takes_4d_mask(self.unwrap("policy")))
 
-    def logprobs(self, model, input_ids, attention_mask, response_start: int, temperature: float) -> torch.Tensor:
+    def logprobs(self, model, input_ids, attention_mask, response_start: int, temperature: float,
+                 images: list[tuple] | None = None) -> torch.Tensor:
         """Response log-probs ``[N, R]``: shared-prompt rows when ``shares_prompt()``, else plain rows."""
         if self.shares_prompt():
             return shared_prompt_logprobs(model, input_ids, attention_mask, response_start, temperature,
-                                          self.tokenizer.pad_token_id)
-        return forward_logprobs(model, input_ids, attention_mask, response_start, temperature)
+                                          self.tokenizer.pad_token_id, images)
+        return forward_logprobs(model, input_ids, attention_mask, response_start, temperature, images=images)
 
-    def _reference_forward(self, model, input_ids, attention_mask, response_start: int, temperature: float):
+    def _reference_forward(self, model, input_ids, attention_mask, response_start: int, temperature: float,
+                           images: list[tuple] | None = None):
         with self.eval_mode():
             return self.forward_rows(
-                lambda s: self.logprobs(model, input_ids[s], attention_mask[s], response_start, temperature),
+                lambda s: self.logprobs(model, input_ids[s], attention_mask[s], response_start, temperature,
+                                        None if images is None else images[s]),
                 len(input_ids),
             )
 
@@ -177,7 +181,7 @@ class RLStage(Stage):
             self.eval_before = self.evaluate()
         started = time.perf_counter()
         rollout = self.sampler.generate(
-            [r["prompt"] for r in records], n=opts.num_generations, max_new_tokens=opts.max_new_tokens,
+            self.prompts.for_sampler(records), n=opts.num_generations, max_new_tokens=opts.max_new_tokens,
             temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, stop=opts.stop,
             seed=rollout_seed(self.config.train.seed, index, run.rank),
         )
@@ -191,17 +195,22 @@ class RLStage(Stage):
         scores = normalise_scores(scores, opts.reward_norm, self.running, opts.reward_clip, self.run.reduce_sum)
         input_ids, attention = rollout.input_ids(), rollout.attention_mask()
         start, response_mask, temperature = rollout.response_start, rollout.response_mask.float(), opts.temperature
+        images = rollout.images
+        by_rows = (lambda s: None) if images is None else (lambda s: images[s])
         policy = self.unwrap("policy")
         with self.eval_mode():
             if opts.reuse_sampler_logprobs:
                 old_logp = rollout.logprobs.float()
             else:
                 old_logp = self.forward_rows(
-                    lambda s: self.logprobs(policy, input_ids[s], attention[s], start, temperature), len(rollout)
+                    lambda s: self.logprobs(policy, input_ids[s], attention[s], start, temperature, by_rows(s)),
+                    len(rollout),
                 ).float()
             ref_logp = None
             if self.reference is not None:
-                ref_logp = self.reference.logprobs(input_ids, attention, start, temperature).to(old_logp.device).float()
+                with_images = {"images": images} if images is not None else {}  # remote roles take text only
+                ref_logp = self.reference.logprobs(input_ids, attention, start, temperature, **with_images)
+                ref_logp = ref_logp.to(old_logp.device).float()
         dense = None
         if isinstance(self.reward, HasDenseRewards):  # a process reward model: one reward per reasoning step
             dense = self.reward.dense_rewards(rollout.prompts, rollout.response_ids, rollout.response_mask,
@@ -236,10 +245,11 @@ class RLStage(Stage):
         mask = batch["loss_mask"]
         args = (self.models["policy"], batch["input_ids"], batch["attention_mask"], batch["response_start"],
                 opts.temperature)
+        images = batch.get("images")
         if opts.entropy_coef > 0:  # entropy needs full logits: plain rows
-            logp, entropy = forward_logprobs(*args, return_entropy=True)
+            logp, entropy = forward_logprobs(*args, return_entropy=True, images=images)
         else:
-            logp, entropy = self.logprobs(*args), None
+            logp, entropy = self.logprobs(*args, images), None
         loss, raw = POLICY_LOSSES[opts.policy_loss](
             logp, batch["old_logprobs"], batch["advantages"], mask, clip_eps=opts.clip_eps,
             clip_eps_high=opts.clip_eps_high, agg=opts.loss_agg, max_len=opts.max_new_tokens,
@@ -289,7 +299,7 @@ class RLStage(Stage):
         records = self.eval_records[: opts.eval_prompts]
         if not records:
             return {}
-        rollout = self.sampler.generate([r["prompt"] for r in records], n=1, max_new_tokens=opts.max_new_tokens,
+        rollout = self.sampler.generate(self.prompts.for_sampler(records), n=1, max_new_tokens=opts.max_new_tokens,
                                         temperature=0.0, stop=opts.stop)
         fields = {k: [r.get(k) for r in records] for k in sorted({k for r in records for k in r if k != "prompt"})}
         with torch.no_grad(), self.run.autocast():  # as in training (and needed with train.frozen_bf16)
@@ -332,5 +342,5 @@ class RLStage(Stage):
         return out
 
     def save(self, out_dir: Path) -> None:
-        save_model(self.unwrap("policy"), self.tokenizer, Path(out_dir) / "model")
+        save_model(self.unwrap("policy"), self.prompts.saved_with_model, Path(out_dir) / "model")
         self.algorithm.save(Path(out_dir))
