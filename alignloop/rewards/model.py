@@ -9,6 +9,9 @@ so a prompt shared by several completions (a GRPO group, a ranking) is encoded o
   trained with LoRA on the same base share ONE backbone in memory, with one adapter per member.
 * A **multi-objective** model has one head per criterion: ``score_objectives`` returns each, ``score`` the
   overall head, and ``objective(name)`` is a reward source for one criterion, for weighted sums or constraints.
+* A **vision-language** reward model scores with the ``images`` keyword (per row: the record's image paths or
+  base64 strings); each entry is prepared once and cached, and a row's images go with its prompt. Text reward
+  models ignore ``images``.
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from peft import PeftModel
-from safetensors.torch import load_file
 
 from alignloop.algos.reward_losses import normalize_ranking
 from alignloop.data import first_record_keys, load_records, tokenize_prompt_completion, truncate_pair
+from alignloop.data.images import IMAGE_PLACEHOLDER
 from alignloop.errors import DataError, ModelError
-from alignloop.models import ScalarHeadModel, load_causal_lm, load_tokenizer, resolve_model
-from alignloop.models.files import HEAD_META, HEAD_WEIGHTS, is_scalar_head_dir, read_json
-from alignloop.models.shared_prompt import PackedGroups, ScoreGroup, pack_groups, score_packed
+from alignloop.models import ScalarHeadModel, load_tokenizer, resolve_model
+from alignloop.models.files import HEAD_META, is_scalar_head_dir, read_json
+from alignloop.models.loading import load_vision_processor
+from alignloop.models.scalar_head import load_shared_lora_members, pack_image_groups, score_groups
+from alignloop.models.shared_prompt import PackedGroups, ScoreGroup
+from alignloop.models.vision_tokenizer import VisionTokenizer
 
 __all__ = ["ENSEMBLE_FILE", "ObjectiveReward", "RewardModel", "load_reward_model_source", "score_file"]
 
@@ -63,23 +68,6 @@ def _find_ensemble(path: Path) -> Path | None:
     return None
 
 
-def _load_shared_lora(folders: list[Path], dtype: torch.dtype) -> list[ScalarHeadModel]:
-    """LoRA members on the same base: one backbone in memory, one adapter (+ head) per member."""
-    meta = read_json(folders[0] / HEAD_META)
-    base = load_causal_lm(meta["base_model"], dtype=dtype, trainable=False).base_model
-    backbone = PeftModel.from_pretrained(base, folders[0], adapter_name="member-0", is_trainable=False)
-    for i, folder in enumerate(folders[1:], start=1):
-        backbone.load_adapter(folder, adapter_name=f"member-{i}", is_trainable=False)
-    members = []
-    for folder in folders:
-        meta = read_json(folder / HEAD_META)
-        outputs, names = int(meta["num_outputs"]), meta.get("output_names")
-        member = ScalarHeadModel(backbone, outputs, names, base_model=meta["base_model"])
-        member.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
-        members.append(member.eval().requires_grad_(False))
-    return members
-
-
 class RewardModel:
     """A reward model or an ensemble of them, scoring ``(prompt, completion)`` pairs."""
 
@@ -93,6 +81,7 @@ class RewardModel:
         name: str = "reward_model",
         device: str | torch.device | None = None,
         batch_size: int = 16,
+        processor: Any = None,
     ):
         if not members:
             raise ModelError("a reward model needs at least one member")
@@ -102,7 +91,9 @@ class RewardModel:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.members = [m.to(self.device).eval().requires_grad_(False) for m in members]
         self.adapters = adapters  # shared-backbone LoRA ensemble: the adapter to switch on per member
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer if processor is None else processor.tokenizer
+        # a vision-language reward model: its processor prepares each image entry once (cached by entry)
+        self.vision = VisionTokenizer(processor) if processor is not None else None
         self.settings = {**DEFAULT_SETTINGS, **(settings or {})}
         self.name = name
         self.batch_size = batch_size
@@ -129,7 +120,7 @@ class RewardModel:
                 metas = [read_json(f / HEAD_META) for f in folders]
                 shared = all(m.get("format") == "lora" for m in metas) and len({m["base_model"] for m in metas}) == 1
                 if shared:
-                    members = _load_shared_lora(folders, dtype)
+                    members = load_shared_lora_members(folders, dtype)
                     adapters = [f"member-{i}" for i in range(len(folders))]
                 else:
                     members = [ScalarHeadModel.from_pretrained(f, trainable=False, dtype=dtype) for f in folders]
@@ -141,9 +132,10 @@ class RewardModel:
                     raise ModelError(f"{path}: not a reward-model directory (no {HEAD_META})")
                 members, adapters = [ScalarHeadModel.from_pretrained(first, trainable=False, dtype=dtype)], None
         settings = read_json(first / SETTINGS_FILE) if (first / SETTINGS_FILE).is_file() else {}
-        tokenizer = load_tokenizer(first)
+        processor = load_vision_processor(first) if members[0].is_vision else None
+        tokenizer = processor.tokenizer if processor is not None else load_tokenizer(first)
         return cls(members, tokenizer, settings, adapters=adapters, name=path.name or "reward_model",
-                   device=device, batch_size=batch_size)
+                   device=device, batch_size=batch_size, processor=processor)
 
     # --- properties -----------------------------------------------------------------------
     @property
@@ -163,21 +155,34 @@ class RewardModel:
         return list(self.members)
 
     # --- scoring --------------------------------------------------------------------------
-    def encode(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[ScoreGroup]:
-        """One ``ScoreGroup`` per (prompt, completion), tokenised and truncated as in training."""
-        if len(prompts) != len(completions):
-            raise DataError(f"got {len(prompts)} prompts for {len(completions)} completions")
-        groups = []
-        for prompt, completion in zip(prompts, completions):
+    def encode(
+        self, prompts: Sequence[Any], completions: Sequence[Any], images: Sequence[Any] | None = None
+    ) -> tuple[list[ScoreGroup], list[tuple]]:
+        """One ``ScoreGroup`` per (prompt, completion), tokenised and truncated as in training, and its images."""
+        if len(prompts) != len(completions) or (images is not None and len(images) != len(prompts)):
+            raise DataError(f"got {len(prompts)} prompts, {len(completions)} completions and "
+                            f"{'no' if images is None else len(images)} image lists")
+        groups, found = [], []
+        limits = self.settings["max_length"], self.settings["max_prompt_length"]
+        for row, (prompt, completion) in enumerate(zip(prompts, completions)):
             messages = _messages(prompt, "user"), _messages(completion, "assistant")
-            p, c = tokenize_prompt_completion(self.tokenizer, *messages)
-            p, c = truncate_pair(p, c, self.settings["max_length"], self.settings["max_prompt_length"])
+            if self.vision is None:  # a text reward model does not look at images
+                (p, c), row_images = truncate_pair(*tokenize_prompt_completion(self.tokenizer, *messages), *limits), ()
+            else:
+                entries = images[row] if images is not None else None
+                entries = [entries] if isinstance(entries, str) else entries
+                if not entries and any(IMAGE_PLACEHOLDER in str(m.get("content", "")) for m in messages[0]):
+                    raise DataError(f"reward model {self.name!r} is a vision-language model and row {row}'s prompt "
+                                    f"has {IMAGE_PLACEHOLDER} placeholders, but no images were given (`images`)")
+                p, c, row_images = self.vision.prompt_completion(*messages, entries, *limits, where=f"row {row}")
             groups.append(ScoreGroup(p, [c]))
-        return groups
+            found.append(row_images)
+        return groups, found
 
-    def pack(self, groups: list[ScoreGroup]) -> PackedGroups:
-        return pack_groups(
-            groups, self.tokenizer.pad_token_id,
+    def pack(self, groups: list[ScoreGroup], images: Sequence[tuple] | None = None) -> PackedGroups:
+        image_token = self.vision.encoder.image_token_id if self.vision is not None else None
+        return pack_image_groups(
+            groups, images, self.tokenizer.pad_token_id, image_token,
             share_prompt=self.settings["share_prompt"], max_segment=self.settings["pack_length"],
         )
 
@@ -189,7 +194,7 @@ class RewardModel:
         for i, member in enumerate(self.members):
             if self.adapters is not None:
                 member.backbone.set_adapter(self.adapters[i])
-            out.append(score_packed(member, packed).float().cpu())
+            out.append(score_groups(member, packed).float().cpu())
         return torch.stack(out)
 
     def score_packed(self, packed: PackedGroups) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -197,15 +202,20 @@ class RewardModel:
         scores = self.member_scores_packed(packed)
         return scores.mean(0), scores[:, :, 0].std(0) if self.size > 1 else None
 
-    def member_scores(self, prompts: Sequence[Any], completions: Sequence[Any]) -> torch.Tensor:
-        """``[members, batch, heads]``; the last call is cached so ``score`` then ``uncertainty`` costs one pass."""
-        key = json.dumps([list(prompts), list(completions)], default=str)
+    def member_scores(
+        self, prompts: Sequence[Any], completions: Sequence[Any], images: Sequence[Any] | None = None
+    ) -> torch.Tensor:
+        """``[members, batch, heads]``; the last call is cached so ``score`` then ``uncertainty`` costs one pass.
+
+        ``images``: per row, the record's image entries (paths or base64 strings); used by a VLM reward model."""
+        key = json.dumps([list(prompts), list(completions), images if self.vision else None], default=str)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        groups = self.encode(prompts, completions)
+        groups, found = self.encode(prompts, completions, images)
         parts = []
         for start in range(0, len(groups), self.batch_size):
-            packed = self.pack(groups[start : start + self.batch_size])
+            end = start + self.batch_size
+            packed = self.pack(groups[start:end], found[start:end])
             scores = self.member_scores_packed(packed)
             parts.append(scores[:, [row[0] for row in packed.index]])
         result = torch.cat(parts, dim=1) if parts else torch.zeros(self.size, 0, len(self.output_names))
@@ -214,18 +224,18 @@ class RewardModel:
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], **fields: Any) -> torch.Tensor:
         """The overall score (ensemble mean), ``Tensor[batch]``."""
-        return self.member_scores(prompts, completions)[:, :, 0].mean(0)
+        return self.member_scores(prompts, completions, fields.get("images"))[:, :, 0].mean(0)
 
     def uncertainty(self, prompts: Sequence[Any], completions: Sequence[Any], **fields: Any) -> torch.Tensor:
         """Standard deviation of the overall score across ensemble members (zeros for a single model)."""
-        scores = self.member_scores(prompts, completions)[:, :, 0]
+        scores = self.member_scores(prompts, completions, fields.get("images"))[:, :, 0]
         return scores.std(0) if self.size > 1 else torch.zeros(scores.shape[1])
 
     def score_objectives(
         self, prompts: Sequence[Any], completions: Sequence[Any], **fields: Any
     ) -> dict[str, torch.Tensor]:
         """Every head's score (ensemble mean): ``{"score": overall, "<criterion>": ...}``."""
-        scores = self.member_scores(prompts, completions).mean(0)
+        scores = self.member_scores(prompts, completions, fields.get("images")).mean(0)
         return {name: scores[:, j] for j, name in enumerate(self.output_names)}
 
     def objective(self, name: str) -> "ObjectiveReward":
@@ -251,10 +261,10 @@ class ObjectiveReward:
         return self.model.supports_uncertainty
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], **fields: Any) -> torch.Tensor:
-        return self.model.member_scores(prompts, completions)[:, :, self.column].mean(0)
+        return self.model.member_scores(prompts, completions, fields.get("images"))[:, :, self.column].mean(0)
 
     def uncertainty(self, prompts: Sequence[Any], completions: Sequence[Any], **fields: Any) -> torch.Tensor:
-        scores = self.model.member_scores(prompts, completions)[:, :, self.column]
+        scores = self.model.member_scores(prompts, completions, fields.get("images"))[:, :, self.column]
         return scores.std(0) if self.model.size > 1 else torch.zeros(scores.shape[1])
 
 
@@ -272,6 +282,21 @@ def _record_items(record: dict, kind: str) -> tuple[Any, list[Any]]:
     return messages[:-1], [messages[-1:]]
 
 
+def _line_fields(kind: str, scores: list, stds: list | None, objectives: list | None) -> dict[str, Any]:
+    """A scored record's fields: chosen/rejected for a pair, lists for a ranking, one score for an SFT record."""
+    if kind == "pair":
+        line = {"chosen_score": scores[0], "rejected_score": scores[1],
+                "p_chosen": 1 / (1 + math.exp(scores[1] - scores[0]))}
+        keys = ("chosen_std", "rejected_std", "chosen_objectives", "rejected_objectives")
+        return {**line, **{k: v for k, v in zip(keys, [*(stds or [None] * 2), *(objectives or [None] * 2)])
+                         if v is not None}}
+    pick = (lambda values: values) if kind == "ranking" else (lambda values: values[0])
+    plural = "s" if kind == "ranking" else ""
+    line = {f"score{plural}": pick(scores), f"std{plural}": pick(stds) if stds else None,
+            "objectives": pick(objectives) if objectives else None}
+    return {k: v for k, v in line.items() if v is not None}
+
+
 def score_file(rm_dir: str | Path, data_path: str | Path, out_path: str | Path | None = None) -> dict[str, Any]:
     """Score every record of a pair, ranking or prompt/completion file; write one JSON line per record.
 
@@ -286,13 +311,14 @@ def score_file(rm_dir: str | Path, data_path: str | Path, out_path: str | Path |
         raise DataError(f"{data_path}: every record must end with an assistant message to be scored")
     model = RewardModel.load(rm_dir)
     out = Path(out_path) if out_path is not None else Path(f"{Path(str(data_path)).stem}.scores.jsonl")
-    prompts, completions, sizes = [], [], []
+    prompts, completions, images, sizes = [], [], [], []
     for record in records:
         prompt, items = _record_items(record, kind)
         prompts += [prompt] * len(items)
         completions += items
+        images += [record.get("images")] * len(items)
         sizes.append(len(items))
-    per_item = model.member_scores(prompts, completions)  # [members, items, heads]
+    per_item = model.member_scores(prompts, completions, images)  # [members, items, heads]
     mean = per_item.mean(0)
     std = per_item[:, :, 0].std(0) if model.size > 1 else None
     names = model.output_names
@@ -304,39 +330,15 @@ def score_file(rm_dir: str | Path, data_path: str | Path, out_path: str | Path |
         start += n
         scores = [float(mean[r, 0]) for r in rows]
         stds = [float(std[r]) for r in rows] if std is not None else None
-        objectives = None
-        if len(names) > 1:
-            objectives = [{name: float(mean[r, j]) for j, name in enumerate(names)} for r in rows]
-        line: dict[str, Any] = {"index": i}
-        if kind == "pair":
-            p_chosen = 1 / (1 + math.exp(scores[1] - scores[0]))
-            line.update(chosen_score=scores[0], rejected_score=scores[1], p_chosen=p_chosen)
-            if stds:
-                line.update(chosen_std=stds[0], rejected_std=stds[1])
-            if objectives:
-                line.update(chosen_objectives=objectives[0], rejected_objectives=objectives[1])
-            correct += scores[0] > scores[1]
-            pairs += 1
-        elif kind == "ranking":
-            line["scores"] = scores
-            if stds:
-                line["stds"] = stds
-            if objectives:
-                line["objectives"] = objectives
-            groups = normalize_ranking(record["ranking"])
-            for level, better in enumerate(groups):
-                for worse in groups[level + 1 :]:
-                    for a in better:
-                        for b in worse:
-                            correct += scores[a] > scores[b]
-                            pairs += 1
-        else:
-            line["score"] = scores[0]
-            if stds:
-                line["std"] = stds[0]
-            if objectives:
-                line["objectives"] = objectives[0]
-        lines.append(json.dumps(line))
+        objectives = [{name: float(mean[r, j]) for j, name in enumerate(names)} for r in rows] if names[1:] else None
+        lines.append(json.dumps({"index": i, **_line_fields(kind, scores, stds, objectives)}))
+        ranking = [[0], [1]] if kind == "pair" else normalize_ranking(record["ranking"]) if kind == "ranking" else []
+        for level, better in enumerate(ranking):
+            for worse in ranking[level + 1 :]:
+                for a in better:
+                    for b in worse:
+                        correct += scores[a] > scores[b]
+                        pairs += 1
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     summary: dict[str, Any] = {"records": len(records), "kind": kind, "members": model.size, "out": str(out)}

@@ -54,7 +54,8 @@ def test_vlm_sft_lora_trains_connector_and_reloads_with_peft(tmp_path, tiny_vlm_
                                          tmp_path / "run" / "model")
     params = dict(reloaded.named_parameters())
     trained_connector = [p for n, p in params.items() if "connector.modules_to_save.default" in n]
-    assert trained_connector and not torch.equal(trained_connector[0], base["model.connector.modality_projection.proj.weight"])
+    initial = base["model.connector.modality_projection.proj.weight"]
+    assert trained_connector and not torch.equal(trained_connector[0], initial)
     assert any(p.abs().sum() > 0 for n, p in params.items() if "lora_B" in n)
     assert not any(".lora_" in n and "vision_model" in n for n in params)  # no adapter on the vision tower
     for name, param in params.items():  # lora.vision=connector leaves the vision tower as it was

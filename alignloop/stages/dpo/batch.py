@@ -26,6 +26,7 @@ from torch import nn
 
 from alignloop.data.collate import IGNORE_INDEX
 from alignloop.models.head import token_logprobs
+from alignloop.models.images import EncodedImage
 from alignloop.models.shared_prompt import (  # noqa: F401  (re-exported: DPO's public names)
     PAD_SEGMENT,
     SHARED_SEGMENT,
@@ -42,12 +43,17 @@ CHOSEN_SEGMENT, REJECTED_SEGMENT = 1, 2  # branch numbers of a pair (segments: m
 
 @dataclass
 class PairExample:
-    """A tokenised pair; ``index`` is its position in the data set (it keys the reference log-probs)."""
+    """A tokenised pair; ``index`` is its position in the data set (it keys the reference log-probs).
+
+    ``images`` (a vision-language model's pairs) are the prompt's images, in the order of their tokens; chosen
+    and rejected share them, so a forward encodes them once.
+    """
 
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
     index: int
+    images: tuple[EncodedImage, ...] = ()
 
     def __len__(self) -> int:
         # tokens in the shared-prompt layout (the last prompt token appears twice)
@@ -114,9 +120,11 @@ def collate_pairs(examples: list[PairExample], pad_id: int, mask_dtype: torch.dt
     for sdpa; or additive with ``mask_dtype`` for eager attention), ``labels`` (the token each position
     predicts, -100 where none: next-token targets already shifted), ``segments``, ``pair`` (which example of
     ``examples`` a token belongs to, -1 on padding), the number of final columns holding only branches
-    (``keep``), and ``index`` (the examples' data-set indices, in the order of ``examples``).
+    (``keep``), and ``index`` (the examples' data-set indices, in the order of ``examples``). Pairs with images
+    add ``images``: a list with one tuple per row, its pairs' prompt images in the order their prefixes sit.
     """
-    rows = [_packed_row(examples, members) for members in pack_pairs([len(e) for e in examples])]
+    packing = pack_pairs([len(e) for e in examples])
+    rows = [_packed_row(examples, members) for members in packing]
     width = max(len(r.ids) for r in rows)
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -132,7 +140,7 @@ def collate_pairs(examples: list[PairExample], pad_id: int, mask_dtype: torch.dt
                    & (pair[:, 1:] == pair[:, :-1]))
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     labels[:, :-1] = torch.where(same_branch, input_ids[:, 1:], IGNORE_INDEX)
-    return {
+    batch = {
         "input_ids": input_ids,
         "position_ids": positions,
         "attention_mask": branch_attention_mask(segments, pair, mask_dtype),
@@ -142,6 +150,9 @@ def collate_pairs(examples: list[PairExample], pad_id: int, mask_dtype: torch.dt
         "keep": max(r.branch_tokens for r in rows),
         "index": torch.tensor([e.index for e in examples], dtype=torch.long),
     }
+    if any(e.images for e in examples):  # a list, never stacked: each row keeps its own pairs' images
+        batch["images"] = [tuple(im for i in members for im in examples[i].images) for members in packing]
+    return batch
 
 
 def batch_to(batch: dict, device: torch.device) -> dict:
@@ -151,13 +162,14 @@ def batch_to(batch: dict, device: torch.device) -> dict:
 def pair_logps(model: nn.Module, batch: dict) -> PairLogps:
     """One forward of ``model`` over a ``collate_pairs`` batch: summed chosen / rejected log-probs.
 
-    Only the scored branch tokens go through the LM head (``models.head.token_logprobs``).
+    Only the scored branch tokens go through the LM head (``models.head.token_logprobs``, which also splices in
+    the features of ``batch["images"]``: each distinct image encoded once, so a pair's prompt image once).
     """
     keep = int(batch["keep"])
     inner = getattr(model, "module", model)  # look through a DDP wrapper for the model's signature
     labels = batch["labels"][:, -keep:]
     segments = batch["segments"][:, -keep:]
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "images") if k in batch}
     # 0 where the label is -100; the LM head runs on the scored tokens only (models/head.py)
     token_logps = token_logprobs(model, inputs, labels, logits_to_keep=keep if accepts_logits_to_keep(inner) else None)
     owner = batch["pair"][:, -keep:]

@@ -9,6 +9,7 @@ from typing import Literal
 
 from alignloop.data import load_records, rankings_to_pairs, resolve_data_path, tokenize_prompt_completion
 from alignloop.errors import DataError
+from alignloop.models.vision_tokenizer import VisionTokenizer
 from alignloop.stages.dpo.batch import PairExample
 from alignloop.utils.lazy import LazyModule
 
@@ -53,7 +54,7 @@ def load_pairs(path: str | Path, record_format: RecordFormat = "auto", skip_inva
     kind = detect_format(path) if record_format == "auto" else record_format
     records = load_records(path, kind, skip_invalid=skip_invalid)
     if kind == "pair":
-        return list(records)
+        return records  # a list that remembers its file (error messages name it)
     pairs = [pair for record in records for pair in rankings_to_pairs(record)]
     if not pairs:
         raise DataError(f"{path}: the rankings give no preference pairs (every completion is tied)")
@@ -61,25 +62,40 @@ def load_pairs(path: str | Path, record_format: RecordFormat = "auto", skip_inva
     return pairs
 
 
+def _tokenize(tokenizer, vision: VisionTokenizer | None, record: dict, side: str, max_length: int,
+              max_prompt_length: int | None, where: str) -> tuple[list[int], list[int], tuple]:
+    if vision is None:
+        prompt, completion = tokenize_prompt_completion(
+            tokenizer, record["prompt"], record[side], max_length=max_length, max_prompt_length=max_prompt_length
+        )
+        return prompt, completion, ()
+    return vision.prompt_completion(record["prompt"], record[side], record.get("images"), max_length,
+                                    max_prompt_length, where=where)
+
+
 def tokenize_pairs(
-    tokenizer, records: list[dict], max_length: int, max_prompt_length: int | None
+    tokenizer, records: list[dict], max_length: int, max_prompt_length: int | None,
+    vision: VisionTokenizer | None = None,
 ) -> tuple[list[PairExample], int]:
     """Tokenise pairs with the chat template; returns the examples and how many pairs were dropped.
 
     A pair is dropped when truncation leaves an empty completion or makes chosen and rejected identical.
-    Each completion is cut to fit ``max_length`` together with the prompt.
+    Each completion is cut to fit ``max_length`` together with the prompt. With ``vision`` (a vision-language
+    model) the prompt's ``<image>`` placeholders become image tokens, never truncated, and the pair carries its
+    images: chosen and rejected get the same ``EncodedImage`` objects.
     """
     examples: list[PairExample] = []
     dropped = 0
-    for record in records:
-        prompt, chosen = tokenize_prompt_completion(
-            tokenizer, record["prompt"], record["chosen"], max_length=max_length, max_prompt_length=max_prompt_length
-        )
-        prompt_r, rejected = tokenize_prompt_completion(
-            tokenizer, record["prompt"], record["rejected"], max_length=max_length, max_prompt_length=max_prompt_length
-        )
+    source = getattr(records, "source", "") or "data"
+    image_token = vision.encoder.image_token_id if vision is not None else None
+    for number, record in enumerate(records, start=1):
+        where = f"{source}: pair {number}"
+        prompt, chosen, images = _tokenize(tokenizer, vision, record, "chosen", max_length, max_prompt_length, where)
+        prompt_r, rejected, _ = _tokenize(tokenizer, vision, record, "rejected", max_length, max_prompt_length, where)
         if not prompt or not chosen or not rejected or chosen == rejected or prompt != prompt_r:
             dropped += 1
             continue
-        examples.append(PairExample(prompt, chosen, rejected, index=len(examples)))
+        if prompt[-1] == image_token:  # it would be repeated in both branches (batch.py): never with a chat template
+            raise DataError(f"{where}: the prompt ends with an image; put text (the assistant header) after it")
+        examples.append(PairExample(prompt, chosen, rejected, index=len(examples), images=images))
     return examples, dropped

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignloop.models import adapter_disabled
+from alignloop.models.images import EncodedImage
 from alignloop.stages.dpo.batch import PairExample, batch_to, pair_logps
 
 CACHE_PREFIX = "ref_logps-"
@@ -33,16 +34,33 @@ def model_fingerprint(model: nn.Module) -> str:
     for name, tensor in sorted(tensors, key=lambda item: item[0]):
         if ".lora_" in name:
             continue  # with LoRA the reference is the adapter-disabled base
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        _hash_tensor(digest, name, tensor)
+    return digest.hexdigest()
+
+
+def _hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
+    data = tensor.detach().to("cpu").contiguous()
+    digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+
+
+def _image_fingerprint(image: EncodedImage) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(image.tensors.items()):
+        _hash_tensor(digest, name, tensor)
     return digest.hexdigest()
 
 
 def examples_fingerprint(examples: Sequence[PairExample]) -> str:
+    """A hash of the pairs' tokens and of their images' pixels (each distinct image hashed once)."""
     digest = hashlib.blake2b(digest_size=16)
+    images: dict[int, str] = {}
     for e in examples:
         digest.update(repr((e.prompt_ids, e.chosen_ids, e.rejected_ids)).encode())
+        for image in e.images:
+            if id(image) not in images:
+                images[id(image)] = _image_fingerprint(image)
+            digest.update(images[id(image)].encode())
     return digest.hexdigest()
 
 

@@ -5,6 +5,9 @@ Each micro-batch is ONE policy forward: chosen and rejected share the prompt, an
 The reference log-probs are computed once in ``setup`` and cached in the run directory (``dpo_reference``),
 so training runs no reference model at all; ``dpo.precompute_ref: false`` computes them on the fly instead
 (a second, no-grad forward per micro-batch). With LoRA the reference is the policy with its adapter disabled.
+
+A vision-language model (``model:`` a VLM folder or ``smolvlm-tiny``) takes pairs with ``images``: the prompt's
+images are encoded once per forward for both completions, policy and reference alike.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from alignloop.config import DataConfig, Section, StageConfig, TrainConfig
 from alignloop.data.splits import load_splits
 from alignloop.errors import ConfigError, DataError
 from alignloop.models import Reference, load_tokenizer, load_trainable_lm, make_reference, save_model
+from alignloop.models.loading import is_vision_language_model, load_vision_processor
+from alignloop.models.vision_tokenizer import VisionTokenizer
 from alignloop.stages.dpo.batch import (
     LengthGroupedBatchSource,
     PairExample,
@@ -34,7 +39,7 @@ from alignloop.stages.dpo.batch import (
     real_tokens,
 )
 from alignloop.stages.dpo.data import load_pairs, tokenize_pairs
-from alignloop.train import dpo_reference as refcache
+from alignloop.stages.dpo import reference as refcache
 from alignloop.train.batches import EpochBatchSource
 from alignloop.train.stage import Stage, StepOutput
 
@@ -90,7 +95,10 @@ class DPOStage(Stage):
         cfg, opts = self.config, self.config.dpo
         if opts.loss_type == "robust" and opts.label_smoothing == 0:
             log.info("dpo: robust loss with label_smoothing 0 is plain DPO")
-        self.tokenizer = load_tokenizer(cfg.model)
+        # a vision-language model tokenises through its processor (pairs carry images) and saves it with the weights
+        self.processor = load_vision_processor(cfg.model) if is_vision_language_model(cfg.model) else None
+        self.tokenizer = self.processor.tokenizer if self.processor is not None else load_tokenizer(cfg.model)
+        self.vision = VisionTokenizer(self.processor) if self.processor is not None else None
         policy = load_trainable_lm(cfg.model, cfg.lora, cfg.train.gradient_checkpointing, run.device)
         self.models["policy"] = policy
         self.collate = functools.partial(
@@ -115,8 +123,8 @@ class DPOStage(Stage):
         train, evals = load_splits(cfg.data, cfg.train.seed, lambda path: load_pairs(path, fmt, skip),
                                    missing="no training data given (pair or ranking records)", min_records_to_split=2)
         lengths = (cfg.data.max_length, cfg.dpo.max_prompt_length)
-        self.train_examples, dropped_train = tokenize_pairs(self.tokenizer, train, *lengths)
-        self.eval_examples, dropped_eval = tokenize_pairs(self.tokenizer, evals, *lengths)
+        self.train_examples, dropped_train = tokenize_pairs(self.tokenizer, train, *lengths, vision=self.vision)
+        self.eval_examples, dropped_eval = tokenize_pairs(self.tokenizer, evals, *lengths, vision=self.vision)
         self.dropped = dropped_train + dropped_eval
         if self.dropped:
             log.warning("dpo: dropped %d pair(s) left empty or identical by truncation (data.max_length)", self.dropped)
@@ -262,4 +270,4 @@ class DPOStage(Stage):
         return out
 
     def save(self, out_dir: Path) -> None:
-        save_model(self.unwrap("policy"), self.tokenizer, Path(out_dir) / "model")
+        save_model(self.unwrap("policy"), self.processor or self.tokenizer, Path(out_dir) / "model")

@@ -72,14 +72,15 @@ def train_ensemble(cfg: RMConfig, run_dir: RunDir) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"stage": "rm", "ensemble_size": size, "steps": max(s.get("steps", 0) for s in summaries)}
     model = RewardModel.load(out_dir)
-    _, evals, counts = load_rm_examples(cfg, model.tokenizer, with_train=False)
+    _, evals, counts = load_rm_examples(cfg, model.tokenizer, with_train=False, vision=model.vision)
+    image_token_id = model.vision.encoder.image_token_id if model.vision is not None else None
     summary["eval_records"] = counts["eval_records"]
     for key in ("eval_accuracy", "eval_ece"):
         summary[f"member_{key}"] = [s.get(key) for s in summaries]
     metrics: dict[str, float] = {}
     if evals:
         micro = cfg.train.micro_batch_size or cfg.train.batch_size
-        batches = [collate_for(cfg, model.tokenizer.pad_token_id, evals[i : i + micro])
+        batches = [collate_for(cfg, model.tokenizer.pad_token_id, evals[i : i + micro], image_token_id)
                    for i in range(0, len(evals), micro)]
         metrics, scores = evaluate_examples(batches, model.score_packed, loss_settings(cfg.rm), cfg.rm.calibration_bins)
         summary.update(metrics)

@@ -4,6 +4,8 @@ One step function on the shared loop. A micro-batch of pair and ranking records 
 pass where every prompt and every unique completion is encoded once (``models/shared_prompt.py``); the loss is
 Bradley–Terry for pairs and InstructGPT's all-pairs or Plackett–Luce for rankings (``rm_loss``).
 Ensembles (``rm.ensemble.size > 1``) are k ordinary runs into ``member-<i>/`` (``rm_ensemble``).
+A vision-language model (``model`` a VLM folder or name) trains on records with ``images``: the head sits on its
+base model, each packed row carries its prompts' images, and the processor is saved beside the weights.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import torch
 from pydantic import Field
 
 from alignloop.config import DataConfig, Section, StageConfig, TrainConfig
-from alignloop.data import split_records
-from alignloop.errors import ConfigError, DataError, ModelError
+from alignloop.errors import ConfigError, ModelError
 from alignloop.eval.rm_report import preference_metrics, write_rm_report
 from alignloop.models import (
     ScalarHeadModel,
@@ -28,19 +29,20 @@ from alignloop.models import (
     resolve_model,
 )
 from alignloop.models.files import is_scalar_head_dir, write_json
-from alignloop.models.shared_prompt import score_packed
+from alignloop.models.loading import load_vision_processor
+from alignloop.models.scalar_head import score_groups
+from alignloop.models.vision_tokenizer import VisionTokenizer
 from alignloop.stages.rm.data import (
     PreferenceBatch,
     PreferenceExample,
     collate_preferences,
-    load_preference_records,
-    tokenize_preferences,
+    load_rm_examples,
 )
 from alignloop.stages.rm.loss import LossSettings, evaluate_examples, preference_loss
 from alignloop.train.batches import EpochBatchSource, PromptGroupedBatchSource
 from alignloop.train.stage import Stage, StepOutput
 
-__all__ = ["EnsembleOptions", "RMConfig", "RMOptions", "RMStage", "RM_SETTINGS_FILE", "OVERALL"]
+__all__ = ["EnsembleOptions", "RMConfig", "RMOptions", "RMStage", "RM_SETTINGS_FILE", "OVERALL", "load_rm_examples"]
 
 log = logging.getLogger("alignloop")
 
@@ -140,49 +142,12 @@ def load_scalar_model(cfg: RMConfig, names: list[str]) -> ScalarHeadModel:
     return ScalarHeadModel.from_causal_lm(causal_lm, len(names), lora=cfg.lora, output_names=names)
 
 
-def load_rm_examples(
-    cfg: RMConfig, tokenizer: Any, *, with_train: bool = True
-) -> tuple[list[PreferenceExample], list[PreferenceExample], dict[str, int]]:
-    """Tokenised train and held-out examples, and counts of skipped, dropped and truncated records."""
-    opts = cfg.rm
-    if not cfg.data.train:
-        raise DataError("data.train: no training data given (pair or ranking records)")
-    train_records, skipped = load_preference_records([cfg.data.train, *opts.more_train], cfg.data.skip_invalid)
-    if cfg.data.eval:
-        eval_records, eval_skipped = load_preference_records([cfg.data.eval], cfg.data.skip_invalid)
-        skipped += eval_skipped
-    elif cfg.data.eval_fraction > 0:
-        # the split depends on train.seed only, so every ensemble member holds out the same records
-        train_records, eval_records = split_records(train_records, cfg.data.eval_fraction, cfg.train.seed)
-    else:
-        eval_records = []
-    max_prompt = opts.max_prompt_length or cfg.data.max_length // 2
-    tokenize = lambda records: tokenize_preferences(  # noqa: E731
-        records, tokenizer, cfg.data.max_length, max_prompt, opts.criteria
-    )
-    train, report = tokenize(train_records if with_train else [])
-    evals, eval_report = tokenize(eval_records)
-    report.log("train")
-    eval_report.log("eval")
-    if skipped:
-        log.warning("rm: skipped %d invalid record(s) (data.skip_invalid)", skipped)
-    counts = {
-        "skipped_records": skipped,
-        "dropped_records": report.n_dropped + eval_report.n_dropped,
-        "truncated_records": report.truncated + eval_report.truncated,
-        "train_records": len(train),
-        "eval_records": len(evals),
-    }
-    if with_train and not train:
-        raise DataError(f"{cfg.data.train}: no usable preference records after tokenisation")
-    if with_train and opts.criteria and not any(ex.criteria for ex in train):
-        raise DataError(f"{cfg.data.train}: rm.criteria is set but no pair record carries those `criteria` labels")
-    return train, evals, counts
-
-
-def collate_for(cfg: RMConfig, pad_id: int, examples: list[PreferenceExample]) -> PreferenceBatch:
+def collate_for(
+    cfg: RMConfig, pad_id: int, examples: list[PreferenceExample], image_token_id: int | None = None
+) -> PreferenceBatch:
     max_segment = cfg.rm.pack_length or 2 * cfg.data.max_length
-    return collate_preferences(examples, pad_id, share_prompt=cfg.rm.share_prompt, max_segment=max_segment)
+    return collate_preferences(examples, pad_id, share_prompt=cfg.rm.share_prompt, max_segment=max_segment,
+                               image_token_id=image_token_id)
 
 
 class RMStage(Stage):
@@ -210,11 +175,16 @@ class RMStage(Stage):
                 "which runs one member per member-<i>/ directory"
             )
         names = output_names(opts)
-        self.tokenizer = load_tokenizer(resolve_init(cfg.model))
-        train, evals, self.counts = load_rm_examples(cfg, self.tokenizer)
         # members differ in head initialisation and data order (and data, with bootstrap)
         torch.manual_seed(cfg.train.seed + self.member)
         model = load_scalar_model(cfg, names)
+        init = resolve_init(cfg.model)
+        # a vision-language model tokenises through its processor (images included) and saves it with the model
+        self.processor = load_vision_processor(init) if model.is_vision else None
+        self.tokenizer = self.processor.tokenizer if self.processor is not None else load_tokenizer(init)
+        self.vision = VisionTokenizer(self.processor) if self.processor is not None else None
+        self.image_token_id = self.vision.encoder.image_token_id if self.vision is not None else None
+        train, evals, self.counts = load_rm_examples(cfg, self.tokenizer, vision=self.vision)
         if cfg.train.gradient_checkpointing:
             enable_gradient_checkpointing(model.backbone)
         self.models["rm"] = model.to(run.device)
@@ -226,7 +196,7 @@ class RMStage(Stage):
         log.info("rm: %d train, %d eval records; heads %s", len(train), len(evals), names)
 
     def _collate(self, examples: list[PreferenceExample]) -> PreferenceBatch:
-        return collate_for(self.config, self.tokenizer.pad_token_id, examples)
+        return collate_for(self.config, self.tokenizer.pad_token_id, examples, self.image_token_id)
 
     def _batches_of(self, examples: list[PreferenceExample]) -> list[PreferenceBatch]:
         micro = self.config.train.micro_batch_size or self.config.train.batch_size
@@ -238,7 +208,7 @@ class RMStage(Stage):
         micro = tc.micro_batch_size or tc.batch_size
         common = dict(seed=tc.seed + self.member, rank=run.rank, world_size=run.world_size)
         if self.config.rm.group_by_prompt:
-            keys = [tuple(ex.prompt_ids) for ex in self.train_examples]
+            keys = [(tuple(ex.prompt_ids), tuple(im.source for im in ex.images)) for ex in self.train_examples]
             source = PromptGroupedBatchSource(self.train_examples, micro, self._collate, keys=keys, **common)
         else:
             source = EpochBatchSource(self.train_examples, micro, self._collate, **common)
@@ -253,7 +223,7 @@ class RMStage(Stage):
 
     def step(self, batch: PreferenceBatch) -> StepOutput:
         packed = batch.packed.to(self.run.device)
-        scores = score_packed(self.models["rm"], packed).float()
+        scores = score_groups(self.models["rm"], packed).float()
         loss, metrics = preference_loss(scores, batch, self.settings)
         return StepOutput(loss=loss, units=len(batch.examples), n_tokens=packed.n_tokens, metrics=metrics)
 
@@ -265,7 +235,7 @@ class RMStage(Stage):
         with self.eval_mode():
             metrics, self.last_scores = evaluate_examples(
                 self.eval_batches,
-                lambda packed: (score_packed(model, packed.to(self.run.device)).float().cpu(), None),
+                lambda packed: (score_groups(model, packed.to(self.run.device)).float().cpu(), None),
                 self.settings,
                 self.config.rm.calibration_bins,
             )
@@ -320,7 +290,7 @@ class RMStage(Stage):
     def save(self, out_dir: Path) -> None:
         out_dir = Path(out_dir)
         model_dir = out_dir / "model"
-        self.unwrap("rm").save_pretrained(model_dir, tokenizer=self.tokenizer)
+        self.unwrap("rm").save_pretrained(model_dir, tokenizer=self.processor or self.tokenizer)
         write_json(model_dir / RM_SETTINGS_FILE, scoring_settings(self.config))
         if self.last_scores is not None:
             write_rm_report(
