@@ -12,6 +12,8 @@ from typing import Any
 
 from alignloop.config import load_config
 from alignloop.distributed.ray_stage import run_configured
+from alignloop.errors import ConfigError
+from alignloop.models.loading import is_vision_language_model
 from alignloop.stages.registry import resolve_out_dir, stage_classes
 from alignloop.train.loop import train
 from alignloop.train.run_dir import RunDir
@@ -24,6 +26,9 @@ def launch(name: str, stage_cls: type, cfg: Any, out_dir: str | Path) -> dict:
     """Run stage class ``stage_cls`` (registered as ``name``) with a validated ``cfg`` in ``out_dir``."""
     rollout = getattr(cfg, "rollout", None)
     if rollout is not None and rollout.workers > 0:  # an RL stage with Ray rollout workers
+        if is_vision_language_model(cfg.model):
+            raise ConfigError(f"rollout.workers: the Ray rollout roles take text prompts only, and '{cfg.model}' is "
+                              "a vision-language model; set rollout.workers: 0 (docs/vlm.md, Scale)")
         return run_configured(name, cfg, out_dir)
     if issubclass(stage_cls, StandaloneStage):
         return stage_cls.run(cfg, RunDir(out_dir))

@@ -58,6 +58,18 @@ def extract_answer(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
+def _word_answer(text: str) -> str | None:
+    """A non-numeric answer: after ``####`` or in ``\\boxed{}`` when present, else the whole response (case,
+    surrounding space and trailing punctuation aside) — "Red." matches "red", "The shape is red" does not."""
+    marked = _HASH_ANSWER.findall(text)
+    if marked and marked[-1].strip(_TRAILING_PUNCT):
+        return marked[-1].strip(_TRAILING_PUNCT)
+    boxed = _boxed_contents(text)
+    if boxed:
+        return boxed.strip(_TRAILING_PUNCT) or None
+    return text.strip().strip(_TRAILING_PUNCT) or None
+
+
 def parse_number(text: str) -> float | None:
     """``text`` as a number, accepting ``"1,000"``, ``"$5"``, ``"42."``, ``"+7"`` and ``"3/4"``; else None."""
     cleaned = text.strip().replace("\u2212", "-").lstrip("$").rstrip(".").replace(" ", "")
@@ -89,6 +101,9 @@ def exact_match(
 ) -> list[float]:
     """1.0 when the answer extracted from a completion equals the record's ``answer``, else 0.0.
 
+    A numeric gold answer is compared with the last number of the completion (``extract_answer``); a word
+    answer ("red") with the whole completion, case and trailing punctuation aside.
+
     The gold ``answer`` may itself be written as ``"#### 42"``; it goes through ``extract_answer``.
     """
     if answer is None:
@@ -101,7 +116,9 @@ def exact_match(
             raise AlignloopError(f"exact_match: prompt record {index} has no 'answer'")
         gold_text = str(gold)
         gold_answer = extract_answer(gold_text) if "####" in gold_text or _BOXED in gold_text else gold_text
-        rewards.append(1.0 if answers_match(extract_answer(completion), gold_answer or gold_text) else 0.0)
+        gold_answer = gold_answer or gold_text
+        predicted = extract_answer(completion) if parse_number(gold_answer) is not None else _word_answer(completion)
+        rewards.append(1.0 if answers_match(predicted, gold_answer) else 0.0)
     return rewards
 
 

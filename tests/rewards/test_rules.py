@@ -189,3 +189,12 @@ def test_make_arith_data_is_deterministic(tmp_path):
     first = (tmp_path / "arith_steps_eval.jsonl").read_text()
     assert module.main(["--out", str(tmp_path), "--seed", "7", "--check"]) == 0
     assert first != (DATA / "arith_steps_eval.jsonl").read_text()  # another seed, other data
+
+
+@pytest.mark.parametrize("completion,gold,expected", [
+    ("Red.", "red", 1.0), (" orange\n", "orange", 1.0), ("#### green", "green", 1.0), ("\\boxed{Blue}", "blue", 1.0),
+    ("The shape is red", "red", 0.0), ("blue", "red", 0.0), ("", "red", 0.0), ("3", "3", 1.0),
+    ("There are 3 shapes.", "3", 1.0),
+])
+def test_exact_match_word_answers_compare_the_whole_response(completion, gold, expected):
+    assert exact_match(["q"], [completion], answer=[gold]) == [expected]

@@ -16,6 +16,7 @@ from alignloop.errors import ConfigError
 from alignloop.models import load_causal_lm
 from alignloop.models.loading import load_vision_processor
 from alignloop.models.vision_tokenizer import VisionTokenizer
+from alignloop.pipeline.launch import run_stage
 from alignloop.rollout import HFSampler, TokenizedPrompt
 from alignloop.rollout.logprobs import forward_logprobs
 from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
@@ -128,3 +129,9 @@ def test_ppo_refuses_a_vlm_clearly(tmp_path, tiny_vlm_dir, prompts_file):
                                         "ppo.reward=rule:exact_match", "train.precision=fp32"])
     with pytest.raises(ConfigError, match="use `alignloop grpo`"):
         train(PPOStage(cfg), tmp_path / "run")
+
+
+def test_ray_rollout_workers_refuse_a_vlm_before_starting_ray(tmp_path, tiny_vlm_dir, prompts_file):
+    with pytest.raises(ConfigError, match="rollout.workers: the Ray rollout roles take text prompts only"):
+        run_stage("grpo", None, [f"model={tiny_vlm_dir}", f"data.train={prompts_file}", "grpo.reward=rule:exact_match",
+                                 "rollout.workers=1"], tmp_path / "run")
