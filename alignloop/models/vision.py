@@ -23,8 +23,12 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLProcessor,
 )
 from transformers.models.idefics3 import Idefics3ImageProcessorPil
+from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.siglip import SiglipImageProcessorPil
 
 from alignloop.errors import ModelError
@@ -47,6 +51,8 @@ __all__ = [
 IMAGE_PLACEHOLDER = "<image>"
 # Tokens the Idefics3 processor needs that a text tokenizer lacks.
 IDEFICS3_TOKENS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+# Qwen2-VL's: an image is written <|vision_start|><|image_pad|><|vision_end|>.
+QWEN2_VL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 _CONNECTORS = ("connector", "multi_modal_projector", "merger")
 _VISION_TOWERS = ("vision_model", "vision_tower", "visual")
@@ -127,8 +133,24 @@ def language_model_lora_targets(model: nn.Module) -> str:
 def load_processor(folder: str | Path):
     try:
         return AutoProcessor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, ImportError) as err:
+        if "video" in str(err).lower() and _processor_class(folder).startswith("Qwen2VL"):
+            # a Qwen2-VL checkpoint lists a video processor, which needs torchvision; images need none of it
+            return _ImageOnlyQwen2VLProcessor.from_pretrained(folder, local_files_only=True)
         raise ModelError(f"cannot load an image processor from '{folder}': {str(err).splitlines()[0]}") from err
+
+
+def _processor_class(folder: str | Path) -> str:
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                found = json.loads(path.read_text()).get("processor_class")
+            except (OSError, ValueError):
+                continue
+            if found:
+                return str(found)
+    return ""
 
 
 def make_idefics3_processor(tokenizer, image_size: int, image_seq_len: int) -> Idefics3Processor:
@@ -157,8 +179,9 @@ def _tiny_text_settings(vocab_size: int) -> dict[str, Any]:
 def build_tiny_vlm(tokenizer, family: str = "idefics3", seed: int = 0) -> tuple[nn.Module, Any]:
     """A random VLM with a 2-layer, 64-wide language model over ``tokenizer`` (extended with image tokens).
 
-    ``family`` is ``idefics3`` (SmolVLM layout, 32×32 images, 4 image tokens) or ``llava`` (16 image tokens).
-    Returns ``(model, processor)``; same seed, same weights.
+    ``family`` is ``idefics3`` (SmolVLM layout, 32×32 images, 4 image tokens), ``llava`` (16 image tokens) or
+    ``qwen2_vl`` (8-pixel patches merged 2×2, images resized to 32²…64² pixels: a 32×32 image gives 4 image
+    tokens, a 64×32 one 8; M-RoPE positions). Returns ``(model, processor)``; same seed, same weights.
     """
     if family == "idefics3":
         processor = make_idefics3_processor(tokenizer, image_size=32, image_seq_len=4)
@@ -182,8 +205,22 @@ def build_tiny_vlm(tokenizer, family: str = "idefics3", seed: int = 0) -> tuple[
             tie_word_embeddings=True,
         )
         model_class = LlavaForConditionalGeneration
+    elif family == "qwen2_vl":
+        processor = _tiny_qwen2_vl_processor(tokenizer)
+        ids = dict(zip(("vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"),
+                       tokenizer.convert_tokens_to_ids(QWEN2_VL_TOKENS)))
+        # head_dim 16: M-RoPE splits its 8 frequencies 2 (time) + 3 (height) + 3 (width)
+        rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+        config = Qwen2VLConfig(
+            text_config={**_tiny_text_settings(len(tokenizer)), "rope_parameters": rope},
+            vision_config=dict(depth=1, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, patch_size=8,
+                               spatial_merge_size=2, temporal_patch_size=2),
+            tie_word_embeddings=True,
+            **ids,
+        )
+        model_class = Qwen2VLForConditionalGeneration
     else:
-        raise ModelError(f"build_tiny_vlm: unknown family '{family}' (idefics3, llava)")
+        raise ModelError(f"build_tiny_vlm: unknown family '{family}' (idefics3, llava, qwen2_vl)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)
@@ -196,3 +233,18 @@ def _tiny_llava_processor(tokenizer):
     images = SiglipImageProcessorPil(size={"height": 32, "width": 32})
     return LlavaProcessor(images, tokenizer, patch_size=8, vision_feature_select_strategy="full",
                           num_additional_image_tokens=0, chat_template=tokenizer.chat_template)
+
+
+class _ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    """Qwen2-VL's processor without its video processor (that one needs torchvision)."""
+
+    @classmethod
+    def get_attributes(cls):
+        return ["image_processor", "tokenizer"]
+
+
+def _tiny_qwen2_vl_processor(tokenizer) -> Qwen2VLProcessor:
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN2_VL_TOKENS})
+    images = Qwen2VLImageProcessorPil(size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64}, patch_size=8,
+                                      temporal_patch_size=2, merge_size=2)
+    return _ImageOnlyQwen2VLProcessor(images, tokenizer, chat_template=tokenizer.chat_template)

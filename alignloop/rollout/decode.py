@@ -56,8 +56,11 @@ def decode_batch(
     device = prompt_ids.device
     extra = {"logits_to_keep": 1} if options.logits_to_keep else {}
     positions = position_ids_from_mask(prompt_mask)
-    prefill = multimodal_inputs(model, {"input_ids": prompt_ids, "images": images})
-    out = model(**prefill, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **extra)
+    prefill = multimodal_inputs(model, {"input_ids": prompt_ids, "images": images, "attention_mask": prompt_mask,
+                                        "position_ids": positions})
+    out = model(**prefill, use_cache=True, **extra)
+    # M-RoPE models (Qwen2-VL) get [3, B, P] positions: the text after the prompt continues from the last one
+    last = prefill["position_ids"][0] if prefill["position_ids"].dim() == 3 else prefill["position_ids"]
     cache = output_cache(out)
     cache_kwarg = cache_argument(model)
     logits = out.logits[:, -1, :]
@@ -67,7 +70,7 @@ def decode_batch(
         cache.reorder_cache(expand)
         logits = logits[expand]
     prompt_ids, prompt_mask = prompt_ids[expand], prompt_mask[expand]
-    next_position = positions[expand, -1] + 1
+    next_position = last[expand, -1] + 1
     attention = prompt_mask
 
     rows, max_new = prompt_ids.shape[0], options.max_new_tokens

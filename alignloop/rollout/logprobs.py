@@ -138,13 +138,9 @@ def forward_logprobs(
                                logits_to_keep=keep if accepts_logits_to_keep(model) else None)
         return logps[:, :-1]
     kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
-    out = model(
-        **multimodal_inputs(model, {"input_ids": input_ids, "images": images}),
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-        **kwargs,
-    )
+    inputs = {"input_ids": input_ids, "images": images, "attention_mask": attention_mask,
+              "position_ids": position_ids_from_mask(attention_mask)}
+    out = model(**multimodal_inputs(model, inputs), use_cache=False, **kwargs)
     # The logit at position t predicts token t + 1; the last position predicts nothing we need.
     logits = out.logits[:, -(response_len + 1) : -1, :]
     logprobs = logprobs_from_logits(logits, input_ids[:, response_start:], temperature, chunk_size)

@@ -18,7 +18,7 @@ from alignloop.models.vision import build_tiny_vlm, connector_names
 COLOURS = [(255, 0, 0), (0, 200, 0), (0, 0, 255)]
 
 
-@pytest.mark.parametrize("family", ["idefics3", "llava"])
+@pytest.mark.parametrize("family", ["idefics3", "llava", "qwen2_vl"])
 def test_spliced_features_give_the_native_forward(family):
     model, processor = build_tiny_vlm(load_tokenizer(TINY_MODEL), family)
     encoder = ImageEncoder(processor)
