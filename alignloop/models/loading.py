@@ -149,7 +149,12 @@ def is_vision_language_model(name_or_path: str | Path) -> bool:
     name = str(name_or_path)
     if name in BUNDLED_MODELS or name == TINY_MODEL:
         return False
-    return is_vision_folder(_tokenizer_folder(name))
+    folder = Path(resolve_model(name))
+    if is_adapter_dir(folder):  # a LoRA run: its base says (the adapter folder holds no config.json)
+        return is_vision_language_model(adapter_base(folder))
+    if is_scalar_head_dir(folder):
+        return is_vision_folder(_tokenizer_folder(name))
+    return is_vision_folder(folder)
 
 
 def load_vision_processor(name_or_path: str | Path):

@@ -6,6 +6,10 @@ estimate over all N-subsets of the M samples (``expected_best_of_n``), not the b
 curve is smooth and never decreases with N. The best of all M samples per prompt is written as SFT records
 (rejection-sampling fine-tuning) and, paired with the worst, as preference pairs (for DPO).
 
+A vision-language model samples image prompts (records with ``images``): each prompt's images are encoded once
+and shared by its M samples; reward sources get the ``images`` entries like every other record field, and the
+SFT records, pairs and samples keep them, so a round of rejection-sampling fine-tuning trains on the images.
+
 Files: ``samples.jsonl``, ``sft_records.jsonl``, ``pairs.jsonl``, ``metrics.jsonl`` (one row per N, ``step``
 = N), ``summary.json``, ``config.yaml``.
 """
@@ -23,11 +27,13 @@ from pydantic import Field, field_validator
 from alignloop.algos.best_of_n import best_of_n_indices, bon_kl_bound
 from alignloop.config import DataConfig, SamplingSettings, StageConfig
 from alignloop.data import load_records
+from alignloop.data.images import IMAGE_PLACEHOLDER
 from alignloop.errors import ConfigError
 from alignloop.eval.gold import get_gold_scorer
-from alignloop.models import load_causal_lm, load_tokenizer
+from alignloop.models import load_causal_lm
 from alignloop.rewards import build_reward
 from alignloop.rollout import HFSampler
+from alignloop.stages.rl.prompts import RLPrompts
 from alignloop.train.run_dir import RunDir
 from alignloop.train.stage import StandaloneStage
 from alignloop.utils.io import write_jsonl
@@ -173,10 +179,16 @@ class BoNStage(StandaloneStage):
         opts = cfg.bon
         m = max(opts.n)
         device = "cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu"
-        tokenizer = load_tokenizer(cfg.model)
+        inputs = RLPrompts(cfg.model, cfg.data.max_length)  # a VLM's prompts carry their encoded images
+        if inputs.vision is None and any(r.get("images") for r in records):
+            raise ConfigError(
+                f"data.train: the prompt records hold images but model {cfg.model!r} is not a vision-language "
+                "model; use a VLM (e.g. smolvlm-tiny) or prompts without images"
+            )
+        prompts_in = inputs.for_sampler(records, where=str(cfg.data.train))  # a prompt too long fails before sampling
         model = load_causal_lm(cfg.model, trainable=False).to(device)
         dtype = "auto" if cfg.train.precision == "bf16" else "fp32"
-        sampler = HFSampler(model, tokenizer, batch_size=opts.batch_size, dtype=dtype)
+        sampler = HFSampler(model, inputs.tokenizer, batch_size=opts.batch_size, dtype=dtype)
         chunk = max(1, opts.batch_size // m)  # prompts per generate call: progress and memory stay bounded
         samples: list[dict] = []
         rewards, golds = [], []
@@ -185,7 +197,8 @@ class BoNStage(StandaloneStage):
         for start in range(0, len(records), chunk):
             part = records[start : start + chunk]
             rollout = sampler.generate(
-                [r["prompt"] for r in part], n=m, **opts.sampling_kwargs(), seed=cfg.train.seed * 1_000_003 + start,
+                prompts_in[start : start + chunk], n=m, **opts.sampling_kwargs(),
+                seed=cfg.train.seed * 1_000_003 + start,
             )
             tokens += int(rollout.response_lengths().sum())
             prompts = [prompt_text(r["prompt"]) for r in part for _ in range(m)]
@@ -199,6 +212,8 @@ class BoNStage(StandaloneStage):
             for row, text in enumerate(rollout.responses):
                 p, j = start + row // m, row % m
                 sample = {"prompt_index": p, "sample": j, "prompt": records[p]["prompt"], "completion": text}
+                if records[p].get("images"):
+                    sample["images"] = records[p]["images"]
                 sample.update(reward=float(scores[row]), tokens=int(lengths[row]))
                 if gold_scores is not None:
                     sample["gold"] = float(gold_scores.view(-1)[row])
@@ -217,15 +232,25 @@ class BoNStage(StandaloneStage):
         sft_records, pairs = [], []
         for p, record in enumerate(records):
             top, low = samples[best[p]], samples[worst[p]]
-            extra = {k: v for k, v in record.items() if k != "prompt"}
-            if not top["completion"].strip():
-                continue  # an empty answer can be neither a demonstration nor a chosen answer
+            extra = {k: v for k, v in record.items() if k != "prompt"}  # the answer, the images, ...
+            if not _usable(top["completion"], record):
+                continue  # can be neither a demonstration nor a chosen answer
             if min_reward is None or top["reward"] >= min_reward:
                 messages = record["prompt"] + [{"role": "assistant", "content": top["completion"]}]
                 sft_records.append({"messages": messages, **extra, "reward": top["reward"]})
-            if top["reward"] > low["reward"] and low["completion"].strip() and low["completion"] != top["completion"]:
-                pairs.append({
+            differ = low["completion"] != top["completion"]
+            if top["reward"] > low["reward"] and _usable(low["completion"], record) and differ:
+                pair = {
                     "prompt": record["prompt"], "chosen": top["completion"], "rejected": low["completion"],
                     "margin": top["reward"] - low["reward"], "source": f"ai:bon-{reward_name}",
-                })
+                }
+                if record.get("images"):
+                    pair["images"] = record["images"]
+                pairs.append(pair)
         return sft_records, pairs
+
+
+def _usable(completion: str, record: dict) -> bool:
+    """Not empty, and for an image prompt without an image placeholder (its images belong to the prompt: such a
+    record would fail to load as SFT or pair data)."""
+    return bool(completion.strip()) and not (record.get("images") and IMAGE_PLACEHOLDER in completion)

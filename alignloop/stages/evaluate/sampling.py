@@ -3,6 +3,10 @@
 Models are loaded for inference only (LoRA adapters merged). Log-probabilities used for KL are
 recomputed for policy and reference with the same fp32 forward pass, so the reference's KL to
 itself is exactly zero and bf16 sampling noise does not leak into the estimate.
+
+Prompts may be ``TokenizedPrompt`` objects (a vision-language model's prompts with their images; the rollout keeps
+each row's images, so the KL forwards see them too). The prompt records' other fields (``answer``, ``images``, ...)
+go to the proxy reward and to a ``rule:<name>`` gold scorer as keyword lists, one entry per sample.
 """
 
 from __future__ import annotations
@@ -18,12 +22,31 @@ from safetensors.torch import load_file
 
 from alignloop.errors import ModelError
 from alignloop.eval.eval_summary import prompt_text
+from alignloop.eval.gold import get_gold_scorer
 from alignloop.models import load_causal_lm
+from alignloop.rewards import build_reward
 from alignloop.rollout import HFSampler, Rollout, forward_logprobs
 
 log = logging.getLogger("alignloop")
 
 Progress = Callable[[int], None]  # called with the number of samples just finished
+
+
+class RecordGold:
+    """A reward rule (``rule:exact_match``) as a gold scorer: unlike the others it sees the prompt records' fields,
+    e.g. the ``answer`` that exact match compares with."""
+
+    def __init__(self, spec: str):
+        self.name = spec
+        self.reward = build_reward(spec)
+
+    def score(self, prompts: list[str], completions: list[str], **fields: list) -> list[float]:
+        return [float(v) for v in self.reward.score(prompts, completions, **fields)]
+
+
+def gold_scorer(name: str) -> Any:
+    """``rule:<name>``: a ``RecordGold``; anything else: ``eval.gold.get_gold_scorer``."""
+    return RecordGold(name) if isinstance(name, str) and name.startswith("rule:") else get_gold_scorer(name)
 
 
 def load_policy(name_or_dir: str | Path) -> torch.nn.Module:
@@ -69,6 +92,7 @@ def sample_and_score(
     reference: torch.nn.Module | None,
     progress: Progress | None = None,
     proxy_bf16: bool = False,
+    fields: dict[str, list] | None = None,
 ) -> list[dict]:
     """``n`` samples per prompt with gold (and proxy) scores; with ``reference``, also ``logp`` and ``ref_logp``.
 
@@ -76,6 +100,7 @@ def sample_and_score(
     ``seed + c``, so a run is repeatable. Records are prompt-major: sample j of prompt i is row i·n + j.
     ``proxy_bf16`` scores with the proxy under bf16 autocast (the precision reward models train in; ~2× faster
     on CPUs with native bf16). KL log-probs stay fp32: they are small differences of large sums.
+    ``fields``: the prompt records' other fields, one list entry per prompt (see the module docstring).
     """
     sampler = HFSampler(model, tokenizer, batch_size=batch_size)
     per_chunk = max(1, batch_size // n)
@@ -99,23 +124,29 @@ def sample_and_score(
             progress(len(rows))
     texts = [prompt_text(r["prompt"]) for r in records]
     completions = [r["completion"] for r in records]
-    for r, g in zip(records, gold.score(texts, completions)):
+    row_fields = {k: [values[r["prompt_index"]] for r in records] for k, values in (fields or {}).items()}
+    gold_scores = (gold.score(texts, completions, **row_fields) if isinstance(gold, RecordGold)
+                   else gold.score(texts, completions))
+    for r, g in zip(records, gold_scores):
         r["gold"] = float(g)
     proxy_scores = None
     if proxy:
         device = getattr(proxy, "device", torch.device("cpu"))
         precision = torch.autocast(device.type, dtype=torch.bfloat16) if proxy_bf16 else contextlib.nullcontext()
         with precision:
-            proxy_scores = score_proxy(proxy, [r["prompt"] for r in records], completions, batch_size)
+            proxy_scores = score_proxy(proxy, [r["prompt"] for r in records], completions, batch_size, row_fields)
     for i, r in enumerate(records):
         r["proxy"] = float(proxy_scores[i]) if proxy_scores is not None else None
     return records
 
 
-def score_proxy(proxy: Any, prompts: list[Any], completions: list[str], batch_size: int) -> list[float]:
+def score_proxy(proxy: Any, prompts: list[Any], completions: list[str], batch_size: int,
+                fields: dict[str, list] | None = None) -> list[float]:
+    """Proxy scores in batches; ``fields``: keyword lists with one entry per completion (the record fields)."""
     scores: list[float] = []
     for start in range(0, len(completions), batch_size):
-        values = proxy.score(prompts[start : start + batch_size], completions[start : start + batch_size])
+        part = slice(start, start + batch_size)
+        values = proxy.score(prompts[part], completions[part], **{k: v[part] for k, v in (fields or {}).items()})
         scores.extend(float(v) for v in (values.tolist() if hasattr(values, "tolist") else values))
     return scores
 

@@ -6,6 +6,10 @@ the length limit. Best-of-N policies re-rank N samples of the reference by the p
 over-optimisation view puts proxy and gold reward against √KL for best-of-N with N = 1, 2, 4, ...
 and for the saved checkpoints of chosen training stages (Gao et al. 2022).
 
+A vision-language model evaluates image prompts (records with ``images``; each prompt's images are encoded once).
+``eval.gold: rule:exact_match`` scores against the records' ``answer``; with ``temperature: 0`` a single model
+(no policies, no best-of-N) is evaluated greedily, the usual held-out exact-match check.
+
 Writes ``report.json`` (schema: docs/report-json.md), ``samples.jsonl``, ``report.html``,
 ``config.yaml`` and ``summary.json``. Each policy's samples are kept in ``parts/`` as soon as they
 are done, so an interrupted evaluation resumes where it stopped.
@@ -13,6 +17,7 @@ are done, so an interrupted evaluation resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -33,11 +38,16 @@ from alignloop.eval.eval_summary import (
     simplify_prompt,
     summarize_policy,
 )
-from alignloop.eval.gold import get_gold_scorer
-from alignloop.models import load_tokenizer
 from alignloop.rewards import build_reward
 from alignloop.stages.evaluate.progress import SampleProgress
-from alignloop.stages.evaluate.sampling import checkpoint_steps, load_checkpoint_policy, load_policy, sample_and_score
+from alignloop.stages.evaluate.sampling import (
+    checkpoint_steps,
+    gold_scorer,
+    load_checkpoint_policy,
+    load_policy,
+    sample_and_score,
+)
+from alignloop.stages.rl.prompts import RLPrompts
 from alignloop.train.run_dir import RunDir
 from alignloop.train.stage import StandaloneStage
 from alignloop.utils.io import read_jsonl, write_jsonl
@@ -66,20 +76,30 @@ class PolicySpec(Section):
 
 
 class EvalOptions(SamplingSettings.defaults(max_new_tokens=48)):
-    greedy_allowed = False  # T = 1 keeps the Monte-Carlo KL estimate unbiased
+    # T = 1 keeps the Monte-Carlo KL estimate unbiased; T = 0 only for `model` alone (``_greedy_alone``)
     reference: str = Field("reference", description="Name under which `model` (the reference policy) is reported.")
     policies: dict[str, str | PolicySpec] = Field(
         default_factory=dict, description="name -> model folder, or {model, checkpoints} / {best_of: N}."
     )
     best_of_n: list[int] = Field(default_factory=list, description="Shorthand: adds policies bon<N> for each N.")
     best_of_n_curve: bool = Field(True, description="Best-of-N for N = 1, 2, 4, ... in the over-optimisation view.")
-    gold: str = Field("vader", description="Gold scorer: a name in alignloop.eval.gold or 'module:function'.")
+    gold: str = Field("vader", description="Gold scorer: a name in alignloop.eval.gold, 'module:function', or "
+                      "'rule:<name>' (a reward rule given the record fields, e.g. rule:exact_match).")
     n_prompts: int | None = Field(None, gt=0, description="Use only the first N prompts.")
     samples_per_prompt: int = Field(1, gt=0)
     batch_size: int = Field(16, gt=0, description="Sequences sampled together.")
     n_boot: int = Field(1000, gt=0, description="Bootstrap resamples for the 95% intervals.")
     seed: int = 0
     show_samples: int = Field(6, ge=0, description="Prompts shown side by side in report.html.")
+
+    @model_validator(mode="after")
+    def _greedy_alone(self) -> "EvalOptions":
+        if self.temperature <= 0 and (self.policies or self.best_of_n or self.samples_per_prompt > 1):
+            raise ValueError(
+                "temperature: 0 (greedy) evaluates `model` alone with one sample per prompt; policies, best_of_n "
+                "and samples_per_prompt > 1 need temperature > 0 (1.0 keeps the Monte-Carlo KL estimate unbiased)"
+            )
+        return self
 
 
 class EvalConfig(StageConfig):
@@ -137,15 +157,19 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | RunDir) -> dict:
     source = cfg.data.eval or cfg.data.train
     if not source:
         raise ConfigError("data.eval: no prompts to evaluate on")
-    prompts = [simplify_prompt(r["prompt"]) for r in load_records(source, "prompt")][: opts.n_prompts]
-    gold = get_gold_scorer(opts.gold)
+    prompt_records = list(load_records(source, "prompt"))[: opts.n_prompts]
+    inputs = RLPrompts(cfg.model, cfg.data.max_length)
+    prompts = _sampler_prompts(inputs, prompt_records, source, cfg.model)
+    gold = gold_scorer(opts.gold)
     proxy = build_reward(cfg.reward) if cfg.reward is not None else None
     out_dir = run_dir.begin(cfg).path
     pool_size = max(bon_sizes, default=0)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = inputs.tokenizer
     k = opts.samples_per_prompt
+    fields = {key: [r.get(key) for r in prompt_records]
+              for key in sorted({key for r in prompt_records for key in r if key != "prompt"})}
     sampling = dict(**opts.sampling_kwargs(), batch_size=opts.batch_size, gold=gold, proxy=proxy,
-                    proxy_bf16=cfg.train.precision == "bf16")
+                    proxy_bf16=cfg.train.precision == "bf16", fields=fields)
     ckpt_plan = {name: _intermediate_checkpoints(s.model) for name, s in specs.items() if s.checkpoints}
     n_model = sum(1 for s in specs.values() if s.model) + sum(len(v) for v in ckpt_plan.values())
     total = len(prompts) * (k * (1 + n_model) + k * pool_size)
@@ -207,6 +231,17 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | RunDir) -> dict:
     write_eval_outputs(out_dir, report, records, show_samples=opts.show_samples)
     run_dir.finish(_summary(report))
     return report
+
+
+def _sampler_prompts(inputs: RLPrompts, records: list[dict], source: str, model: str) -> list[Any]:
+    """What the sampler is given: the (simplified) messages, or for a VLM token ids with the images attached."""
+    if inputs.vision is None:
+        if any(r.get("images") for r in records):
+            raise ConfigError(f"data.eval: the prompt records hold images but model {model!r} is not a "
+                              "vision-language model; use a VLM (e.g. smolvlm-tiny) or prompts without images")
+        return [simplify_prompt(r["prompt"]) for r in records]
+    return [dataclasses.replace(p, shown=simplify_prompt(r["prompt"]))  # the report shows the text as before
+            for p, r in zip(inputs.for_sampler(records, where=str(source)), records)]
 
 
 def _intermediate_checkpoints(stage_dir: str) -> list[tuple[int, Path]]:
