@@ -65,6 +65,8 @@ def load_pairs(path: str | Path, record_format: RecordFormat = "auto", skip_inva
 def _tokenize(tokenizer, vision: VisionTokenizer | None, record: dict, side: str, max_length: int,
               max_prompt_length: int | None, where: str) -> tuple[list[int], list[int], tuple]:
     if vision is None:
+        if record.get("images"):
+            raise DataError(f"{where}: the pair has images but the model is not a vision-language model")
         prompt, completion = tokenize_prompt_completion(
             tokenizer, record["prompt"], record[side], max_length=max_length, max_prompt_length=max_prompt_length
         )
