@@ -106,13 +106,13 @@ class ScalarHeadModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        if image_positions is not None and images is not None:
-            inputs = {"inputs_embeds": self._spliced_embeddings(input_ids, images, image_positions)}
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        # M-RoPE models (Qwen2-VL) need positions computed with the images: ``multimodal_inputs`` does that
+        if image_positions is not None and images is not None and not _has_mrope(self.backbone):
+            inputs["inputs_embeds"] = self._spliced_embeddings(inputs.pop("input_ids"), images, image_positions)
         elif images is not None:
-            inputs = multimodal_inputs(self.backbone, {"input_ids": input_ids, "images": list(images)})
-        else:
-            inputs = {"input_ids": input_ids}
-        out = self.backbone(**inputs, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            inputs = multimodal_inputs(self.backbone, {**inputs, "images": list(images)})
+        out = self.backbone(**inputs, use_cache=False)
         hidden = out.last_hidden_state
         return self.head(hidden.to(self.head.weight.dtype))
 
@@ -244,6 +244,10 @@ def load_shared_lora_members(folders: list[Path], dtype: torch.dtype = torch.flo
 
 def _default_names(num_outputs: int) -> list[str]:
     return ["score"] if num_outputs == 1 else [f"score_{i}" for i in range(num_outputs)]
+
+
+def _has_mrope(backbone: nn.Module) -> bool:
+    return callable(getattr(innermost_model(backbone), "get_rope_index", None))
 
 
 def hidden_size(config: Any) -> int:
