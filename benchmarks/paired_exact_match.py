@@ -54,6 +54,11 @@ def main() -> None:
         "mcnemar_p": round(mcnemar_exact(gained, lost), 5),
         "mean_length_a": round(len_a, 2), "mean_length_b": round(len_b, 2),
     }
+    kinds = sorted({r["task"] for r in records if "task" in r})
+    for kind in kinds:  # per kind of question (the bundled image task: count, colour, compare)
+        rows = [i for i, r in enumerate(records) if r.get("task") == kind]
+        result[f"accuracy_a/{kind}"] = round(sum(a[i] for i in rows) / len(rows), 3)
+        result[f"accuracy_b/{kind}"] = round(sum(b[i] for i in rows) / len(rows), 3)
     print(json.dumps(result))
 
 
