@@ -104,7 +104,7 @@ def test_unknown_name_is_a_model_error(tmp_path):
     with pytest.raises(ModelError) as err:
         resolve_model("xyz")
     assert str(err.value) == (
-        "model 'xyz' is neither a bundled model (smollm2-135m-instruct, tiny-llama) nor a local directory"
+        "model 'xyz' is neither a bundled model (smollm2-135m-instruct, smolvlm-tiny, tiny-llama) nor a local directory"
     )
     with pytest.raises(ModelError, match="^model 'nobody/nothing' is neither"):
         load_causal_lm("nobody/nothing")  # hub-style but not cached: no download is attempted
@@ -145,7 +145,7 @@ def test_concurrent_conversions_write_once(tmp_path, capsys):
         time.sleep(0.3)  # long enough that the second caller arrives mid-conversion
         (tmp / "done.txt").write_text("ok")
 
-    threads = [threading.Thread(target=bundled._convert_atomically, args=(target, "done.txt", write)) for _ in range(2)]
+    threads = [threading.Thread(target=bundled.convert_atomically, args=(target, "done.txt", write)) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
