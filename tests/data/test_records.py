@@ -16,7 +16,6 @@ from alignloop.data import (
     validate_record,
 )
 from alignloop.errors import DataError
-from tests.conftest import ROOT
 
 USER_HI = [{"role": "user", "content": "hi"}]
 
@@ -288,10 +287,7 @@ def test_rankings_to_pairs_skips_ties():
 
 
 def test_rankings_to_pairs_on_real_oasst_data():
-    path = ROOT / ".." / "shared" / "data" / "oasst-rankings.jsonl"
-    if not path.exists():
-        pytest.skip("../shared/data is not available")
-    records = load_records(path, "ranking")
+    records = load_records("bundled:oasst-rankings.jsonl", "ranking")
     # The data's README: 212 ranked groups that make 754 pairs.
     assert (len(records), sum(len(rankings_to_pairs(r)) for r in records)) == (212, 754)
 

@@ -16,12 +16,12 @@ from alignloop.stages.rm.synthetic import (
 )
 from tests.conftest import ROOT
 
-# The hidden-rule test (~45 s) runs in CI. The two human-data tests read ../shared/data (outside the repository,
-# skipped where it is absent) and take minutes each: they carry the `acceptance` marker, which `make test`
+# The hidden-rule test (~45 s) runs in CI. The two human-data tests read the bundled human data and take minutes
+# each: they carry the `acceptance` marker, which `make test`
 # deselects; run them with `pytest -m acceptance tests/stages/rm/test_slow.py`.
 pytestmark = [pytest.mark.slow]
 
-SHARED = ROOT.parent / "shared" / "data"
+HUMAN = ROOT / "alignloop" / "resources" / "data"  # bundled human data (HUMAN_PREFERENCES.md)
 BUNDLED = "smollm2-135m-instruct"
 # LoRA on the top 4 of SmolLM2's 30 layers: the backward pass stops there, so a CPU epoch takes minutes
 TOP_LAYERS_LORA = ["lora.r=16", r"lora.target_modules=.*layers\.(2[6-9])\..*_proj"]
@@ -48,11 +48,10 @@ def test_bundled_model_beats_tiny_llama_on_the_hidden_rule(tmp_path):
 
 
 @pytest.mark.acceptance
-@pytest.mark.skipif(not (SHARED / "oasst-rankings.jsonl").is_file(), reason="shared human data not available")
 def test_human_rankings_held_out_accuracy(tmp_path):
     # 212 OpenAssistant rankings (754 ordered pairs): 80% train with the K-wise loss, 20% held out
     summary = _rm(
-        tmp_path, "oasst", f"model={BUNDLED}", f"data.train={SHARED / 'oasst-rankings.jsonl'}",
+        tmp_path, "oasst", f"model={BUNDLED}", f"data.train={HUMAN / 'oasst-rankings.jsonl'}",
         "data.eval_fraction=0.2", "data.max_length=256", "rm.max_prompt_length=64", "train.batch_size=8",
         "train.lr=3e-4", *TOP_LAYERS_LORA,
     )
@@ -64,13 +63,12 @@ def test_human_rankings_held_out_accuracy(tmp_path):
 
 
 @pytest.mark.acceptance
-@pytest.mark.skipif(not (SHARED / "hh-harmless-pairs.jsonl").is_file(), reason="shared human data not available")
 @pytest.mark.xfail(strict=True, reason="measured: 0.469 held-out accuracy (chance) — one epoch of top-4-layer LoRA on "
                    "the 135M model does not learn HH harmlessness; strict, so a setting that does learn it shows up")
 def test_human_pairs_held_out_accuracy(tmp_path):
     # 1,304 HH-RLHF harmless pairs: 90% train, 10% (130 pairs) held out
     summary = _rm(
-        tmp_path, "hh", f"model={BUNDLED}", f"data.train={SHARED / 'hh-harmless-pairs.jsonl'}",
+        tmp_path, "hh", f"model={BUNDLED}", f"data.train={HUMAN / 'hh-harmless-pairs.jsonl'}",
         "data.eval_fraction=0.1", "data.max_length=192", "rm.max_prompt_length=96", "train.batch_size=16",
         "train.lr=3e-4", *TOP_LAYERS_LORA,
     )
