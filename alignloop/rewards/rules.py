@@ -48,25 +48,29 @@ def extract_answer(text: str) -> str | None:
     Trailing punctuation such as a full stop is removed from 1 and 2.
     """
     text = text.replace("\u2212", "-")  # typographic minus sign
+    marked = _marked_answer(text)
+    if marked is not None:
+        return marked or None
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def _marked_answer(text: str) -> str | None:
+    """The answer after the last ``####`` or inside the last ``\\boxed{}`` (trailing punctuation removed), ""
+    for an empty box, or None when the text marks no answer."""
     hits = _HASH_ANSWER.findall(text)
     if hits and hits[-1].strip(_TRAILING_PUNCT):
         return hits[-1].strip(_TRAILING_PUNCT)
     boxed = _boxed_contents(text)
-    if boxed:
-        return boxed.strip(_TRAILING_PUNCT) or None
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
+    return boxed.strip(_TRAILING_PUNCT) if boxed else None
 
 
 def _word_answer(text: str) -> str | None:
     """A non-numeric answer: after ``####`` or in ``\\boxed{}`` when present, else the whole response (case,
     surrounding space and trailing punctuation aside) — "Red." matches "red", "The shape is red" does not."""
-    marked = _HASH_ANSWER.findall(text)
-    if marked and marked[-1].strip(_TRAILING_PUNCT):
-        return marked[-1].strip(_TRAILING_PUNCT)
-    boxed = _boxed_contents(text)
-    if boxed:
-        return boxed.strip(_TRAILING_PUNCT) or None
+    marked = _marked_answer(text)
+    if marked is not None:
+        return marked or None
     return text.strip().strip(_TRAILING_PUNCT) or None
 
 

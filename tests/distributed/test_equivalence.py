@@ -183,7 +183,12 @@ def relative_gap(one: dict, two: dict, init: dict) -> float:
 @pytest.mark.parametrize("stage,extra,micro", stage_cases())
 def test_stage_two_processes_match_one(tmp_path, stage, extra, micro):
     pairs = write_pairs(tmp_path / "pairs.jsonl")
-    overrides = [o.replace(PAIRS, str(pairs)) for o in COMMON + extra]
+    train_one_and_two_processes(stage, [o.replace(PAIRS, str(pairs)) for o in COMMON + extra], micro, tmp_path)
+
+
+def train_one_and_two_processes(stage: str, overrides: list[str], micro: int, tmp_path: Path) -> tuple[dict, dict]:
+    """Train ``stage`` on 1 and on 2 processes, check the weight gap and every step's loss and grad norm, and
+    return both runs' weights (the caller's own checks follow)."""
     # world 1: micro-batches of `micro`, accumulated; world 2: micro-batches of micro/2 per rank
     run_stage(stage, None, overrides + [f"train.micro_batch_size={micro}"], tmp_path / "one")
     run_stage(stage, None, overrides + [f"train.micro_batch_size={micro}", "train.max_steps=0"], tmp_path / "init")
@@ -204,3 +209,4 @@ def test_stage_two_processes_match_one(tmp_path, stage, extra, micro):
     for a, b in zip(rows_one, rows_two):
         assert b["loss"] == pytest.approx(a["loss"], rel=REL_STEP)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=REL_STEP)
+    return one, two

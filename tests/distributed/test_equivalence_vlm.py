@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignloop.distributed import launch_command, run_launched
-from alignloop.pipeline.launch import run_stage
-from tests.conftest import ROOT
-from tests.distributed.test_equivalence import REL_GAP, REL_STEP, metrics, model_tensors, relative_gap
+from tests.distributed.test_equivalence import train_one_and_two_processes
 
 COMMON = ["train.precision=fp32", "train.lr=1e-3", "train.lr_schedule=constant", "train.warmup_steps=0",
           "train.save_every=0", "train.eval_every=0", "data.max_length=96", "data.eval=null", "data.eval_fraction=0",
@@ -42,20 +39,5 @@ def cases():
 def test_vlm_stage_two_processes_match_one(tmp_path, tiny_vlm_dir, shapes_data, stage, extra, micro):
     files = data_files(tmp_path, shapes_data)
     overrides = [f"model={tiny_vlm_dir}", *COMMON, *(o.format(**files) for o in extra)]
-    run_stage(stage, None, overrides + [f"train.micro_batch_size={micro}"], tmp_path / "one")
-    run_stage(stage, None, overrides + [f"train.micro_batch_size={micro}", "train.max_steps=0"], tmp_path / "init")
-    launcher = "accelerate" if stage == "sft" else "torchrun"
-    args = [stage, *sum((["--set", o] for o in overrides), []), "--set", f"train.micro_batch_size={micro // 2}",
-            "--out", str(tmp_path / "two")]
-    run_launched(launch_command(args, launcher=launcher, config_file=ROOT / "accelerate_configs" / "ddp_cpu.yaml"),
-                 cwd=ROOT, timeout=900)
-    one, two = model_tensors(tmp_path / "one"), model_tensors(tmp_path / "two")
-    assert one.keys() == two.keys() and any("connector" in k for k in one)
-    gap = relative_gap(one, two, model_tensors(tmp_path / "init"))
-    assert gap < REL_GAP, f"{stage}: world 1 and world 2 weights differ (relative gap {gap:.2e})"
-    rows_one = [r for r in metrics(tmp_path / "one") if "grad_norm" in r]
-    rows_two = [r for r in metrics(tmp_path / "two") if "grad_norm" in r]
-    assert [r["step"] for r in rows_one] == [r["step"] for r in rows_two]
-    for a, b in zip(rows_one, rows_two):
-        assert b["loss"] == pytest.approx(a["loss"], rel=REL_STEP)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=REL_STEP)
+    one, _ = train_one_and_two_processes(stage, overrides, micro, tmp_path)
+    assert any("connector" in k for k in one)  # the image-to-text connector trained and was compared
