@@ -38,12 +38,6 @@ class EncodedImage:
     n_features: int  # how many image-token positions its features fill
     source: str = ""
 
-    def to(self, device: torch.device | str) -> EncodedImage:
-        if all(t.device == torch.device(device) for t in self.tensors.values()):
-            return self
-        return EncodedImage({k: v.to(device) for k, v in self.tensors.items()}, self.token_ids, self.n_features,
-                            self.source)
-
 
 def _token_id(tokenizer: Any, token: str) -> int | None:
     found = tokenizer.convert_tokens_to_ids(token)

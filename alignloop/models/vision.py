@@ -165,7 +165,7 @@ def make_idefics3_processor(tokenizer, image_size: int, image_seq_len: int) -> I
     return Idefics3Processor(images, tokenizer, image_seq_len=image_seq_len, chat_template=tokenizer.chat_template)
 
 
-def tiny_vision_settings(image_size: int = 32, patch_size: int = 8) -> dict[str, Any]:
+def _tiny_vision_settings(image_size: int = 32, patch_size: int = 8) -> dict[str, Any]:
     return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                 image_size=image_size, patch_size=patch_size)
 
@@ -187,7 +187,7 @@ def build_tiny_vlm(tokenizer, family: str = "idefics3", seed: int = 0) -> tuple[
         processor = make_idefics3_processor(tokenizer, image_size=32, image_seq_len=4)
         config = Idefics3Config(
             text_config=_tiny_text_settings(len(tokenizer)),
-            vision_config=tiny_vision_settings(),
+            vision_config=_tiny_vision_settings(),
             scale_factor=2,
             image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
             tie_word_embeddings=True,
@@ -197,7 +197,7 @@ def build_tiny_vlm(tokenizer, family: str = "idefics3", seed: int = 0) -> tuple[
         processor = _tiny_llava_processor(tokenizer)
         config = LlavaConfig(
             text_config=LlamaConfig(**_tiny_text_settings(len(tokenizer))),
-            vision_config={"model_type": "siglip_vision_model", **tiny_vision_settings()},
+            vision_config={"model_type": "siglip_vision_model", **_tiny_vision_settings()},
             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
             vision_feature_select_strategy="full",
             vision_feature_layer=-1,
