@@ -70,7 +70,7 @@ class DataConfig(Section):
 
 
 class TrainConfig(Section):
-    max_steps: int = Field(100, description="Optimizer steps; -1 means run `epochs` epochs.")
+    max_steps: int = Field(100, ge=-1, description="Optimizer steps; -1 means run `epochs` epochs.")
     epochs: float = Field(1.0, gt=0, description="Epochs when max_steps is -1.")
     batch_size: int = Field(8, gt=0, description="Global batch (examples per optimizer step, all processes).")
     micro_batch_size: int | None = Field(
@@ -182,25 +182,61 @@ def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def format_validation_error(err: ValidationError, cls: type[BaseModel], source: str) -> str:
+def _where(source: str, loc: tuple, key_lines: dict | None, overridden: set | None) -> str:
+    """``file:line`` for a key given in the YAML (the deepest enclosing key that has a line), ``--set`` for one
+    given on the command line."""
+    if overridden and any(loc[: len(o)] == o or o[: len(loc)] == loc for o in overridden):
+        return "--set"
+    for n in range(len(loc), 0, -1):
+        if key_lines and loc[:n] in key_lines:
+            return f"{source}:{key_lines[loc[:n]]}"
+    return source
+
+
+def format_validation_error(
+    err: ValidationError, cls: type[BaseModel], source: str, key_lines: dict | None = None,
+    overridden: set | None = None,
+) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
         key = ".".join(loc) or "<root>"
+        where = _where(source, loc, key_lines, overridden)
+        head = f"--set {key}" if where == "--set" else f"{where}: {key}"
         if e["type"] == "extra_forbidden":
             near = difflib.get_close_matches(loc[-1], _fields_at(cls, loc), n=1)
             hint = f" (did you mean '{'.'.join(loc[:-1] + (near[0],))}'?)" if near else ""
-            lines.append(f"{source}: {key}: unknown key{hint}")
+            stage = cls.model_fields.get("stage")
+            if len(loc) == 1 and not near and isinstance(e.get("input"), dict) and stage is not None:
+                # a whole unknown section is most often another stage's config given to the wrong command
+                hint = f" (a '{key}' section: is this a config for `alignloop {key}`, not `{stage.default}`?)"
+            lines.append(f"{head}: unknown key{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
             shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-            lines.append(f"{source}: {key}: {msg}{shown}")
+            lines.append(f"{head}: {msg}{shown}")
     return "\n".join(lines)
 
 
+def _section_defaults(cls: type[BaseModel], key: str) -> dict:
+    """The section class's own defaults for field ``key`` of ``cls`` (``{}`` when it has none to give)."""
+    field = cls.model_fields.get(key)
+    ann = field.annotation if field is not None else None
+    for cand in (ann, *getattr(ann, "__args__", ())):
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            try:
+                return cand().model_dump()
+            except (ValidationError, TypeError):
+                return {}
+    return {}
+
+
 def merge_defaults(cls: type[BaseModel], data: dict) -> dict:
-    """A partial section (``data: {max_length: 256}``) keeps the stage's other defaults for that section."""
+    """A partial section (``data: {max_length: 256}``) keeps the stage's other defaults for that section.
+
+    Only the keys where the stage's default differs from the section class's own are filled in, so a section's
+    validators still see which keys the config gave (``grpo.loss`` presets fill only the unset ones)."""
     try:
         defaults = cls().model_dump()
     except ValidationError:
@@ -208,23 +244,75 @@ def merge_defaults(cls: type[BaseModel], data: dict) -> dict:
     merged = dict(data)
     for key, value in data.items():
         if isinstance(value, dict) and isinstance(defaults.get(key), dict):
-            merged[key] = {**defaults[key], **value}
+            own = _section_defaults(cls, key)
+            stage_only = {k: v for k, v in defaults[key].items() if k not in own or own[k] != v}
+            merged[key] = {**stage_only, **value}
     return merged
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (plain YAML keeps the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{self.name}:{line}: {key}: duplicate key (also on line {seen[key]})")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file (give a .yaml file)")
     if not p.is_file():
         raise ConfigError(f"{path}: config file not found")
+    raw = p.read_bytes()
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        byte = f"0x{raw[e.start]:02x}"
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {byte}); save the config as UTF-8") from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
+    try:
+        data = loader.get_single_data() or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     return data
+
+
+def _key_lines(node: Any, prefix: tuple = ()) -> dict[tuple, int]:
+    """``{("train", "lr"): 7, ...}``: the line of every mapping key in a composed YAML node tree."""
+    out: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, str(key_node.value))
+            out[path] = key_node.start_mark.line + 1
+            out.update(_key_lines(value_node, path))
+    return out
+
+
+def yaml_key_lines(path: str | Path) -> dict[tuple, int]:
+    """Line numbers of the keys of a config file that ``read_yaml`` accepted (only read again on an error)."""
+    try:
+        return _key_lines(yaml.compose(Path(path).read_text(encoding="utf-8-sig"), Loader=yaml.SafeLoader))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+
+
+def override_keys(overrides: list[str]) -> set[tuple]:
+    return {tuple(_parse_override(item)[0]) for item in overrides}
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None) -> C:
@@ -236,7 +324,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, cls, source)) from None
+        lines = yaml_key_lines(path) if path else None
+        raise ConfigError(format_validation_error(e, cls, source, lines, override_keys(overrides or []))) from None
 
 
 def dump_config(cfg: BaseModel, path: str | Path) -> None:

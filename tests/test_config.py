@@ -34,7 +34,7 @@ def test_unknown_key_names_file_and_suggests(tmp_path):
     p = write(tmp_path, "train:\n  lrr: 0.1\n")
     with pytest.raises(ConfigError) as e:
         load_config(SFTConfig, p)
-    assert str(e.value) == f"{p}: train.lrr: unknown key (did you mean 'train.lr'?)"
+    assert str(e.value) == f"{p}:2: train.lrr: unknown key (did you mean 'train.lr'?)"
 
 
 def test_wrong_type_names_key(tmp_path):
@@ -42,7 +42,7 @@ def test_wrong_type_names_key(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(SFTConfig, p)
     assert str(e.value) == (
-        f"{p}: train.max_steps: Input should be a valid integer, unable to parse string as an integer (got 'lots')"
+        f"{p}:2: train.max_steps: Input should be a valid integer, unable to parse string as an integer (got 'lots')"
     )
 
 
@@ -51,8 +51,8 @@ def test_all_problems_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(SFTConfig, p)
     lines = str(e.value).splitlines()
-    assert f"{p}: bogus: unknown key" in lines
-    assert f"{p}: train.lr: Input should be greater than 0 (got -1)" in lines
+    assert f"{p}:5: bogus: unknown key" in lines
+    assert f"{p}:2: train.lr: Input should be greater than 0 (got -1)" in lines
 
 
 def test_cross_field_check(tmp_path):

@@ -7,8 +7,11 @@ and sign conventions: docs/algorithms.md.
 from .advantages import (
     ADVANTAGE_ESTIMATORS,
     AdvantageEstimator,
+    dr_grpo_token_advantages,
     gae,
     grpo_token_advantages,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
     reinforce_returns,
     rloo_token_advantages,
     whiten_advantages,
@@ -26,7 +29,7 @@ from .dpo_losses import (
     sigmoid_loss,
     simpo_loss,
 )
-from .group_advantages import frac_zero_std, group_view, grpo_advantages, rloo_advantages
+from .group_advantages import frac_zero_std, group_view, grpo_advantages, informative_groups, rloo_advantages
 from .kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -40,9 +43,9 @@ from .kl import (
 )
 from .logprobs import DEFAULT_CHUNK_SIZE, entropy_from_logits, selective_log_softmax, sequence_logprob, shift_labels
 from .masked import masked_count, masked_mean, masked_sum, masked_var, masked_whiten
+from .policy_losses import POLICY_LOSSES, cispo_policy_loss, gspo_policy_loss, sequence_log_ratio
 from .ppo import (
     AGGREGATIONS,
-    POLICY_LOSSES,
     PolicyLoss,
     aggregate_loss,
     entropy_bonus,
@@ -62,6 +65,7 @@ from .reward_losses import (
     ranking_pairwise_loss,
     reward_centering_loss,
 )
+from .shaping import soft_overlong_penalty
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -83,8 +87,10 @@ __all__ = [
     "best_of_n_indices",
     "bon_kl_bound",
     "bradley_terry_loss",
+    "cispo_policy_loss",
     "dpo_loss",
     "dpo_metrics",
+    "dr_grpo_token_advantages",
     "entropy_bonus",
     "entropy_from_logits",
     "frac_zero_std",
@@ -92,7 +98,9 @@ __all__ = [
     "group_view",
     "grpo_advantages",
     "grpo_token_advantages",
+    "gspo_policy_loss",
     "hinge_loss",
+    "informative_groups",
     "ipo_loss",
     "kl_abs",
     "kl_k1",
@@ -111,17 +119,21 @@ __all__ = [
     "ranking_pair_correct",
     "ranking_pairs",
     "ranking_pairwise_loss",
+    "reinforce_pp_advantages",
+    "reinforce_pp_baseline_advantages",
     "reinforce_returns",
     "reward_centering_loss",
     "rloo_advantages",
     "rloo_token_advantages",
     "robust_loss",
     "selective_log_softmax",
+    "sequence_log_ratio",
     "sequence_logprob",
     "shift_labels",
     "sigmoid_loss",
     "simpo_loss",
-    "vanilla_policy_loss",
+    "soft_overlong_penalty",
     "value_loss",
+    "vanilla_policy_loss",
     "whiten_advantages",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["grpo_advantages", "rloo_advantages", "frac_zero_std", "group_view"]
+__all__ = ["grpo_advantages", "rloo_advantages", "frac_zero_std", "group_view", "informative_groups"]
 
 
 def group_view(scores: Tensor, group_size: int) -> Tensor:
@@ -65,3 +65,14 @@ def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
 def frac_zero_std(scores: Tensor, group_size: int) -> Tensor:
     """Fraction of groups whose rewards are all equal (they give no gradient), as a 0-d float tensor."""
     return _all_equal(group_view(scores, group_size)).float().mean()
+
+
+@torch.no_grad()
+def informative_groups(scores: Tensor, group_size: int) -> Tensor:
+    """``[n_prompts]`` bool: True where the group's rewards are NOT all equal, i.e. it carries a learning signal.
+
+    DAPO's dynamic sampling (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale",
+    arXiv 2503.14476, §3.2) keeps only these groups: one whose rewards are all equal (all right, all wrong)
+    has group-relative advantage 0 and only shrinks the batch's effective size.
+    """
+    return ~_all_equal(group_view(scores, group_size)).squeeze(1)

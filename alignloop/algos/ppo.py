@@ -6,7 +6,7 @@ response tokens; ``mask`` marks the valid ones. Every loss returns
 (``policy/clipfrac_avg`` …) so the trainer logs them unchanged.
 
 A policy loss is one function ``(logp, old_logp, advantages, mask, *,
-clip_eps, clip_eps_high, agg, max_len) -> (loss, stats)`` in ``POLICY_LOSSES``.
+clip_eps, clip_eps_high, agg, max_len) -> (loss, stats)``; ``POLICY_LOSSES`` (policy_losses.py) names them all.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ __all__ = [
     "AGGREGATIONS",
     "aggregate_loss",
     "PolicyLoss",
-    "POLICY_LOSSES",
     "ppo_policy_loss",
     "vanilla_policy_loss",
     "value_loss",
@@ -125,12 +124,6 @@ def vanilla_policy_loss(
             "policy/ratio_avg": masked_mean(ratio, mask),
         }
     return loss, stats
-
-
-POLICY_LOSSES: dict[str, PolicyLoss] = {
-    "ppo_clip": ppo_policy_loss,
-    "vanilla": vanilla_policy_loss,
-}
 
 
 def value_loss(

@@ -62,8 +62,10 @@ def open_image(entry: str) -> Image.Image:
                 raise ValueError(f"no such file '{entry}'")
             image = Image.open(entry)
         image.load()
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read the image '{_short(entry)}': {err}") from err
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot read the image '{_short(entry)}': not an image file PIL can open") from None
+    except OSError as err:
+        raise ValueError(f"cannot read the image '{_short(entry)}': {err}") from None
     return image.convert("RGB")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import logging
+import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,16 +62,55 @@ def resolve_data_path(path: str | Path) -> Path:
     return resolved
 
 
+def _read_text(path: Path, label: str) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        byte = f"0x{raw[err.start]:02x}"
+        raise DataError(f"{label}:{line}: not UTF-8 text (byte {byte}); save the file as UTF-8") from None
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid number (JSON has no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} overflows to infinity")
+    return value
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The first field holding NaN or ±inf (Parquet and HF datasets can store them), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "value"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
 def _iter_json_lines(path: Path, label: str) -> Iterator[tuple[str, Any, str | None]]:
     """Yield ``(location, value, parse_error)``; blank lines are skipped, line numbers start at 1."""
-    with path.open(encoding="utf-8") as handle:
-        text = handle.read()
+    text = _read_text(path, label)
     # A .json file may also be one JSON array of records (what pretty-printers and `json.dump` write).
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
-            items = json.loads(text)
+            items = _loads(text)
         except json.JSONDecodeError as err:
             yield f"{label}:{err.lineno}", None, f"invalid JSON: {err.msg} (column {err.colno})"
+            return
+        except ValueError as err:
+            yield f"{label}", None, f"invalid JSON: {err}"
             return
         for number, item in enumerate(items, start=1):
             yield f"{label}:item {number}", item, None
@@ -79,9 +119,13 @@ def _iter_json_lines(path: Path, label: str) -> Iterator[tuple[str, Any, str | N
         if not line.strip():
             continue
         try:
-            yield f"{label}:{number}", json.loads(line), None
+            value = _loads(line)
         except json.JSONDecodeError as err:
             yield f"{label}:{number}", None, f"invalid JSON: {err.msg} (column {err.colno})"
+        except ValueError as err:
+            yield f"{label}:{number}", None, f"invalid JSON: {err}"
+        else:
+            yield f"{label}:{number}", value, None
 
 
 def _drop_nulls(row: dict) -> dict:
@@ -94,8 +138,11 @@ def _iter_rows(rows: list[dict], label: str) -> Iterator[tuple[str, Any, str | N
         yield f"{label}:row {number}", _drop_nulls(row), None
 
 
-def _read_parquet(path: Path) -> list[dict]:
-    return pq.read_table(path).to_pylist()
+def _read_parquet(path: Path, label: str) -> list[dict]:
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{label}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
 
 
 def _read_hf_dataset(path: Path, label: str) -> list[dict]:
@@ -116,7 +163,7 @@ def _iter_source(path: Path, label: str) -> Iterator[tuple[str, Any, str | None]
     if suffix in _JSON_SUFFIXES:
         return _iter_json_lines(path, label)
     if suffix == ".parquet":
-        return _iter_rows(_read_parquet(path), label)
+        return _iter_rows(_read_parquet(path, label), label)
     raise DataError(
         f"{label}: unsupported data file type {suffix or '(none)'!r}; "
         "use .jsonl, .json, .parquet or a folder written by datasets' save_to_disk"
@@ -142,6 +189,9 @@ def load_records(
     bad_records = 0
     first_problem = ""
     for location, value, parse_error in _iter_source(resolved, label):
+        bad_number = None if parse_error else _non_finite(value)
+        if bad_number:
+            parse_error = f"{bad_number}: NaN or infinite number"
         record, found = (None, [parse_error]) if parse_error else validate_record(value, kind)
         if record is not None and "images" in record:
             check_images(record, base_dir, found, fields=_IMAGE_FIELDS[kind])
@@ -168,20 +218,23 @@ def first_record_keys(path: str | Path) -> set[str]:
     if resolved.is_dir():
         return set(datasets.load_from_disk(str(resolved)).column_names)
     if resolved.suffix.lower() == ".parquet":
-        return set(pq.read_schema(resolved).names)
-    with resolved.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                first = json.loads(line)
-            except json.JSONDecodeError:
-                if line.lstrip().startswith("["):  # a .json file holding one array of records
-                    first = json.loads(resolved.read_text(encoding="utf-8") or "[]")
-                    first = first[0] if first else {}
-                else:
-                    raise DataError(f"{path}:{number}: invalid JSON") from None
-            return set(first) if isinstance(first, dict) else set()
+        try:
+            return set(pq.read_schema(resolved).names)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+    text = _read_text(resolved, str(path))
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            first = json.loads(line)
+        except json.JSONDecodeError:
+            if line.lstrip().startswith("["):  # a .json file holding one array of records
+                first = json.loads(text or "[]")
+                first = first[0] if first else {}
+            else:
+                raise DataError(f"{path}:{number}: invalid JSON") from None
+        return set(first) if isinstance(first, dict) else set()
     return set()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
@@ -188,8 +189,32 @@ class RuleReward:
     def score(self, prompts: list[str], completions: list[str], **fields: Any) -> torch.Tensor:
         if self._accepted_fields is not None:
             fields = {key: value for key, value in fields.items() if key in self._accepted_fields}
-        values = self.fn(list(prompts), list(completions), **fields)
+        try:
+            values = self.fn(list(prompts), list(completions), **fields)
+        except AlignloopError:  # already one clear line (the bundled rules raise these)
+            raise
+        except Exception as err:  # a user's function: report where and on what, not a traceback
+            raise AlignloopError(self._failure(prompts, completions, fields, err)) from None
         return as_score_tensor(values, len(completions), f"function {self.name!r}")
+
+    def _where(self) -> str:
+        try:
+            return f"{Path(inspect.getsourcefile(self.fn) or '?').name}:{self.name}"
+        except TypeError:
+            return self.name
+
+    def _failure(self, prompts: list, completions: list, fields: dict, err: Exception) -> str:
+        """One line naming the function and the first record it fails on alone (re-run one at a time)."""
+        n = len(completions)
+        for i in range(n):
+            one = {k: v[i : i + 1] if isinstance(v, (list, tuple)) and len(v) == n else v for k, v in fields.items()}
+            try:
+                self.fn([prompts[i]], [completions[i]], **one)
+            except Exception as single:
+                prompt = str(prompts[i]).replace("\n", " ")[:60]
+                return (f"reward {self._where()} failed on record {i + 1} of {n} in this batch (prompt {prompt!r}): "
+                        f"{type(single).__name__}: {single}")
+        return f"reward {self._where()} failed on a batch of {n} records: {type(err).__name__}: {err}"
 
     def __repr__(self) -> str:
         return f"RuleReward({self.name!r})"

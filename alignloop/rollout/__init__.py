@@ -1,6 +1,6 @@
 """Rollouts: the sampler interface, the HF KV-cache backend and the shared log-prob convention."""
 
-from alignloop.rollout.base import Prompt, Rollout, Sampler, TokenizedPrompt, position_ids_from_mask
+from alignloop.rollout.base import Prompt, Rollout, Sampler, TokenizedPrompt, concat_rollouts, position_ids_from_mask
 from alignloop.rollout.hf import HFSampler
 from alignloop.rollout.logprobs import entropy_from_logits, forward_logprobs, logprobs_from_logits
 
@@ -10,6 +10,7 @@ __all__ = [
     "TokenizedPrompt",
     "Rollout",
     "Sampler",
+    "concat_rollouts",
     "entropy_from_logits",
     "forward_logprobs",
     "logprobs_from_logits",

@@ -103,6 +103,46 @@ class Rollout:
         )
 
 
+def _pad_to(t: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+    extra = width - t.shape[1]
+    if extra <= 0:
+        return t
+    pad = torch.full((t.shape[0], extra), value, dtype=t.dtype, device=t.device)
+    return torch.cat([pad, t] if left else [t, pad], dim=1)
+
+
+def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """Rows of ``parts`` in order, as if one sampler had produced them.
+
+    Prompts stay left padded and responses right padded to the widest part; ``group_index`` of each
+    part is shifted past the prompts of the parts before it. Images are kept when every part has them.
+    """
+    if not parts:
+        raise ValueError("no rollouts to join")
+    if len(parts) == 1:
+        return parts[0]
+    p_width = max(p.prompt_ids.shape[1] for p in parts)
+    r_width = max(p.response_ids.shape[1] for p in parts)
+    groups, offset = [], 0
+    for p in parts:
+        groups.append(p.group_index + offset)
+        offset += int(p.group_index.max()) + 1 if len(p) else 0
+    with_images = all(p.images is not None for p in parts)
+    return Rollout(
+        prompt_ids=torch.cat([_pad_to(p.prompt_ids, p_width, pad_id, left=True) for p in parts]),
+        prompt_mask=torch.cat([_pad_to(p.prompt_mask, p_width, 0, left=True) for p in parts]),
+        response_ids=torch.cat([_pad_to(p.response_ids, r_width, pad_id, left=False) for p in parts]),
+        response_mask=torch.cat([_pad_to(p.response_mask, r_width, 0, left=False) for p in parts]),
+        logprobs=torch.cat([_pad_to(p.logprobs, r_width, 0.0, left=False) for p in parts]),
+        ended_with_eos=torch.cat([p.ended_with_eos for p in parts]),
+        ended_with_stop=torch.cat([p.ended_with_stop for p in parts]),
+        prompts=[x for p in parts for x in p.prompts],
+        responses=[x for p in parts for x in p.responses],
+        group_index=torch.cat(groups),
+        images=[x for p in parts for x in p.images] if with_images else None,  # type: ignore[union-attr]
+    )
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, so a left-padded row starts at 0 like an unpadded one."""
     positions = attention_mask.long().cumsum(dim=-1) - 1

@@ -134,5 +134,6 @@ class CollectStage(StandaloneStage):
         write_jsonl(run_dir.metrics_path,
                     [{"step": 0, **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}])
         run_dir.write_summary(summary)
+        run_dir.release()
         partial.unlink(missing_ok=True)
         return summary

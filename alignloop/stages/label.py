@@ -245,6 +245,7 @@ class LabelStage(StandaloneStage):
         writer.write(len(pairs), {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
         writer.close()
         run_dir.write_summary(summary)
+        run_dir.release()
         return summary
 
 

@@ -37,10 +37,13 @@ class EpochBatchSource:
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        full_batches: bool = False,
     ):
         if len(dataset) == 0:
             raise ValueError("empty training set")
         self.dataset = dataset
+        # RL rollouts need exactly micro_batch_size prompts: a batch at an epoch's end is completed from the next
+        self.full_batches = full_batches
         self.micro_batch_size = micro_batch_size
         self.collate = collate
         self.seed = seed
@@ -63,15 +66,21 @@ class EpochBatchSource:
         order = (order * 2)[: per_rank * self.world_size]
         return order[self.rank :: self.world_size]
 
-    def next_batch(self) -> Any:
+    def _take(self, k: int) -> list[int]:
         if self._order is None:
             self._order = self._epoch_order(self._epoch)
         if self._pos >= len(self._order):
             self._epoch += 1
             self._pos = 0
             self._order = self._epoch_order(self._epoch)
-        idx = self._order[self._pos : self._pos + self.micro_batch_size]
+        idx = self._order[self._pos : self._pos + k]
         self._pos += len(idx)
+        return idx
+
+    def next_batch(self) -> Any:
+        idx = self._take(self.micro_batch_size)
+        while self.full_batches and len(idx) < self.micro_batch_size:
+            idx += self._take(self.micro_batch_size - len(idx))
         return self.collate([self.dataset[i] for i in idx])
 
     @property

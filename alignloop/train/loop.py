@@ -259,6 +259,7 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
         if run.is_main:
             stage.save(out_dir)
             run_dir.write_summary(summary)
+    run_dir.release()
     run.accelerator.wait_for_everyone()
     writer.close()
     return summary

@@ -78,7 +78,7 @@ def test_cli_bad_config_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "alignloop", "sft", str(bad)], capture_output=True, text=True)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
-    assert f"{bad}: train.lrr: unknown key (did you mean 'train.lr'?)" in " ".join(r.stderr.split())
+    assert f"{bad}:2: train.lrr: unknown key (did you mean 'train.lr'?)" in " ".join(r.stderr.split())
 
 
 def test_cli_bad_data_names_file_line_field(tmp_path):

@@ -84,6 +84,24 @@ def test_epoch_order_changes_between_epochs_and_nothing_is_skipped():
     assert again.next_batch() == third
 
 
+def test_full_batches_complete_an_epochs_last_batch_from_the_next_epoch():
+    from alignloop.train.batches import EpochBatchSource
+
+    src = EpochBatchSource(list(range(10)), 4, lambda xs: xs, seed=5, full_batches=True)
+    batches = [src.next_batch() for _ in range(5)]  # 20 items: exactly two epochs
+    assert [len(b) for b in batches] == [4, 4, 4, 4, 4]
+    flat = [x for b in batches for x in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert flat[:10] != flat[10:]  # the second epoch is a new order
+    resumed = EpochBatchSource(list(range(10)), 4, lambda xs: xs, seed=5, full_batches=True)
+    partial = EpochBatchSource(list(range(10)), 4, lambda xs: xs, seed=5, full_batches=True)
+    partial.next_batch(), partial.next_batch()
+    resumed.load_state_dict(partial.state_dict())
+    assert resumed.next_batch() == batches[2]  # the batch that crosses the epoch boundary, after a resume
+    plain = EpochBatchSource(list(range(10)), 4, lambda xs: xs, seed=5)
+    assert [len(plain.next_batch()) for _ in range(3)] == [4, 4, 2]  # other stages keep a short last batch
+
+
 def test_killed_process_resumes_from_last_checkpoint(tmp_path):
     script = f"""
 import sys, os, signal

@@ -36,7 +36,9 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
     epochs: int = Field(1, gt=0, description="Passes over each rollout (PPO epochs, μ in GRPO).")
     clip_eps: float = Field(0.2, gt=0, description="ε of the clipped surrogate (Schulman et al. 2017).")
     clip_eps_high: float | None = Field(None, gt=0, description="Upper clip ε (DAPO clip-higher); null = clip_eps.")
-    policy_loss: str = Field("ppo_clip", description="Registered policy loss (algos.POLICY_LOSSES).")
+    policy_loss: str = Field(
+        "ppo_clip", description="Registered policy loss (algos.POLICY_LOSSES: ppo_clip, vanilla, gspo, cispo)."
+    )
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = Field(
         "token_mean",
         description="token_mean: every token weighs the same; seq_mean_token_mean: every response weighs the same; "

@@ -31,8 +31,9 @@ from alignloop.stages.rl.monitors import SampleLog, rollout_monitors
 from alignloop.stages.rl.prompts import RLPrompts
 from alignloop.stages.rl.rewards import RunningMoments, apply_truncation, normalise_scores, prompt_text, score_rollout
 from alignloop.stages.rl.roles import LocalReference, RLRoles, SyncsWeights, local_roles
+from alignloop.stages.rl.sampling import sample_and_score
 from alignloop.stages.rl.shared_prompt import shared_prompt_logprobs
-from alignloop.stages.rl.source import RolloutBatchSource, rollout_seed
+from alignloop.stages.rl.source import RolloutBatchSource
 from alignloop.train.batches import EpochBatchSource
 from alignloop.train.stage import Stage, StepOutput
 
@@ -131,7 +132,7 @@ class RLStage(Stage):
                               f"the process count ({run.world_size})")
         prompts = EpochBatchSource(
             self.train_records, opts.prompts_per_rollout // run.world_size, list,
-            seed=tc.seed, rank=run.rank, world_size=run.world_size,
+            seed=tc.seed, rank=run.rank, world_size=run.world_size, full_batches=True,
         )
         self.source = RolloutBatchSource(
             prompts, self.rollout_phase,
@@ -176,21 +177,12 @@ class RLStage(Stage):
 
     def rollout_phase(self, records: list[dict], index: int) -> Experience:
         """Once per rollout: sample, score, old and reference log-probs, then the algorithm's targets."""
-        opts, run = self.opts, self.run
+        opts = self.opts
         if index == 0 and opts.eval_before and self.eval_before is None and self.eval_records and opts.eval_prompts:
             self.eval_before = self.evaluate()
         started = time.perf_counter()
-        rollout = self.sampler.generate(
-            self.prompts.for_sampler(records), n=opts.num_generations, max_new_tokens=opts.max_new_tokens,
-            temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, stop=opts.stop,
-            seed=rollout_seed(self.config.train.seed, index, run.rank),
-        )
-        self.generation_seconds += time.perf_counter() - started
-        group = rollout.group_index.cpu().tolist()
-        keys = sorted({k for r in records for k in r if k != "prompt"})
-        fields = {k: [records[g].get(k) for g in group] for k in keys}
-        with torch.no_grad(), self.run.autocast():  # a reward model scores in the precision it trained in
-            scored = score_rollout(self.reward, rollout.prompts, rollout.responses, fields, self.kl.per_sample)
+        # sample and score, with DAPO's dynamic sampling / overlong shaping when the options ask (sampling.py)
+        rollout, scored, sampling_stats = sample_and_score(self, records, index)
         scores, keep_rows = apply_truncation(scored.scores, rollout.finished, opts.truncation, opts.truncation_value)
         scores = normalise_scores(scores, opts.reward_norm, self.running, opts.reward_clip, self.run.reduce_sum)
         input_ids, attention = rollout.input_ids(), rollout.attention_mask()
@@ -227,6 +219,7 @@ class RLStage(Stage):
         if self.gold is not None:
             gold = torch.tensor(self.gold.score([prompt_text(p) for p in rollout.prompts], rollout.responses))
         stats.update(rollout_monitors(scored.scores, rollout.response_lengths(), rollout.finished, gold))
+        stats.update(sampling_stats)
         stats["objective/scores"] = float(scored.scores.mean())
         stats["rollout/generation_seconds"] = time.perf_counter() - started
         self.rollout_stats = stats
