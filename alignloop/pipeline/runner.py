@@ -68,13 +68,16 @@ def resolved_configs(pipeline: Pipeline) -> list[tuple[StageEntry, BaseModel]]:
     """Every stage's validated config, with ``${stage}`` references and defaults applied, before anything runs."""
     folders: dict[str, Path] = {"run": pipeline.out}
     out = []
-    for entry in pipeline.stages:
-        cfg_cls, _ = stage_classes_or_explain(entry.stage)
-        where = f"stages.{entry.name}.config"
+    for i, entry in enumerate(pipeline.stages):
+        try:
+            cfg_cls, _ = stage_classes_or_explain(entry.stage)
+        except AlignloopError as err:
+            raise ConfigError(f"{pipeline.source}: stages[{i}].stage: {err}") from None
+        where = f"{pipeline.source}: stages[{i}] ({entry.name}).config"
         data = merge_defaults(pipeline.defaults, entry.config, set(cfg_cls.model_fields))
         data = resolve_references(data, folders, where)
         data.pop("out", None)  # the pipeline decides where each stage writes
-        out.append((entry, config_from_dict(cfg_cls, data, f"pipeline {pipeline.name}: {where}")))
+        out.append((entry, config_from_dict(cfg_cls, data, where)))
         folders[entry.name] = pipeline.stage_dir(entry.name)
     return out
 

@@ -54,6 +54,7 @@ class Pipeline:
     stages: list[StageEntry]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    source: str = "<pipeline>"  # the YAML file, for error messages
 
     def stage_dir(self, name: str) -> Path:
         return self.out / name
@@ -78,6 +79,8 @@ def _stage_config(raw: Any, source: str, where: str) -> dict:
         path = Path(raw)
         if not path.is_absolute():
             path = Path(source).parent / path
+        if not path.is_file():
+            raise ConfigError(f"{where}.config: {path}: config file not found")
         return read_yaml(path)
     raise ConfigError(f"{where}.config: expected a mapping or a path to a YAML file, got {type(raw).__name__}")
 
@@ -119,13 +122,15 @@ def parse_pipeline(data: dict, source: str = "<pipeline>", out: str | Path | Non
                                  float(estimate) if estimate is not None else None))
     out_dir = Path(out) if out is not None else Path(data.get("out") or Path("runs") / name)
     return Pipeline(name=name, out=out_dir, stages=stages, defaults=defaults,
-                    description=str(data.get("description", "")))
+                    description=str(data.get("description", "")), source=source)
 
 
 def apply_pipeline_overrides(data: dict, overrides: list[str]) -> dict:
     """``STAGE.key=value`` goes into that stage's config; ``defaults.key=value`` into the defaults."""
     data = copy.deepcopy(data)
-    by_name = {str(s.get("name") or s.get("stage")): s for s in data.get("stages", []) if isinstance(s, dict)}
+    stages = data.get("stages")
+    stages = stages if isinstance(stages, list) else []  # parse_pipeline reports a malformed list
+    by_name = {str(s.get("name") or s.get("stage")): s for s in stages if isinstance(s, dict)}
     for item in overrides:
         head, _, rest = item.partition(".")
         if not rest or "=" not in rest:

@@ -198,10 +198,12 @@ class RuleReward:
         return as_score_tensor(values, len(completions), f"function {self.name!r}")
 
     def _where(self) -> str:
+        function = getattr(self.fn, "__name__", None)
         try:
-            return f"{Path(inspect.getsourcefile(self.fn) or '?').name}:{self.name}"
+            source = inspect.getsourcefile(self.fn)
         except TypeError:
-            return self.name
+            source = None
+        return f"{Path(source).name}:{function}" if source and function else self.name
 
     def _failure(self, prompts: list, completions: list, fields: dict, err: Exception) -> str:
         """One line naming the function and the first record it fails on alone (re-run one at a time)."""

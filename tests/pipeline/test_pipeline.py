@@ -63,7 +63,7 @@ def test_overrides_and_variants(tmp_path):
 def test_pipeline_errors_name_the_key(tmp_path):
     bad_ref = {**TINY, "stages": [{"name": "a", "stage": "collect", "config": {"model": "${later}"}},
                                   {"name": "later", "stage": "sft"}]}
-    with pytest.raises(ConfigError, match=r"stages.a.config.model: \$\{later\} names no earlier stage \(available: run\)"):
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(a\).config.model: \$\{later\} names no earlier stage \(available: run\)"):
         resolved_configs(parse_pipeline(bad_ref, "p.yaml"))
     twice = {"stages": [{"stage": "sft"}, {"stage": "sft"}]}
     with pytest.raises(ConfigError, match=r"p.yaml: stages\[1\].name: stage 'sft' appears twice"):
@@ -71,7 +71,7 @@ def test_pipeline_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"p.yaml: stages\[0\]: unknown keys \['confg'\]"):
         parse_pipeline({"stages": [{"stage": "sft", "confg": {}}]}, "p.yaml")
     typo = {"stages": [{"stage": "sft", "config": {"train": {"max_step": 3}}}]}
-    with pytest.raises(ConfigError, match=r"stages.sft.config: train.max_step: unknown key \(did you mean 'train.max_steps'\?\)"):
+    with pytest.raises(ConfigError, match=r"stages\[\d\] \(sft\).config: train.max_step: unknown key \(did you mean 'train.max_steps'\?\)"):
         resolved_configs(parse_pipeline(typo, "p.yaml"))
     with pytest.raises(Exception, match="unknown stage 'sfft'"):
         resolved_configs(parse_pipeline({"stages": [{"stage": "sfft"}]}, "p.yaml"))
