@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # Services for the feedback web app's tests: Debian's PostgreSQL and Chromium, Playwright for Python.
 # Source it so the database URL reaches the tests:   source .ci/feedback_services.sh
-# It is idempotent: installed packages are not reinstalled and a running cluster is reused.
+# Nothing is installed unless ALIGNLOOP_TEST_SERVICES=install (.ci/run sets it); then it uses apt-get (as root,
+# or with password-less sudo: it never prompts) and pip. It is idempotent: installed packages are not reinstalled and a running cluster is reused.
 # Exports ALIGNLOOP_TEST_PG_URL (a PostgreSQL on 127.0.0.1, free port, run by a non-root user).
 
 _alignloop_feedback_services() {
   local state="${ALIGNLOOP_PG_DIR:-/tmp/alignloop-ci-pg}"
   local sudo_cmd="" run_as=() need=() pg_bin port
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  local install="${ALIGNLOOP_TEST_SERVICES:-}"
+  # never prompt: sudo -n fails at once where a password would be needed
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo -n"
 
   [ -x /usr/bin/chromium ] || need+=(chromium)
   ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
-  if [ "${#need[@]}" -gt 0 ]; then
-    echo "feedback services: installing ${need[*]} from Debian"
+  python -c "import playwright, psycopg" 2>/dev/null || need+=("playwright+psycopg (pip)")
+  if [ "${#need[@]}" -gt 0 ] && [ "$install" != "install" ]; then
+    echo "feedback services: not installed: ${need[*]}; the browser and PostgreSQL tests will be skipped."
+    echo "  To run them: ALIGNLOOP_TEST_SERVICES=install make test (apt-get installs chromium and postgresql,"
+    echo "  as root or with password-less sudo; pip installs playwright and psycopg into this environment)"
+    return 0
+  fi
+  need=("${need[@]/playwright+psycopg (pip)}")
+  if [ -n "${need[*]// /}" ]; then
+    echo "feedback services: installing ${need[*]} from Debian${sudo_cmd:+ with $sudo_cmd}"
     $sudo_cmd apt-get update -qq || return 1
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || return 1
-  else
-    echo "feedback services: chromium and postgresql already installed"
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends ${need[*]} >/dev/null || return 1
   fi
   if ! python -c "import playwright, psycopg" 2>/dev/null; then
     echo "feedback services: pip install playwright psycopg[binary]"
