@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 from rich.logging import RichHandler
 
 from alignloop.errors import AlignloopError
@@ -32,8 +33,10 @@ def out_console() -> Console:
     return Console(width=int(columns) if columns.isdigit() else 160)
 
 CONFIG_ARG = typer.Argument(None, help="Stage config YAML (optional: defaults run on a laptop).", show_default=False)
-SET_OPT = typer.Option([], "--set", "-s", help="Override a config key: --set train.lr=1e-4 (repeatable).")
-OUT_OPT = typer.Option(None, "--out", "-o", help="Output run directory (default: config 'out' or runs/<stage>).")
+SET_OPT = typer.Option([], "--set", "-s", metavar="KEY=VALUE",
+                       help="Override a config key: --set train.lr=1e-4 (repeatable).")
+OUT_OPT = typer.Option(None, "--out", "-o", metavar="DIR",
+                       help="Output run directory (default: config 'out' or runs/<stage>).")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -99,6 +102,18 @@ def rm(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optio
 def dpo(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
     """Direct preference optimisation (DPO, cDPO, robust, IPO, hinge, SimPO) on preference pairs."""
     run_stage_command("dpo", config, set, out)
+
+
+@app.command()
+def kto(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """KTO: learn from completions labelled desirable or undesirable (unpaired records, or pairs split in two)."""
+    run_stage_command("kto", config, set, out)
+
+
+@app.command()
+def orpo(config: Optional[Path] = CONFIG_ARG, set: list[str] = SET_OPT, out: Optional[Path] = OUT_OPT) -> None:
+    """ORPO: SFT on the chosen answer plus an odds-ratio preference term, with no reference model."""
+    run_stage_command("orpo", config, set, out)
 
 
 @app.command()
@@ -260,8 +275,40 @@ def _mount_optional() -> None:
     app.add_typer(annotate_app, name="annotate", help="Human feedback web app: init, serve, export.")
 
 
+class _PlainHelpCommand(TyperCommand):
+    """typer's rich help shows a type after every option, '<bool>' after --help: give --help none."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _PlainHelpGroup(TyperGroup):
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+def _plain_help(typer_app: typer.Typer) -> None:
+    if not (isinstance(typer_app.info.cls, type) and typer_app.info.cls is not TyperGroup):
+        typer_app.info.cls = _PlainHelpGroup  # unset (typer's Default placeholder) or the plain TyperGroup
+    for command in typer_app.registered_commands:
+        if command.cls in (None, TyperCommand):
+            command.cls = _PlainHelpCommand
+    for group in typer_app.registered_groups:
+        _plain_help(group.typer_instance)
+
+
+_plain_help(app)
+
+
 def main() -> None:
     _mount_optional()
+    _plain_help(app)
     try:
         app()
     except AlignloopError as e:  # errors raised outside a command body

@@ -115,6 +115,9 @@ class LoraSettings(Section):
     vision: Literal["frozen", "connector", "all"] = Field(
         "connector", description="Vision-language models: what of the vision side trains in full beside the adapter."
     )
+    save_merged: bool = Field(
+        False, description="Save the model merged into full weights (AutoModelForCausalLM) instead of as an adapter."
+    )
 
 
 class StageConfig(Section):
@@ -123,7 +126,9 @@ class StageConfig(Section):
     model: str = Field("smollm2-135m-instruct", description="Bundled name, local HF dir, or a run/stage dir.")
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    lora: LoraSettings | None = Field(None, description="Absent means full fine-tuning.")
+    lora: LoraSettings | None = Field(
+        None, description="LoRA is off (full fine-tuning) unless the config has a `lora:` section or a "
+        "`--set lora.KEY=...`; the `lora.*` defaults below apply once it is on.")
     out: str | None = Field(None, description="Output directory (default runs/<stage>).")
 
 

@@ -29,6 +29,8 @@ def describe(model: type[BaseModel], prefix: str = "", instance: BaseModel | Non
         key = f"{prefix}{name}"
         value = getattr(instance, name) if instance is not None else field.get_default(call_default_factory=True)
         if sub is not None:
+            if value is None:  # an optional section, off unless the config has it: say so before its keys
+                rows.append(f"| `{key}` | section | absent | {field.description or ''} |")
             nested.append((key, sub, value if isinstance(value, BaseModel) else None))
             continue
         default = value

@@ -9,6 +9,8 @@ module); subprocess scripts that put the repository on ``sys.path`` can import t
   RL behaviour tests train, and the rule reward they optimise (``grpo.reward=tests.conftest:target_fraction``).
 - ``tiny_llama``: an *untied*, 512-position tiny Llama seeded through the global RNG (the rollout and packing
   tests' model; ``alignloop.models.build_tiny_llama`` is the library's tied, 8192-position one).
+- ``plain_logits``, ``plain_scalar_values``: a saved model loaded with transformers / peft only, as a user elsewhere
+  would (tests/stages/test_load_anywhere.py, the quickstart test).
 - fixtures: ``word_model_dir`` (session), ``tiny_model_dir`` (session), ``tiny_tokenizer`` and its alias
   ``tokenizer`` (module scope: one instance per test module, as before).
 """
@@ -154,6 +156,40 @@ def write_prompts(path: Path, n: int = 32) -> str:
 def word_model_dir(tmp_path_factory) -> str:
     """``make_word_model(seed=0)`` saved once per session; tests only read it (their outputs go elsewhere)."""
     return str(make_word_model(tmp_path_factory.mktemp("word_model") / "model"))
+
+
+# ---- saved models loaded without alignloop (issue 21) ---------------------------------------------------------
+
+
+def plain_logits(folder: Path, input_ids: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of a saved causal LM loaded with plain transformers (full weights) or peft (an adapter), as
+    ``alignloop_model.json``'s ``format`` says."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    fmt = json.loads((Path(folder) / "alignloop_model.json").read_text())["format"]
+    model = (AutoPeftModelForCausalLM if fmt == "lora" else AutoModelForCausalLM).from_pretrained(folder).eval()
+    with torch.no_grad():
+        return model(input_ids=input_ids).logits.float()
+
+
+def plain_scalar_values(folder: Path, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token values of a saved reward/value model without alignloop: the backbone with ``AutoModel`` (an adapter
+    with peft on its ``base_model_name_or_path``), then ``head.safetensors`` on the last hidden states."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    folder = Path(folder)
+    if (folder / "adapter_config.json").is_file():
+        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        backbone = PeftModel.from_pretrained(AutoModel.from_pretrained(base), folder)
+    else:
+        backbone = AutoModel.from_pretrained(folder)
+    head = load_file(str(folder / "head.safetensors"))
+    with torch.no_grad():
+        hidden = backbone.eval()(input_ids=input_ids).last_hidden_state.float()
+    return hidden @ head["weight"].T + head["bias"]
 
 
 # ---- tiny Llamas over the bundled 49152-token vocabulary --------------------------------------------------------

@@ -16,12 +16,15 @@ from alignloop.stages.registry import STAGES, stage_classes
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 # an example whose stage is not its file name
-EXAMPLE_STAGE = {"rsft": "sft", "vlm-sft": "sft", "vlm-grpo": "grpo", "vlm-dpo": "dpo", "vlm-rm": "rm", "vlm-bon": "bon"}
+EXAMPLE_STAGE = {"rsft": "sft", "vlm-sft": "sft", "vlm-grpo": "grpo", "vlm-dpo": "dpo", "dpo-online": "dpo", "vlm-rm": "rm", "vlm-bon": "bon"}
 # docs/<page>: the stage each ```yaml block is for, in order (None: not a stage config, checked elsewhere)
 DOC_BLOCKS = {
     "constitutional-ai.md": ["constitution-file"],
     "distributed.md": ["ppo"],
+    "kto.md": ["kto"],
+    "dpo.md": ["dpo"],
     "multi-objective.md": ["ppo", "ppo"],
+    "orpo.md": ["orpo"],
     "pipeline.md": ["pipeline"],
     "reward-models.md": ["rm", "rm"],
     "rewards.md": [None, None],  # reward entries inside a stage section (tests/rewards/test_base.py)

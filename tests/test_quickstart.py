@@ -60,6 +60,28 @@ def test_quickstart_fast_completes_with_a_full_report(tmp_path):
         assert entry["kl_to_ref"] is not None and entry["n_samples"] > 0
     assert set(report["stages"]) == {"sft", "prefs", "rm", "ppo", "dpo", "eval"}
     assert (tmp_path / "q" / "report.html").stat().st_size > 50_000
+    assert_models_load_anywhere(tmp_path / "q")
+
+
+def assert_models_load_anywhere(out: Path) -> None:
+    """Every model the quickstart saved loads with plain transformers / peft (the LoRA policies and value model
+    as one adapter on SmolLM2, the SFT adapter folded in) and gives alignloop's logits in fp32 (issue 21)."""
+    import torch
+
+    from alignloop.models import ScalarHeadModel, load_causal_lm, load_tokenizer
+    from tests.conftest import plain_logits, plain_scalar_values
+
+    ids = load_tokenizer(out / "sft")(["Write a happy sentence about the sea."], return_tensors="pt").input_ids
+    for stage in ("sft", "ppo", "dpo"):
+        note = json.loads((out / stage / "model" / "alignloop_model.json").read_text())
+        assert note["format"] == "lora" and note["base_model"] == "smollm2-135m-instruct", (stage, note)
+        with torch.no_grad():
+            ours = load_causal_lm(out / stage, trainable=False)(input_ids=ids).logits
+        assert (plain_logits(out / stage / "model", ids) - ours).abs().max() <= 1e-5, stage
+    for folder in (out / "rm" / "model", out / "ppo" / "value_model"):
+        with torch.no_grad():
+            ours = ScalarHeadModel.from_pretrained(folder, trainable=False)(ids)
+        assert (plain_scalar_values(folder, ids) - ours).abs().max() <= 1e-5, folder
 
 
 @pytest.mark.slow

@@ -44,6 +44,7 @@ from .kl import (
 from .logprobs import DEFAULT_CHUNK_SIZE, entropy_from_logits, selective_log_softmax, sequence_logprob, shift_labels
 from .masked import masked_count, masked_mean, masked_sum, masked_var, masked_whiten
 from .policy_losses import POLICY_LOSSES, cispo_policy_loss, gspo_policy_loss, sequence_log_ratio
+from .preference_losses import ORPOTerms, kto_loss, kto_reference_point, log1mexp, orpo_log_odds, orpo_loss
 from .ppo import (
     AGGREGATIONS,
     PolicyLoss,
@@ -77,6 +78,7 @@ __all__ = [
     "DPO_LOSSES",
     "FixedKLController",
     "KL_ESTIMATORS",
+    "ORPOTerms",
     "POLICY_LOSSES",
     "PolicyLoss",
     "REFERENCE_FREE_LOSSES",
@@ -107,12 +109,17 @@ __all__ = [
     "kl_k2",
     "kl_k3",
     "kl_penalty",
+    "kto_loss",
+    "kto_reference_point",
+    "log1mexp",
     "masked_count",
     "masked_mean",
     "masked_sum",
     "masked_var",
     "masked_whiten",
     "normalize_ranking",
+    "orpo_log_odds",
+    "orpo_loss",
     "pairwise_correct",
     "plackett_luce_loss",
     "ppo_policy_loss",

@@ -94,7 +94,7 @@ def log1mexp(x: Tensor, eps: float = 1e-7) -> Tensor:
 
 
 def orpo_log_odds(chosen_mean_logps: Tensor, rejected_mean_logps: Tensor) -> Tensor:
-    """``log odds(y_w) − log odds(y_l)`` with ``log odds = log P − log(1 − P)`` and ``log P`` the mean token log-prob."""
+    """``log odds(y_w) − log odds(y_l)``, ``log odds = log P − log(1 − P)`` with ``log P`` the mean token log-prob."""
     chosen = chosen_mean_logps - log1mexp(chosen_mean_logps)
     rejected = rejected_mean_logps - log1mexp(rejected_mean_logps)
     return chosen - rejected

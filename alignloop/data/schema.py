@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
-KINDS = ("sft", "pair", "ranking", "prompt", "process")
+KINDS = ("sft", "pair", "ranking", "prompt", "process", "unpaired")
 STEP_LABELS = (1, 0, -1)
 
 COMPLETION_HINT = "must be a non-empty string or a list of messages"
@@ -143,6 +143,20 @@ def _pair(record: dict, problems: list[str]) -> dict:
     return out
 
 
+def _unpaired(record: dict, problems: list[str]) -> dict:
+    """One completion labelled desirable (``label: true``) or undesirable (``false``): TRL's unpaired format (KTO)."""
+    out = dict(record)
+    out["prompt"] = _prompt(record, problems)
+    out["completion"] = _required_completion(record, "completion", problems)
+    if "label" not in record:
+        problems.append("label: missing (true for a desirable completion, false for an undesirable one)")
+    elif not isinstance(record["label"], bool):
+        problems.append(f"label: must be true or false (got {record['label']!r})")
+    if "images" in record:
+        problems.append("images: unpaired records take text only")
+    return out
+
+
 def _ranking_order(ranking: Any, n: int, problems: list[str]) -> None:
     """``ranking`` lists completion indices best first; a nested list is a group of ties."""
     if not isinstance(ranking, list) or not ranking:
@@ -225,7 +239,8 @@ def _process(record: dict, problems: list[str]) -> dict:
     return out
 
 
-_VALIDATORS = {"sft": _sft, "pair": _pair, "ranking": _ranking, "prompt": _prompt_only, "process": _process}
+_VALIDATORS = {"sft": _sft, "pair": _pair, "ranking": _ranking, "prompt": _prompt_only, "process": _process,
+               "unpaired": _unpaired}
 
 
 def validate_record(record: Any, kind: str) -> tuple[dict | None, list[str]]:

@@ -80,6 +80,12 @@ POLICY_COLUMNS = ["policy", "gold", "gold 95% CI", "proxy", "KL to ref", "win ra
                   "self-BLEU", "no EOS"]
 
 
+SMOKE_NOTE = ("SMOKE RUN (a short variant such as quickstart --fast): it checks that every stage runs; its "
+              "numbers are too noisy to compare policies. Run without --fast for real figures.")
+BON_NOTE = ("Best-of-N draws its own samples from the reference policy: the N = 1 point is one such draw per prompt, "
+            "so it differs from the reference row above (another draw of the same policy) by sampling noise only.")
+
+
 def policy_rows(report: dict) -> list[list[str]]:
     rows = []
     for name, e in report.get("policies", {}).items():
@@ -98,8 +104,11 @@ def stage_rows(report: dict) -> list[list[str]]:
 def print_report_table(report: dict, console: Any = None) -> None:
     """The rich table printed at the end of ``alignloop eval`` / ``run`` / ``quickstart``."""
     console = console or Console()
+    if report.get("smoke_run"):
+        console.print(f"[bold yellow]{SMOKE_NOTE}[/]")
     if report.get("policies"):
-        table = RichTable(title=f"policies on held-out prompts (gold = {report.get('gold_scorer')})")
+        smoke = "SMOKE RUN · " if report.get("smoke_run") else ""
+        table = RichTable(title=f"{smoke}policies on held-out prompts (gold = {report.get('gold_scorer')})")
         for i, col in enumerate(POLICY_COLUMNS):
             table.add_column(col, justify="left" if i == 0 else "right")
         for row in policy_rows(report):
@@ -163,7 +172,7 @@ def render_html(path: Path, report: dict, samples: Sequence[dict], training: Map
              f"(never seen by the reward model). Proxy reward: {report.get('proxy_reward') or 'none'}. "
              f"Prompts: {report.get('prompts')} "
              f"({report.get('n_prompts')} prompts × {report.get('samples_per_prompt')} samples).")
-    blocks: list[Any] = [intro]
+    blocks: list[Any] = [SMOKE_NOTE, intro] if report.get("smoke_run") else [intro]
     if report.get("policies"):
         blocks.append(Table(POLICY_COLUMNS, policy_rows(report), caption="policies"))
         blocks.append("KL is the Monte-Carlo estimate (± standard error) from the policy's own samples at "
@@ -174,20 +183,24 @@ def render_html(path: Path, report: dict, samples: Sequence[dict], training: Map
         blocks.append(Table(["stage", "kind", "seconds", "status"], stage_rows(report), caption="stages"))
     sections.append(Section("Summary", blocks))
     if report.get("policies"):
-        frontier = [plot_reward_kl_frontier(_frontier(report, "gold_reward_mean", "gold_reward_ci95"), "gold reward")]
+        gold_points = _frontier(report, "gold_reward_mean", "gold_reward_ci95")
         proxy_points = _frontier(report, "proxy_reward_mean", "proxy_reward_ci95")
-        if proxy_points:
+        frontier = [plot_reward_kl_frontier(gold_points, "gold reward")] if len(gold_points) > 1 else []
+        if len(proxy_points) > 1:
             frontier.append(plot_reward_kl_frontier(proxy_points, "proxy (reward-model) reward"))
-        sections.append(Section("Reward vs KL", [
-            "Each point is a policy; up and to the left is better. Bars: 95% intervals.", *frontier
-        ]))
+        if frontier:  # one policy is a single dot: the table already says it
+            sections.append(Section("Reward vs KL", [
+                "Each point is a policy; up and to the left is better. Bars: 95% intervals.", *frontier
+            ]))
     curves = [(name, c) for name, c in (report.get("overoptimisation") or {}).items()
-              if c.get("kl") and all(v is not None for v in c["proxy"] + c["gold"])]
+              if len(c.get("kl") or []) > 1 and all(v is not None for v in c["proxy"] + c["gold"])]
     if curves:
         blocks = ["Proxy and gold reward against √KL. Reward hacking shows as the gold curve turning down while the "
                   "proxy keeps rising (Gao et al. 2022)."]
         for name, c in curves:
             blocks.append(f"{'best-of-N of the reference' if name == 'best_of_n' else name + ' checkpoints'}:")
+            if name == "best_of_n":
+                blocks.append(BON_NOTE)
             blocks.append(plot_overoptimisation(c["kl"], c["proxy"], c["gold"], c["label"]))
         sections.append(Section("Over-optimisation", blocks))
     lengths: dict[str, list[float]] = {}
@@ -200,7 +213,7 @@ def render_html(path: Path, report: dict, samples: Sequence[dict], training: Map
         blocks = []
         for name, records in training.items():
             keys = _curve_keys(records)
-            if records and keys:
+            if len(records) > 1 and keys:  # one logged step is a dot, not a curve
                 blocks.extend([f"{name}:", plot_training_curves(records, keys)])
         if blocks:
             sections.append(Section("Training curves", blocks))

@@ -8,7 +8,6 @@ from alignloop.models.loading import (
     load_tokenizer,
     load_trainable_lm,
     model_origin,
-    save_model,
 )
 from alignloop.models.lora import (
     Reference,
@@ -18,6 +17,7 @@ from alignloop.models.lora import (
     make_reference,
 )
 from alignloop.models.registry import TINY_MODEL, list_models, resolve_model
+from alignloop.models.saving import save_model
 from alignloop.models.scalar_head import ScalarHeadModel, last_token_index, position_ids_from_mask
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import Any
 
 from alignloop.errors import ModelError
 
-MODEL_NOTE = "alignloop_model.json"  # {"format": "full"|"lora", "base_model": str}
+MODEL_NOTE = "alignloop_model.json"  # {"format": "full"|"lora", "base_model": str, "lineage": [str], ...}
 HEAD_META = "alignloop_head.json"  # scalar-head models, see scalar_head.py
 HEAD_WEIGHTS = "head.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -72,6 +72,18 @@ def adapter_base(folder: Path) -> str:
     if not base:
         raise ModelError(f"{folder}: LoRA adapter without a base model (no base_model_name_or_path)")
     return str(base)
+
+
+def adapter_lineage(folder: Path) -> list[str]:
+    """The earlier LoRA runs an adapter folder already holds (composed into it), oldest first."""
+    note = folder / MODEL_NOTE
+    return [str(p) for p in read_json(note).get("lineage", [])] if note.is_file() else []
+
+
+def inherited_rank(folder: Path) -> int:
+    """Where a composed adapter's trained factors start (``compose.py``); 0 for any other folder."""
+    note = folder / MODEL_NOTE
+    return int(read_json(note).get("composed", {}).get("inherited_rank", 0)) if note.is_file() else 0
 
 
 def folder_size(folder: Path) -> int:

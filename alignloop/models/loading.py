@@ -1,17 +1,19 @@
-"""Loading and saving causal LMs and tokenizers: full models, LoRA adapters and tiny-llama.
+"""Loading causal LMs and tokenizers: full models, LoRA adapters and tiny-llama (saving: ``saving.py``).
 
-Every saved folder is plain HF: ``save_pretrained`` output plus the tokenizer, so it loads with
-``transformers`` / ``peft`` alone.  ``alignloop_model.json`` beside it records the base model in
-portable form (a bundled name stays a name), which is what ``load_causal_lm`` follows.
+An adapter folder names its base in ``alignloop_model.json`` (portable: a bundled name stays a name), which is
+what ``load_causal_lm`` follows. Saved adapters name the original model; a folder saved by older versions may
+name an earlier adapter folder instead (adapters stacked), which is merged first, as it was in training.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import PeftModel
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -23,23 +25,21 @@ from transformers import (
 
 from alignloop.errors import ModelError
 from alignloop.models.bundled import BUNDLED_MODELS, ensure_bundled_tokenizer
+from alignloop.models.compose import record_merge
 from alignloop.models.files import (
     HEAD_META,
-    MODEL_NOTE,
     adapter_base,
-    atomic_directory,
+    adapter_lineage,
     is_adapter_dir,
     is_scalar_head_dir,
     read_json,
-    write_json,
 )
 from alignloop.models.lora import apply_lora
+from alignloop.models.origin import ORIGIN_ATTR, model_lineage, model_origin, quiet_peft, set_lineage, set_origin
 from alignloop.models.vision import is_vision_folder, load_processor
-from alignloop.models.origin import ORIGIN_ATTR, model_origin, quiet_peft, set_origin
 from alignloop.models.registry import (
     TINY_MODEL,
     TINY_TOKENIZER_SOURCE,
-    loadable_path,
     origin_name,
     resolve_model,
 )
@@ -54,8 +54,6 @@ __all__ = [
     "is_vision_language_model",
     "model_origin",
     "quiet_peft",
-    "save_adapter",
-    "save_model",
     "set_origin",
 ]
 
@@ -107,6 +105,28 @@ def load_trainable_lm(model: str, lora, gradient_checkpointing: bool, device) ->
     return policy.to(device)
 
 
+def _check_config_json(folder: Path) -> None:
+    """A broken config.json otherwise surfaces as a misleading tokenizer or weights error."""
+    path = folder / "config.json"
+    if path.is_file():
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ModelError(f"{path}: not UTF-8 text") from None
+        except json.JSONDecodeError as err:
+            raise ModelError(f"{path}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
+
+
+def _base_of(folder: Path) -> str:
+    """An adapter's base model, checked to exist (the error names the adapter, not only the base)."""
+    base = adapter_base(folder)
+    try:
+        resolve_model(base)
+    except ModelError as err:
+        raise ModelError(f"{folder}: the adapter's base model: {err}") from None
+    return base
+
+
 def _tokenizer_folder(name_or_path: str | Path) -> Path:
     name = str(name_or_path)
     if name in BUNDLED_MODELS:
@@ -114,11 +134,12 @@ def _tokenizer_folder(name_or_path: str | Path) -> Path:
     if name == TINY_MODEL:
         return ensure_bundled_tokenizer(TINY_TOKENIZER_SOURCE)
     folder = Path(resolve_model(name))  # a built model (smolvlm-tiny) is built here once
+    _check_config_json(folder)
     if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
         return folder
     # An adapter or head saved without a tokenizer uses its base model's.
     if is_adapter_dir(folder):
-        return _tokenizer_folder(adapter_base(folder))
+        return _tokenizer_folder(_base_of(folder))
     if is_scalar_head_dir(folder):
         base = read_json(folder / HEAD_META).get("base_model")
         if base and base != str(folder):
@@ -129,6 +150,9 @@ def _tokenizer_folder(name_or_path: str | Path) -> Path:
 def load_tokenizer(name_or_path: str | Path, *, padding_side: str | None = None):
     """The tokenizer of a model, always with a pad token (eos when the model has none)."""
     folder = _tokenizer_folder(name_or_path)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise ModelError(f"'{folder}' has no tokenizer (tokenizer.json or tokenizer_config.json): save the tokenizer "
+                         "with the model (tokenizer.save_pretrained)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as err:
@@ -209,62 +233,30 @@ def load_causal_lm(
 
 
 def _load_full(folder: Path, dtype: torch.dtype) -> nn.Module:
+    _check_config_json(folder)
     auto = AutoModelForImageTextToText if is_vision_folder(folder) else AutoModelForCausalLM
     try:
         return auto.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    except SafetensorError as err:
+        raise ModelError(f"cannot load a causal LM from '{folder}': a weights file is corrupt ({err})") from err
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"cannot load a causal LM from '{folder}': {_first_line(err)}") from err
 
 
 def _load_adapter(folder: Path, dtype: torch.dtype, *, trainable: bool, merge: bool) -> nn.Module:
-    # A base that is itself an adapter (stacked LoRA runs) is merged into plain weights first.
-    base = load_causal_lm(adapter_base(folder), dtype=dtype, merge=True)
+    # A base that is itself an adapter (stacked LoRA runs saved by older versions) is merged first.
+    base = load_causal_lm(_base_of(folder), dtype=dtype, merge=True)
     try:
         with quiet_peft():
             model = PeftModel.from_pretrained(base, folder, is_trainable=trainable and not merge)
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"cannot load the LoRA adapter in '{folder}': {_first_line(err)}") from err
+    # the LoRA runs these weights descend from: merged into the base, composed into this adapter, this one
+    lineage = [*model_lineage(base), *adapter_lineage(folder)]
     if merge:
+        record_merge(model)  # the adapter's factors stay beside the merged layers: saves compose them
         model = model.merge_and_unload()
-        # The merged weights are "base + this adapter": later saves must name this folder as base.
-        set_origin(model, str(folder.resolve()))
+        lineage.append(str(folder.resolve()))
+    # The origin stays the original model: the base any later adapter is saved for.
+    set_lineage(model.get_base_model() if isinstance(model, PeftModel) else model, lineage)
     return model
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """Strip DDP-style wrappers (``.module``) that accelerate may add around a model."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
-def save_adapter(peft_model: nn.Module, folder: Path, origin: str) -> None:
-    """``peft_model.save_pretrained`` with the base recorded as a loadable path, fully offline."""
-    for config in peft_model.peft_config.values():
-        config.base_model_name_or_path = loadable_path(origin)
-    # peft's "auto" mode asks the Hub whether the vocabulary was resized unless the base folder
-    # has a config.json; alignloop never resizes it, so only a LoRA on the embeddings saves them.
-    adapts_embeddings = any(
-        isinstance(getattr(module, "base_layer", None), nn.Embedding) for module in peft_model.modules()
-    )
-    peft_model.save_pretrained(folder, save_embedding_layers="auto" if adapts_embeddings else False)
-
-
-def save_model(model: nn.Module, tokenizer: Any, out_dir: str | Path) -> Path:
-    """Save a full model or a LoRA adapter (+ tokenizer) atomically in plain HF format."""
-    model = _unwrap(model)
-    out_dir = Path(out_dir)
-    origin = model_origin(model)
-    with atomic_directory(out_dir) as tmp:
-        if isinstance(model, PeftModel):
-            if origin is None:
-                raise ModelError("cannot save a LoRA adapter whose base model is unknown")
-            save_adapter(model, tmp, origin)
-            note = {"format": "lora", "base_model": origin}
-        else:
-            model.save_pretrained(tmp)
-            note = {"format": "full", "base_model": origin}
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        write_json(tmp / MODEL_NOTE, note)
-    return out_dir

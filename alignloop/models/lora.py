@@ -19,7 +19,7 @@ from torch import nn
 from transformers import GenerationMixin
 
 from alignloop.errors import ModelError
-from alignloop.models.origin import model_origin, quiet_peft
+from alignloop.models.origin import SAVE_MERGED_ATTR, model_origin, quiet_peft
 from alignloop.models.registry import loadable_path
 from alignloop.models.vision import connector_names, is_vision_model, language_model_lora_targets, vision_tower_names
 
@@ -83,6 +83,8 @@ def apply_lora(model: nn.Module, lora: Any) -> nn.Module:
     if origin is not None:
         # get_peft_model records the in-memory name (None for tiny-llama); point it at a loadable base.
         peft_model.peft_config["default"].base_model_name_or_path = loadable_path(origin)
+    # ``lora.save_merged`` travels with the model: its saves (save_model, ScalarHeadModel) write full weights
+    setattr(peft_model, SAVE_MERGED_ATTR, bool(_field(lora, "save_merged", False)))
     return peft_model
 
 

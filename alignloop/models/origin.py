@@ -1,4 +1,5 @@
-"""Where a model came from (its portable base name), and a quiet context for peft calls.
+"""Where a model came from (its portable base name and the adapters merged into it), and a quiet context for peft
+calls.
 
 Shared by ``loading`` (which records the origin) and ``lora`` (which writes it into adapter configs).
 """
@@ -12,9 +13,11 @@ from contextlib import contextmanager
 from peft import PeftModel
 from torch import nn
 
-__all__ = ["model_origin", "quiet_peft", "set_origin"]
+__all__ = ["model_lineage", "model_origin", "quiet_peft", "saves_merged", "set_lineage", "set_origin"]
 
 ORIGIN_ATTR = "_alignloop_origin"
+LINEAGE_ATTR = "_alignloop_lineage"
+SAVE_MERGED_ATTR = "_alignloop_save_merged"  # on a peft model made with lora.save_merged: save full weights
 
 
 @contextmanager
@@ -36,3 +39,19 @@ def model_origin(model: nn.Module) -> str | None:
 
 def set_origin(model: nn.Module, origin: str) -> None:
     setattr(model, ORIGIN_ATTR, origin)
+
+
+def model_lineage(model: nn.Module) -> list[str]:
+    """The LoRA run folders folded into ``model`` since its origin (merged into its weights or composed into its
+    adapter), oldest first; empty when none."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return list(getattr(base, LINEAGE_ATTR, []))
+
+
+def set_lineage(model: nn.Module, lineage: list[str]) -> None:
+    setattr(model, LINEAGE_ATTR, list(lineage))
+
+
+def saves_merged(model: nn.Module) -> bool:
+    """True for a LoRA model whose ``lora.save_merged`` asked for full weights on save."""
+    return bool(getattr(model, SAVE_MERGED_ATTR, False))

@@ -34,10 +34,11 @@ from alignloop.models.files import (
     write_json,
 )
 from alignloop.models.images import EncodedImage, image_features, multimodal_inputs
-from alignloop.models.loading import load_causal_lm, save_adapter
+from alignloop.models.loading import load_causal_lm
 from alignloop.models.lora import apply_lora
-from alignloop.models.origin import model_origin, quiet_peft, set_origin
+from alignloop.models.origin import model_lineage, model_origin, quiet_peft, saves_merged, set_lineage, set_origin
 from alignloop.models.registry import resolve_model
+from alignloop.models.saving import save_adapter, save_merged
 from alignloop.models.shared_prompt import PackedGroups, ScoreGroup, attention_mask_for, pack_groups, score_packed
 from alignloop.models.vision import innermost_model, is_vision_config
 
@@ -158,6 +159,7 @@ class ScalarHeadModel(nn.Module):
             raise ModelError("pass a causal LM without an adapter (merge it first) to build a scalar-head model")
         origin = model_origin(causal_lm)
         backbone = causal_lm.base_model  # e.g. LlamaForCausalLM.model: no LM-head logits computed
+        set_lineage(backbone, model_lineage(causal_lm))
         if lora is not None:
             # apply_lora reads the origin from the backbone, which does not carry it itself.
             if origin is not None:
@@ -169,26 +171,33 @@ class ScalarHeadModel(nn.Module):
     def is_vision(self) -> bool:
         return is_vision_config(innermost_model(self.backbone).config)
 
-    def save_pretrained(self, out_dir: str | Path, tokenizer: Any = None) -> Path:
-        """Backbone (full HF folder, or LoRA adapter), ``head.safetensors``, ``alignloop_head.json``."""
+    def save_pretrained(self, out_dir: str | Path, tokenizer: Any = None, *, merge: bool | None = None) -> Path:
+        """Backbone (full HF folder, or LoRA adapter on the original base), ``head.safetensors``,
+        ``alignloop_head.json``. ``merge``: a LoRA backbone is saved merged (default: its ``lora.save_merged``)."""
         out_dir = Path(out_dir)
+        merge = saves_merged(self.backbone) if merge is None else merge
+        lineage = model_lineage(self.backbone)
         with atomic_directory(out_dir) as tmp:
-            if self.is_lora:
+            extra = None
+            if self.is_lora and not merge:
                 if self.base_model_name is None:
                     raise ModelError("cannot save a LoRA scalar-head model whose base model is unknown")
-                save_adapter(self.backbone, tmp, self.base_model_name)
-            else:
-                self.backbone.save_pretrained(tmp)
+                extra = save_adapter(self.backbone, tmp, self.base_model_name, lineage)
+            if extra is None:
+                save_merged(self.backbone, tmp)
             head = {"weight": self.head.weight.detach().cpu().contiguous(), "bias": self.head.bias.detach().cpu()}
             save_file(head, str(tmp / HEAD_WEIGHTS))
             meta = {
-                "format": "lora" if self.is_lora else "full",
+                "format": "full" if extra is None else "lora",
                 "num_outputs": self.num_outputs,
                 "output_names": self.output_names,
                 "base_model": self.base_model_name,
                 "hidden_size": hidden_size(self.config),
                 "pooling": POOLING,
+                **(extra or {}),
             }
+            if lineage:
+                meta["lineage"] = lineage
             write_json(tmp / HEAD_META, meta)
             if tokenizer is not None:  # a VLM's processor (its tokenizer included) goes here too
                 tokenizer.save_pretrained(tmp)
@@ -203,8 +212,12 @@ class ScalarHeadModel(nn.Module):
         if not isinstance(folder, Path) or not is_scalar_head_dir(folder):
             raise ModelError(f"'{name_or_dir}' is not a scalar-head model folder (no {HEAD_META})")
         meta = read_json(folder / HEAD_META)
+        base_name, lineage = meta.get("base_model"), meta.get("lineage", [])
         if meta.get("format") == "lora":
-            base = load_causal_lm(meta["base_model"], dtype=dtype, merge=True).base_model
+            # older versions named an SFT adapter folder as the base (merged here); now it is the original model
+            causal_lm = load_causal_lm(base_name, dtype=dtype, merge=True)
+            base_name, lineage = model_origin(causal_lm) or base_name, [*model_lineage(causal_lm), *lineage]
+            base = causal_lm.base_model
             with quiet_peft():
                 backbone = PeftModel.from_pretrained(base, folder, is_trainable=trainable)
         else:
@@ -212,9 +225,10 @@ class ScalarHeadModel(nn.Module):
                 backbone = AutoModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
             except (OSError, ValueError, KeyError) as err:
                 raise ModelError(f"cannot load the backbone in '{folder}': {err}") from err
+        set_lineage(backbone.get_base_model() if isinstance(backbone, PeftModel) else backbone, lineage)
         # For a full model base_model is lineage only (what it was initialised from).
         with torch.random.fork_rng(devices=[]):  # the head's init is overwritten: spare the caller's RNG
-            model = cls(backbone, int(meta["num_outputs"]), meta.get("output_names"), base_model=meta.get("base_model"))
+            model = cls(backbone, int(meta["num_outputs"]), meta.get("output_names"), base_model=base_name)
         model.head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
         if not trainable:
             model.eval()
@@ -228,7 +242,7 @@ def load_shared_lora_members(folders: list[Path], dtype: torch.dtype = torch.flo
     Member ``i``'s adapter is named ``member-<i>``; switch it on with ``backbone.set_adapter`` before scoring.
     """
     meta = read_json(folders[0] / HEAD_META)
-    base = load_causal_lm(meta["base_model"], dtype=dtype, trainable=False).base_model
+    base = load_causal_lm(meta["base_model"], dtype=dtype, trainable=False, merge=True).base_model
     backbone = PeftModel.from_pretrained(base, folders[0], adapter_name="member-0", is_trainable=False)
     for i, folder in enumerate(folders[1:], start=1):
         backbone.load_adapter(folder, adapter_name=f"member-{i}", is_trainable=False)

@@ -159,8 +159,20 @@ def run_pipeline(pipeline: Pipeline, console: Any = None) -> dict:
         stages[entry.name] = {"kind": entry.stage, "seconds": seconds,
                               "status": "skipped" if status == "finished"
                               else ("resumed" if status == "partial" else "ran"),
-                              **{k: v for k, v in summary.items() if k in ("steps", "pairs", "loss", "accuracy")}}
+                              **_stage_figures(summary)}
     return write_pipeline_report(pipeline, stages, console)
+
+
+def _stage_figures(summary: dict) -> dict:
+    """The few figures of a stage's summary the run report carries, under names that say what they measure."""
+    out = {k: summary[k] for k in ("steps", "pairs", "loss") if k in summary}
+    if "accuracy" in summary:  # the training loop's last logged value: one batch, not the held-out split
+        out["train_accuracy_last_batch"] = summary["accuracy"]
+    for key in ("eval/accuracy", "eval_accuracy"):
+        if key in summary:
+            out["heldout_accuracy"] = summary[key]
+            break
+    return out
 
 
 def write_pipeline_report(pipeline: Pipeline, stages: dict[str, dict], console: Any = None) -> dict:
@@ -172,6 +184,8 @@ def write_pipeline_report(pipeline: Pipeline, stages: dict[str, dict], console: 
         report = json.loads((eval_dir / "report.json").read_text())
         samples = read_jsonl(eval_dir / "samples.jsonl")
     report["pipeline"] = pipeline.name
+    report["variant"] = pipeline.variant
+    report["smoke_run"] = pipeline.smoke
     report["stages"] = stages
     training = {e.name: read_jsonl(pipeline.stage_dir(e.name) / "metrics.jsonl")
                 for e in pipeline.stages if e.stage not in NOT_TRAINING}

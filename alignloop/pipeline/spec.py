@@ -55,6 +55,8 @@ class Pipeline:
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str = "<pipeline>"  # the YAML file, for error messages
+    variant: str | None = None
+    smoke: bool = False  # the variant marks a smoke run (too short for its numbers to mean anything)
 
     def stage_dir(self, name: str) -> Path:
         return self.out / name
@@ -165,10 +167,14 @@ def load_pipeline(
     path: str | Path, overrides: list[str] | None = None, out: str | Path | None = None, variant: str | None = None
 ) -> Pipeline:
     data = read_yaml(path)
+    smoke = False
     if variant:
+        smoke = bool(((data.get("variants") or {}).get(variant) or {}).get("smoke", False))
         data = apply_variant(data, variant, str(path))
     data = apply_pipeline_overrides(data, overrides or [])
-    return parse_pipeline(data, str(path), out)
+    pipeline = parse_pipeline(data, str(path), out)
+    pipeline.variant, pipeline.smoke = variant, smoke
+    return pipeline
 
 
 def resolve_references(value: Any, folders: dict[str, Path], where: str) -> Any:

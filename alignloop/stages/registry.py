@@ -16,7 +16,9 @@ from alignloop.errors import AlignloopError
 STAGES: dict[str, str] = {
     "sft": "alignloop.stages.sft:SFTConfig:SFTStage",
     "rm": "alignloop.stages.rm.ensemble:RMConfig:RMCommand",
-    "dpo": "alignloop.stages.dpo.stage:DPOConfig:DPOStage",
+    "dpo": "alignloop.stages.dpo.online:DPOConfig:DPOCommand",  # offline or dpo.online
+    "kto": "alignloop.stages.kto.stage:KTOConfig:KTOStage",
+    "orpo": "alignloop.stages.orpo:ORPOConfig:ORPOStage",
     "ppo": "alignloop.stages.rl.ppo:PPOConfig:PPOStage",
     "grpo": "alignloop.stages.rl.grpo:GRPOConfig:GRPOStage",
     "bon": "alignloop.stages.bon:BoNConfig:BoNStage",

@@ -245,7 +245,7 @@ def test_paths_and_kinds(data_dir):
     _write_jsonl(data_dir / "empty.jsonl", [""])
     assert _error("data/empty.jsonl", "sft") == "data/empty.jsonl: no records"
     assert _error("data/empty.jsonl", "dialogue") == (
-        "unknown record kind 'dialogue'; expected one of sft, pair, ranking, prompt, process"
+        "unknown record kind 'dialogue'; expected one of sft, pair, ranking, prompt, process, unpaired"
     )
 
 

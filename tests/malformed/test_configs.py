@@ -69,3 +69,14 @@ def test_config_is_a_directory(cli_error, tmp_path):
 
 def test_config_file_missing(cli_error, tmp_path):
     assert cli_error("sft", tmp_path / "nope.yaml") == f"{tmp_path}/nope.yaml: config file not found"
+
+
+def test_help_shows_no_type_after_flags():
+    from typer.testing import CliRunner
+
+    from alignloop.cli import app
+
+    result = CliRunner().invoke(app, ["sft", "--help"], terminal_width=100)
+    assert result.exit_code == 0
+    assert "<bool>" not in result.output and "<list[str]>" not in result.output
+    assert "KEY=VALUE" in result.output

@@ -127,7 +127,8 @@ def test_lora_save_round_trip(tmp_path, tokenizer):
     save_model(sft, tokenizer, tmp_path / "sft")
     torch.manual_seed(0)
     model = ScalarHeadModel.from_causal_lm(tmp_path / "sft", lora={"r": 4, "alpha": 8})
-    assert model.is_lora and model.base_model_name == str((tmp_path / "sft").resolve())
+    # the base is the original model; the SFT adapter is folded into the RM's saved adapter (models/compose.py)
+    assert model.is_lora and model.base_model_name == TINY_MODEL
     sft_hidden = sft.eval()(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
     with torch.no_grad():
         rm_hidden = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -139,6 +140,8 @@ def test_lora_save_round_trip(tmp_path, tokenizer):
     expected = _scores(model)
     model.save_pretrained(tmp_path / "rm", tokenizer=tokenizer)
     assert not (tmp_path / "rm" / "model.safetensors").exists()  # adapter + head only
+    meta = json.loads((tmp_path / "rm" / "alignloop_head.json").read_text())
+    assert meta["base_model"] == TINY_MODEL and meta["lineage"] == [str((tmp_path / "sft").resolve())]
 
     reloaded = ScalarHeadModel.from_pretrained(tmp_path / "rm")
     assert isinstance(reloaded.backbone, PeftModel)

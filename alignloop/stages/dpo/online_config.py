@@ -14,7 +14,19 @@ from alignloop.config import SamplingSettings
 __all__ = ["OnlineOptions"]
 
 
-class OnlineOptions(SamplingSettings.defaults(max_new_tokens=48)):
+def _online_only(name: str, default: Any) -> Any:
+    """SamplingSettings' field ``name`` with this default, described as online-only."""
+    info = SamplingSettings.field(name, default)
+    info.description = f"Online only: {info.description[0].lower()}{info.description[1:]}"
+    return info
+
+
+class OnlineOptions(SamplingSettings):
+    max_new_tokens: int = _online_only("max_new_tokens", 48)
+    temperature: float = _online_only("temperature", 1.0)
+    top_p: float = _online_only("top_p", 1.0)
+    top_k: int = _online_only("top_k", 0)
+    stop: list[str] | None = _online_only("stop", None)
     online: bool = Field(
         False, description="Online DPO: each step samples two responses per prompt from the current policy, labels "
         "them with `reward` and takes a DPO step on the pair (data.train then holds prompt records).",
@@ -49,12 +61,12 @@ class OnlineOptions(SamplingSettings.defaults(max_new_tokens=48)):
     @model_validator(mode="after")
     def _online_keys(self) -> "OnlineOptions":
         if self.online and self.reward is None:
-            raise ValueError("dpo.reward: online DPO (dpo.online: true) needs a reward source to label its samples "
-                             "(a reward-model run dir, 'module:function', 'rule:<name>' or {judge: {model: ...}})")
+            raise ValueError("online DPO (dpo.online: true) needs dpo.reward, the reward source that labels its "
+                             "samples: a reward-model run dir, 'module:function', 'rule:<name>' or {judge: ...}")
         if not self.online and self.reward is not None:
-            raise ValueError("dpo.reward: only online DPO uses a reward; set dpo.online: true (offline DPO trains on "
-                             "the pairs of data.train)")
+            raise ValueError("dpo.reward is only used by online DPO: set dpo.online: true (offline DPO trains on the "
+                             "pairs of data.train and takes no reward)")
         if self.online and self.temperature <= 0:
-            raise ValueError("dpo.temperature: must be > 0 with dpo.online (greedy decoding gives two identical "
+            raise ValueError("dpo.temperature must be > 0 with dpo.online: true (greedy decoding gives two identical "
                              "samples)")
         return self

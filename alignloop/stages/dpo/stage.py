@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 
 from alignloop.algos.dpo_losses import REFERENCE_FREE_LOSSES, dpo_loss
-from alignloop.config import DataConfig, Section, StageConfig, TrainConfig
+from alignloop.config import DataConfig, StageConfig, TrainConfig
 from alignloop.data.splits import load_splits
 from alignloop.errors import ConfigError, DataError
 from alignloop.models import Reference, load_tokenizer, load_trainable_lm, make_reference, save_model
@@ -39,6 +39,7 @@ from alignloop.stages.dpo.batch import (
     real_tokens,
 )
 from alignloop.stages.dpo.data import load_pairs, tokenize_pairs
+from alignloop.stages.dpo.online_config import OnlineOptions
 from alignloop.stages.dpo import reference as refcache
 from alignloop.train.batches import EpochBatchSource
 from alignloop.train.stage import Stage, StepOutput
@@ -47,7 +48,7 @@ __all__ = ["DPOConfig", "DPOOptions", "DPOStage"]
 
 log = logging.getLogger("alignloop")
 
-class DPOOptions(Section):
+class DPOOptions(OnlineOptions):  # online DPO's keys (dpo.online: true): online_config.py
     beta: float = Field(
         0.1, gt=0, description="β: strength of the implicit KL to the reference (IPO's τ; SimPO's reward scale)."
     )
@@ -91,8 +92,16 @@ class DPOStage(Stage):
     name = "dpo"
     config: DPOConfig
 
+    @property
+    def options(self) -> DPOOptions:
+        """The settings the shared machinery reads; the stages built on this one (KTO, ORPO) derive them from
+        their own section."""
+        return self.config.dpo
+
     def setup(self, run) -> None:
-        cfg, opts = self.config, self.config.dpo
+        cfg, opts = self.config, self.options
+        if opts.online:
+            raise ConfigError("dpo.online: true runs OnlineDPOStage (alignloop.stages.dpo.online), not DPOStage")
         if opts.loss_type == "robust" and opts.label_smoothing == 0:
             log.info("dpo: robust loss with label_smoothing 0 is plain DPO")
         # a vision-language model tokenises through its processor (pairs carry images) and saves it with the weights
@@ -119,18 +128,19 @@ class DPOStage(Stage):
     # --- data -------------------------------------------------------------------------------
     def _load_data(self) -> None:
         cfg = self.config
-        fmt, skip = cfg.dpo.record_format, cfg.data.skip_invalid
+        fmt, skip = self.options.record_format, cfg.data.skip_invalid
         train, evals = load_splits(cfg.data, cfg.train.seed, lambda path: load_pairs(path, fmt, skip),
                                    missing="no training data given (pair or ranking records)", min_records_to_split=2)
-        lengths = (cfg.data.max_length, cfg.dpo.max_prompt_length)
+        lengths = (cfg.data.max_length, self.options.max_prompt_length)
         self.train_examples, dropped_train = tokenize_pairs(self.tokenizer, train, *lengths, vision=self.vision)
         self.eval_examples, dropped_eval = tokenize_pairs(self.tokenizer, evals, *lengths, vision=self.vision)
         self.dropped = dropped_train + dropped_eval
         if self.dropped:
-            log.warning("dpo: dropped %d pair(s) left empty or identical by truncation (data.max_length)", self.dropped)
+            log.warning("%s: dropped %d pair(s) left empty or identical by truncation (data.max_length)", self.name,
+                        self.dropped)
         if not self.train_examples:
             raise DataError(f"{cfg.data.train}: no usable pairs after tokenisation (raise data.max_length)")
-        log.info("dpo: %d train pairs, %d eval pairs", len(self.train_examples), len(self.eval_examples))
+        log.info("%s: %d train pairs, %d eval pairs", self.name, len(self.train_examples), len(self.eval_examples))
 
     # --- reference ----------------------------------------------------------------------------
     def _precompute_reference(self, run, policy) -> None:
@@ -159,10 +169,10 @@ class DPOStage(Stage):
             cached = refcache.load_cache(path, sizes)
             self.ref_seconds = time.perf_counter() - started
             self.ref_source = "computed"
-            log.info("dpo: reference log-probs computed in %.1fs and cached in %s", self.ref_seconds, path)
+            log.info("%s: reference log-probs computed in %.1fs and cached in %s", self.name, self.ref_seconds, path)
         else:
             self.ref_source = "cached"
-            log.info("dpo: reference log-probs loaded from %s", path)
+            log.info("%s: reference log-probs loaded from %s", self.name, path)
         if cached is None:
             raise DataError(f"{path}: the reference log-prob cache could not be read back")
         self.ref_logps = cached
@@ -190,7 +200,7 @@ class DPOStage(Stage):
     def batches(self):
         run = self.run
         common = dict(seed=self.config.train.seed, rank=run.rank, world_size=run.world_size)
-        if self.config.dpo.group_by_length:
+        if self.options.group_by_length:
             lengths = [len(e) for e in self.train_examples]
             return LengthGroupedBatchSource(self.train_examples, self._micro_batch(), self.collate, lengths, **common)
         return EpochBatchSource(self.train_examples, self._micro_batch(), self.collate, **common)
@@ -200,7 +210,7 @@ class DPOStage(Stage):
 
     def _loss(self, batch: dict, split: str) -> tuple[torch.Tensor, dict[str, float]]:
         """Summed loss over the pairs of ``batch`` and summed metrics."""
-        opts = self.config.dpo
+        opts = self.options
         policy = pair_logps(self.models["policy"], batch)
         ref_chosen, ref_rejected = self._reference_logps(batch, split)
         chosen, rejected = policy.chosen, policy.rejected

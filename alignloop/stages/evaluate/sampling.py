@@ -23,7 +23,9 @@ from safetensors.torch import load_file
 from alignloop.errors import ModelError
 from alignloop.eval.eval_summary import prompt_text
 from alignloop.eval.gold import get_gold_scorer
-from alignloop.models import load_causal_lm
+from alignloop.models import load_causal_lm, resolve_model
+from alignloop.models.compose import place_checkpoint_tensor
+from alignloop.models.files import inherited_rank
 from alignloop.rewards import build_reward
 from alignloop.rollout import HFSampler, Rollout, forward_logprobs
 
@@ -181,8 +183,12 @@ def _match_names(saved: Sequence[str], params: dict[str, torch.nn.Parameter]) ->
 
 
 def load_checkpoint_policy(stage_dir: str | Path, checkpoint: Path) -> torch.nn.Module:
-    """The stage's final model with the policy weights of ``checkpoint`` put back, then merged."""
+    """The stage's final model with the policy weights of ``checkpoint`` put back, then merged.
+
+    An adapter trained on top of an earlier LoRA run is saved composed with it (models/compose.py): the
+    checkpoint's factors go to the trained adapter's rows of the composed one."""
     model = load_causal_lm(str(stage_dir), trainable=False, merge=False)
+    offset = inherited_rank(Path(resolve_model(str(stage_dir))))
     state = load_file(str(checkpoint / "policy.safetensors"))
     params = dict(model.named_parameters())
     mapping = _match_names(list(state), params)
@@ -191,7 +197,10 @@ def load_checkpoint_policy(stage_dir: str | Path, checkpoint: Path) -> torch.nn.
         raise ModelError(f"{checkpoint}: tensor {missing!r} matches no parameter of the model in {stage_dir}")
     with torch.no_grad():
         for key, name in mapping.items():
-            params[name].copy_(state[key].to(params[name].dtype))
+            try:
+                place_checkpoint_tensor(params[name], name, state[key], offset)
+            except ValueError as err:
+                raise ModelError(f"{checkpoint}: {err} (the model in {stage_dir})") from err
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.eval()
