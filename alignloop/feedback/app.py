@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -13,12 +14,16 @@ from alignloop.errors import AlignloopError, DataError
 from alignloop.feedback.answers import AnswerError
 from alignloop.feedback.db import make_engine, migrate, normalise_url, session_factory
 from alignloop.feedback.jobs import resume_jobs
+from alignloop.feedback.limits import BodyLimitMiddleware, error_lines, short_errors
+from alignloop.feedback.routes_account import router as account_router
 from alignloop.feedback.routes_admin import router as admin_router
+from alignloop.feedback.routes_admin_users import router as admin_users_router
 from alignloop.feedback.routes_api import router as api_router
 from alignloop.feedback.routes_pages import router as pages_router
+from alignloop.feedback.routes_users import router as users_router
 from alignloop.feedback.security import Signer, get_or_create_secret
-from alignloop.feedback.store import Conflict, NotFound
-from alignloop.feedback.web import STATIC_DIR, AppState, LoginRequired, render
+from alignloop.feedback.store import Conflict, Forbidden, NotFound
+from alignloop.feedback.web import STATIC_DIR, AppState, LoginRequired, PasswordChangeRequired, render
 
 SECURITY_HEADERS = {
     # No inline script anywhere: even if escaping failed, injected script would not run.
@@ -58,6 +63,7 @@ def create_app(db_url: str, data_dir: str | Path | None = None, run_migrations: 
     # Swagger UI would load scripts from a CDN, which the CSP forbids; the schema itself is served.
     app = FastAPI(title="alignloop annotate", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.alignloop = st
+    app.add_middleware(BodyLimitMiddleware)  # added first: it runs inside the security headers below
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -77,6 +83,25 @@ def create_app(db_url: str, data_dir: str | Path | None = None, run_migrations: 
     async def to_login(request: Request, _exc: LoginRequired) -> Response:
         return RedirectResponse("/login", status_code=303)
 
+    @app.exception_handler(PasswordChangeRequired)
+    async def to_password(request: Request, _exc: PasswordChangeRequired) -> Response:
+        return RedirectResponse("/account/password", status_code=303)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = short_errors(list(exc.errors()))
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": errors}, status_code=422)
+        return render(request, "error.html", status_code=422, status=422, message=error_lines(errors))
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def bad_text(request: Request, _exc: UnicodeEncodeError) -> Response:
+        return error(request, 400, "text contains a lone surrogate (for example \\ud800), which is not valid Unicode")
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, _exc: RecursionError) -> Response:
+        return error(request, 400, "JSON is nested too deeply")
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         response = error(request, exc.status_code, str(exc.detail))
@@ -84,12 +109,15 @@ def create_app(db_url: str, data_dir: str | Path | None = None, run_migrations: 
             response.headers[k] = v
         return response
 
-    for exc_type, status in ((NotFound, 404), (Conflict, 409), (AnswerError, 422), (DataError, 400),
-                             (AlignloopError, 400)):
+    for exc_type, status in ((NotFound, 404), (Conflict, 409), (Forbidden, 403), (AnswerError, 422),
+                             (DataError, 400), (AlignloopError, 400)):
         app.add_exception_handler(exc_type, lambda request, exc, status=status: error(request, status, str(exc)))
 
     app.include_router(api_router)
+    app.include_router(users_router)
     app.include_router(pages_router)
+    app.include_router(account_router)
     app.include_router(admin_router)
+    app.include_router(admin_users_router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     return app

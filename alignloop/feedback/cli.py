@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 from typing import Optional
@@ -11,43 +10,22 @@ import typer
 from sqlalchemy import make_url, select
 
 from alignloop.errors import AlignloopError
-from alignloop.feedback.db import DEFAULT_DB_URL, make_engine, migrate, normalise_url, run_tx, session_factory
+from alignloop.feedback import cli_admin
+from alignloop.feedback.cli_common import DB_OPT, PROJECT_ID_OPT, find_project
+from alignloop.feedback.cli_common import ask_password as _password
+from alignloop.feedback.cli_common import open_factory as _factory
+from alignloop.feedback.db import normalise_url, run_tx
 from alignloop.feedback.models import Project, User
 
 annotate_app = typer.Typer(help="Human feedback web app.", no_args_is_help=True, add_completion=False,
                            pretty_exceptions_enable=False)
-DB_OPT = typer.Option(DEFAULT_DB_URL, "--db", envvar="ALIGNLOOP_DB",
-                      help="Database URL: sqlite:///path.db (default) or postgresql://user:pass@host/db.")
-
-
-def _factory(db: str, run_migrations: bool = True):  # type: ignore[no-untyped-def]
-    engine = make_engine(db)
-    if run_migrations:
-        migrate(engine)
-    return session_factory(engine)
-
-
-def _password(env: str, prompt: str) -> str:
-    """From the environment when set (scripts, CI), else an interactive hidden prompt. Never echoed."""
-    value = os.environ.get(env)
-    if value:
-        return value
-    return typer.prompt(prompt, hide_input=True, confirmation_prompt=True)
-
-
-def _find_project(session, ref: str) -> Project:  # type: ignore[no-untyped-def]
-    project = session.get(Project, int(ref)) if ref.isdigit() else None
-    project = project or session.scalar(select(Project).where(Project.name == ref))
-    if project is None:
-        raise AlignloopError(f"project {ref!r} not found")
-    return project
 
 
 @annotate_app.command()
 def init(db: str = DB_OPT, admin: str = typer.Option("admin", help="Username of the first admin.")) -> None:
     """Create (or upgrade) the database and the first admin account."""
-    from alignloop.feedback.security import get_or_create_secret
-    from alignloop.feedback.store import create_user
+    from alignloop.feedback.security import get_or_create_secret, hash_password
+    from alignloop.feedback.store import check_new_user, create_user
 
     factory = _factory(db)
 
@@ -59,7 +37,9 @@ def init(db: str = DB_OPT, admin: str = typer.Option("admin", help="Username of 
         typer.echo("database is up to date; an admin account already exists")
         return
     password = _password("ALIGNLOOP_ADMIN_PASSWORD", f"Password for {admin}")
-    run_tx(factory, lambda s: create_user(s, admin, password, "admin"))
+    check_new_user(admin, password, "admin")
+    password_hash = hash_password(password)  # outside the transaction: argon2 is slow on purpose
+    run_tx(factory, lambda s: create_user(s, admin, password, "admin", password_hash=password_hash))
     typer.echo(f"database ready; admin account {admin!r} created")
 
 
@@ -80,15 +60,21 @@ def serve(db: str = DB_OPT, host: str = typer.Option("127.0.0.1", help="Interfac
 @annotate_app.command("add-user")
 def add_user(username: str, role: str = typer.Option("annotator"), db: str = DB_OPT) -> None:
     """Create a user (password from ALIGNLOOP_USER_PASSWORD or a prompt)."""
-    from alignloop.feedback.store import create_user
+    from alignloop.feedback.security import hash_password
+    from alignloop.feedback.store import check_new_user, create_user
 
     password = _password("ALIGNLOOP_USER_PASSWORD", f"Password for {username}")
-    run_tx(_factory(db), lambda s: create_user(s, username, password, role))
+    check_new_user(username, password, role)
+    password_hash = hash_password(password)
+    run_tx(_factory(db), lambda s: create_user(s, username, password, role, password_hash=password_hash))
     typer.echo(f"user {username!r} ({role}) created")
 
 
 @annotate_app.command()
-def token(username: str, name: str = typer.Option("cli"), db: str = DB_OPT) -> None:
+def token(username: str, name: str = typer.Option("cli"),
+          days: int = typer.Option(30, help="Days until the token expires (1-365)."),
+          scope: Optional[str] = typer.Option(None, help="annotate | admin (admins only); default: the user's role."),
+          db: str = DB_OPT) -> None:
     """Create an API token for a user; it is printed once and only its hash is stored."""
     from alignloop.feedback.security import create_api_token
 
@@ -96,7 +82,7 @@ def token(username: str, name: str = typer.Option("cli"), db: str = DB_OPT) -> N
         user = s.scalar(select(User).where(User.username == username))
         if user is None:
             raise AlignloopError(f"user {username!r} not found")
-        return create_api_token(s, user, name)
+        return create_api_token(s, user, name, scope, days)
 
     typer.echo(run_tx(_factory(db), make))
 
@@ -108,6 +94,8 @@ def create_project_cmd(
     prompts: Optional[Path] = typer.Option(None, help="Prompts (.jsonl or .txt) to generate responses for."),
     models: str = typer.Option("", help="Comma-separated models to generate with (with --prompts)."),
     task: str = typer.Option("pairwise", help="pairwise | ranking | likert | criteria"),
+    access: str = typer.Option("members", help="members (only the annotators you add) | all (every annotator)"),
+    members: str = typer.Option("", help="Usernames that may annotate, comma-separated (see also `members`)."),
     overlap: int = typer.Option(1), gold_rate: float = typer.Option(0.0),
     guidelines: Optional[Path] = typer.Option(None, help="Markdown file shown beside the task."),
     allow_edit: bool = typer.Option(False), k: int = typer.Option(2), temperature: float = typer.Option(0.8),
@@ -133,7 +121,8 @@ def create_project_cmd(
     st = AppState(engine=factory.kw["bind"], factory=factory, signer=Signer(secrets.token_urlsafe(16)),
                   data_dir=default_data_dir(db))
     opts = ProjectOptions(name=name, task_type=task, overlap=overlap, gold_rate=gold_rate, allow_edit=allow_edit,
-                          guidelines=guidelines.read_text() if guidelines else "")
+                          guidelines=guidelines.read_text(encoding="utf-8-sig") if guidelines else "", access=access,
+                          members=tuple(m.strip() for m in members.split(",") if m.strip()))
     generation = GenerationParams([m.strip() for m in models.split(",") if m.strip()], k, temperature,
                                   max_new_tokens, seed) if models else None
     project_id, job_id = create_from_uploads(st, opts, upload(prompts), upload(candidates), generation,
@@ -151,11 +140,13 @@ def create_project_cmd(
 
 @annotate_app.command()
 def export(
-    project: str = typer.Argument(..., help="Project name or id."),
+    project: Optional[str] = typer.Argument(None, help="Project name (use --id for an id)."),
+    project_id: Optional[int] = PROJECT_ID_OPT,
     out: Path = typer.Option(..., "--out", "-o", help="Output JSONL file."),
     format: str = typer.Option("pair", help="pair | ranking | sft"),
     aggregate: str = typer.Option("all", help="all (every annotator's label) | majority (consensus per item)"),
     min_agreement: Optional[float] = typer.Option(None, help="Drop items whose annotator agreement is below this."),
+    include_excluded: bool = typer.Option(False, help="Keep the labels of excluded annotators."),
     db: str = DB_OPT,
 ) -> None:
     """Export labels as training records (pairs for `alignloop rm` / `alignloop dpo`)."""
@@ -165,10 +156,14 @@ def export(
 
     def collect(s):  # type: ignore[no-untyped-def]
         try:
-            return export_records(s, _find_project(s, project), format, aggregate, min_agreement)
+            return export_records(s, find_project(s, project, project_id), format, aggregate, min_agreement,
+                                  include_excluded)
         except ValueError as err:
             raise AlignloopError(str(err)) from None
 
     records = run_tx(factory, collect)
     write_jsonl(records, out)
     typer.echo(f"wrote {len(records)} {format} records to {out}")
+
+
+cli_admin.register(annotate_app)

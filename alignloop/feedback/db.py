@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import threading
 import time
@@ -21,6 +22,8 @@ from alignloop.errors import ConfigError
 DEFAULT_DB_URL = "sqlite:///alignloop-annotate.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+READ_ONLY = "alignloop_read_only"  # execution option: a plain deferred BEGIN, no writer lock
+DB_FILE_MODE = 0o600  # the database holds password hashes and the signing key
 T = TypeVar("T")
 
 
@@ -35,9 +38,35 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for PostgreSQL and in-memory databases)."""
+    url = normalise_url(url)
+    if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
+        return None
+    return Path(url[len("sqlite:///"):].split("?", 1)[0])
+
+
+def private_db_file(path: Path) -> None:
+    """Create the SQLite file as 0600 before SQLite does (SQLite gives its -wal and -shm files the mode of
+    the database file), and take group/other access away from an existing one and its -wal/-shm."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, DB_FILE_MODE))
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, DB_FILE_MODE)
+        except FileNotFoundError:
+            continue
+        except PermissionError:  # not ours to change (a shared file): leave it as its owner set it
+            continue
+
+
 def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        if path is not None:
+            private_db_file(path)
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
@@ -66,13 +95,12 @@ def _configure_sqlite(engine: Engine) -> None:
     def on_begin(conn) -> None:  # type: ignore[no-untyped-def]
         # IMMEDIATE takes the write lock up front: a deferred read transaction that later writes
         # fails at once with 'database is locked' in WAL mode, whatever the busy timeout says.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only transactions (run_read) never write, so they begin deferred and never wait for a writer.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (no alembic.ini needed in the cwd)."""
-    if engine.url.get_backend_name() == "sqlite" and engine.url.database:
-        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:
@@ -122,3 +150,11 @@ def run_tx(factory: sessionmaker[Session], fn: Callable[[Session], T], attempts:
                     raise
         time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+def run_read(factory: sessionmaker[Session], fn: Callable[[Session], T]) -> T:
+    """Run ``fn`` in a read-only transaction: no writer lock and, on SQLite, a deferred BEGIN, so reads
+    (authentication, lookups) never queue behind writers. ``fn`` must not write."""
+    with factory() as session:  # closing ends the transaction and detaches the objects read, still loaded
+        session.connection(execution_options={READ_ONLY: True})
+        return fn(session)

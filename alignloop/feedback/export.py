@@ -5,7 +5,8 @@
 (Tideman; Condorcet-consistent) over the annotators' strict preferences, and a pair is kept
 only when more than half of the item's labels prefer its winner.
 Ties and "both bad" express no preference, so they yield no pair; in ranking records they
-become a tie group. Gold items, flagged/skipped items and excluded annotators are left out.
+become a tie group. Gold items and flagged/skipped items are left out, and so are excluded annotators
+unless ``include_excluded`` (deactivated annotators' labels stay: deactivation is not a judgement).
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ class ItemLabels:
     labels: list[Label]
 
 
-def collect(session: Session, project: Project) -> list[ItemLabels]:
-    excluded = select(User.id).where(User.excluded.is_(True))
-    labels = session.scalars(
-        select(Label).where(Label.project_id == project.id, Label.user_id.not_in(excluded)).order_by(Label.id)
-    ).all()
+def collect(session: Session, project: Project, include_excluded: bool = False) -> list[ItemLabels]:
+    query = select(Label).where(Label.project_id == project.id)
+    if not include_excluded:
+        query = query.where(Label.user_id.not_in(select(User.id).where(User.excluded.is_(True))))
+    labels = session.scalars(query.order_by(Label.id)).all()
     by_item: dict[int, list[Label]] = defaultdict(list)
     for label in labels:
         by_item[label.item_id].append(label)
@@ -158,13 +159,13 @@ def item_records(task_type: str, il: ItemLabels, fmt: str, aggregate: str) -> li
 
 
 def export_records(session: Session, project: Project, format: str = "pair", aggregate: str = "all",
-                   min_agreement: float | None = None) -> list[dict]:
+                   min_agreement: float | None = None, include_excluded: bool = False) -> list[dict]:
     if format not in FORMATS:
         raise ValueError(f"format: must be one of {', '.join(FORMATS)}")
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate: must be one of {', '.join(AGGREGATES)}")
     records: list[dict] = []
-    for il in collect(session, project):
+    for il in collect(session, project, include_excluded):
         if min_agreement is not None:
             agreement = item_agreement(project.task_type, il.labels, len(il.item.responses))
             if agreement is None or agreement < min_agreement:

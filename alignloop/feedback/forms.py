@@ -36,9 +36,14 @@ def _number(form, field: str, default: float, kind: type = int):  # type: ignore
     if not raw:
         return default
     try:
-        return kind(raw)
+        if len(raw) > 64:
+            raise ValueError
+        value = kind(raw)
     except ValueError:
-        raise AlignloopError(f"{field}: {raw!r} is not a number") from None
+        raise AlignloopError(f"{field}: {raw[:64]!r} is not a number") from None
+    if not -(2**31) < value < 2**31:  # also refuses nan and inf
+        raise AlignloopError(f"{field}: {raw[:64]} is out of range")
+    return value
 
 
 async def parse_project_form(
@@ -56,6 +61,8 @@ async def parse_project_form(
         allow_rationale=form.get("allow_rationale") in ("on", "true", "1"),
         allow_edit=form.get("allow_edit") in ("on", "true", "1"),
         criteria=tuple(criteria),
+        access=str(form.get("access") or "members"),
+        members=tuple(m for m in str(form.get("members") or "").replace(",", " ").split() if m),
     )
     prompts, candidates = await _upload(form, "prompts"), await _upload(form, "candidates")
     models = [m.strip() for m in str(form.get("models") or "").split(",") if m.strip()]

@@ -26,13 +26,32 @@ class PromptRow:
 
 
 def _decode(data: bytes, filename: str) -> str:
+    """UTF-8, with or without the byte-order mark that Windows editors put first."""
     if len(data) > MAX_UPLOAD_BYTES:
         raise DataError(f"{filename}: file is {len(data)} bytes, over the {MAX_UPLOAD_BYTES} byte limit")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise DataError(f"{filename}:{line}: not valid UTF-8") from None
+
+
+def _lone_surrogate(value: object) -> bool:
+    """JSON may spell a lone UTF-16 surrogate (``"\\ud800"``): it is no character, and no database stores it."""
+    stack = [value]  # iterative: a line nested 900 deep must not overflow the Python stack here
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def _raise_if(problems: list[str]) -> None:
@@ -66,8 +85,15 @@ def parse_candidates(data: bytes, filename: str, require_candidates: bool = True
         except json.JSONDecodeError as err:
             problems.append(f"{where}: invalid JSON ({err.msg} at column {err.colno})")
             continue
+        except RecursionError:
+            problems.append(f"{where}: invalid JSON (nested too deeply)")
+            continue
         if not isinstance(obj, dict):
             problems.append(f"{where}: expected a JSON object")
+            continue
+        if _lone_surrogate(obj):
+            problems.append(f"{where}: text holds a lone surrogate escape (such as \\ud800), which is not valid "
+                            "Unicode")
             continue
         row, errs = _row(obj, where, require_candidates)
         problems.extend(errs)

@@ -20,6 +20,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 TASK_TYPES = ("pairwise", "ranking", "likert", "criteria")
 DEFAULT_CRITERIA = ["helpful", "harmless", "honest"]
+ACCESS_MODES = ("members", "all")  # who may annotate a project: its members only, or every annotator
+TOKEN_SCOPES = ("annotate", "admin")
 
 
 def utcnow() -> datetime:
@@ -45,8 +47,10 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))  # "admin" | "annotator"
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    # Excluded annotators keep their rows (audit) but their labels leave exports and metrics.
+    # Excluded annotators keep their rows (audit) but get no more items and their labels leave exports and metrics.
     excluded: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set when an admin sets the password: the user must choose a new one before doing anything else.
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -56,7 +60,9 @@ class ApiToken(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(64))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(16), default="annotate")  # annotate | admin
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # None counts as expired
 
 
 class LoginSession(Base):
@@ -66,6 +72,7 @@ class LoginSession(Base):
     session_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)  # address at login, for the session list
 
 
 class Project(Base):
@@ -80,8 +87,20 @@ class Project(Base):
     allow_edit: Mapped[bool] = mapped_column(Boolean, default=False)
     criteria: Mapped[list[Any]] = mapped_column(JSON, default=lambda: list(DEFAULT_CRITERIA))
     status: Mapped[str] = mapped_column(String(16), default="ready")  # ready | generating | failed
+    access: Mapped[str] = mapped_column(String(16), default="members")  # members | all (see ACCESS_MODES)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     items: Mapped[list[Item]] = relationship(back_populates="project", cascade="all, delete-orphan")
+
+
+class ProjectMember(Base):
+    """An annotator allowed into a project whose access is "members"."""
+
+    __tablename__ = "project_members"
+    __table_args__ = (UniqueConstraint("project_id", "user_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Item(Base):
@@ -125,7 +144,9 @@ class Assignment(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     slot: Mapped[int | None] = mapped_column(Integer, nullable=True)
     display_order: Mapped[list[Any]] = mapped_column(JSON)  # response idx shown at each position
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open | done | skipped | flagged
+    # open | done | skipped | flagged | released (taken back when its annotator was excluded, deactivated or
+    # removed from the project: the slot is free again and the row stays for the audit)
+    status: Mapped[str] = mapped_column(String(16), default="open")
     flag_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

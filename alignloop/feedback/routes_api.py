@@ -20,9 +20,10 @@ from alignloop.feedback.export import export_records, to_jsonl, write_jsonl
 from alignloop.feedback.forms import parse_project_form
 from alignloop.feedback.jobs import create_from_uploads, project_jobs
 from alignloop.feedback.leaderboard import leaderboard
-from alignloop.feedback.models import Label, Project, User
+from alignloop.feedback.limits import MAX_EDITED_RESPONSE_CHARS, MAX_RATIONALE_CHARS, CleanStr
+from alignloop.feedback.models import Label, User
 from alignloop.feedback.quality import project_quality
-from alignloop.feedback.security import create_api_token, safe_path
+from alignloop.feedback.security import safe_path
 from alignloop.feedback.views import (
     assignment_view,
     flagged_view,
@@ -31,50 +32,40 @@ from alignloop.feedback.views import (
     project_admin_view,
     project_view,
 )
-from alignloop.feedback.web import api_admin, api_user, csrf_protect, state
+from alignloop.feedback.web import MAX_ID, Id, api_admin, api_user, csrf_protect, state
+from alignloop.feedback.workflow import progress, undo
 
 router = APIRouter(prefix="/api", dependencies=[Depends(api_user), Depends(csrf_protect)], tags=["api"])
 
 
 class LabelIn(BaseModel):
     answer: dict[str, Any]
-    rationale: str | None = Field(None, max_length=20_000)
-    edited_response: str | None = Field(None, max_length=100_000)
+    rationale: CleanStr | None = Field(None, max_length=MAX_RATIONALE_CHARS)
+    edited_response: CleanStr | None = Field(None, max_length=MAX_EDITED_RESPONSE_CHARS)
 
 
 class FlagIn(BaseModel):
-    reason: str = Field("unsafe or broken", max_length=2000)
-
-
-class UserIn(BaseModel):
-    username: str
-    password: str
-    role: str = "annotator"
-
-
-class ExcludeIn(BaseModel):
-    excluded: bool
-
-
-class TokenIn(BaseModel):
-    name: str = Field("api", max_length=64)
+    reason: CleanStr = Field("unsafe or broken", max_length=2000)
 
 
 class ExportFileIn(BaseModel):
-    name: str
+    name: CleanStr = Field(..., max_length=255)
     format: Literal["pair", "ranking", "sft"] = "pair"
     aggregate: Literal["all", "majority"] = "all"
     min_agreement: float | None = Field(None, ge=0, le=1)
+    include_excluded: bool = False
 
 
 @router.get("/me")
 def me(user: User = Depends(api_user)) -> dict:
-    return {"id": user.id, "username": user.username, "role": user.role}
+    return {"id": user.id, "username": user.username, "role": user.role,
+            "must_change_password": user.must_change_password}
 
 
 @router.get("/projects")
 def list_projects(request: Request, user: User = Depends(api_user)) -> list[dict]:
-    return state(request).tx(lambda s: [project_view(p) for p in s.scalars(select(Project).order_by(Project.id))])
+    """Admins see every project; annotators the projects open to all and those they are members of."""
+    return state(request).read(lambda s: [project_view(p) for p in store.visible_projects(s, user)])
 
 
 @router.post("/projects", dependencies=[Depends(api_admin)], status_code=201)
@@ -86,37 +77,44 @@ async def new_project(request: Request) -> dict:
 
 
 @router.get("/projects/{project_id}")
-def get_project(project_id: int, request: Request, user: User = Depends(api_user)) -> dict:
+def get_project(project_id: Id, request: Request, user: User = Depends(api_user)) -> dict:
     def view(s: Session) -> dict:
-        p = store.get_project(s, project_id)
+        p = store.visible_project(s, user, project_id)
         return project_admin_view(s, p) if user.role == "admin" else project_view(p)
 
-    return state(request).tx(view)
+    return state(request).read(view)
 
 
 @router.post("/projects/{project_id}/next")
-def next_item(project_id: int, request: Request, user: User = Depends(api_user)) -> dict:
+def next_item(project_id: Id, request: Request, user: User = Depends(api_user)) -> dict:
+    """403 for an excluded annotator; 404 for a project the caller is not a member of."""
     st = state(request)
 
     def pick(s: Session) -> dict:
-        a = store.next_assignment(s, user, store.get_project(s, project_id), st.rng)
+        a = store.next_assignment(s, user, store.visible_project(s, user, project_id), st.rng)
         return {"assignment": assignment_view(s, a) if a else None}
 
     return st.tx(pick)
 
 
 @router.get("/projects/{project_id}/progress")
-def my_progress(project_id: int, request: Request, user: User = Depends(api_user)) -> dict:
-    return state(request).tx(lambda s: store.progress(s, user, store.get_project(s, project_id)))
+def my_progress(project_id: Id, request: Request, user: User = Depends(api_user)) -> dict:
+    return state(request).read(lambda s: progress(s, user, store.visible_project(s, user, project_id)))
 
 
 @router.get("/assignments/{assignment_id}")
-def get_assignment(assignment_id: int, request: Request, user: User = Depends(api_user)) -> dict:
-    return state(request).tx(lambda s: assignment_view(s, store.own_assignment(s, user, assignment_id)))
+def get_assignment(assignment_id: Id, request: Request, user: User = Depends(api_user)) -> dict:
+    return state(request).read(lambda s: assignment_view(s, store.own_assignment(s, user, assignment_id)))
+
+
+@router.post("/assignments/{assignment_id}/undo")
+def undo_answer(assignment_id: Id, request: Request, user: User = Depends(api_user)) -> dict:
+    """Take back the caller's last answer, skip or flag in the project (its label is deleted)."""
+    return state(request).tx(lambda s: assignment_view(s, undo(s, user, assignment_id)))
 
 
 @router.post("/assignments/{assignment_id}/label")
-def post_label(assignment_id: int, body: LabelIn, request: Request, response: Response,
+def post_label(assignment_id: Id, body: LabelIn, request: Request, response: Response,
                user: User = Depends(api_user)) -> dict:
     """Idempotent per assignment: a repeated identical submit answers 200 with the stored label."""
     def submit(s: Session) -> tuple[dict, bool]:
@@ -129,112 +127,83 @@ def post_label(assignment_id: int, body: LabelIn, request: Request, response: Re
 
 
 @router.post("/assignments/{assignment_id}/skip")
-def skip(assignment_id: int, request: Request, user: User = Depends(api_user)) -> dict:
+def skip(assignment_id: Id, request: Request, user: User = Depends(api_user)) -> dict:
     return state(request).tx(lambda s: {"status": store.release(s, user, assignment_id, "skipped").status})
 
 
 @router.post("/assignments/{assignment_id}/flag")
-def flag(assignment_id: int, body: FlagIn, request: Request, user: User = Depends(api_user)) -> dict:
+def flag(assignment_id: Id, body: FlagIn, request: Request, user: User = Depends(api_user)) -> dict:
     return state(request).tx(lambda s: {"status": store.release(s, user, assignment_id, "flagged", body.reason).status})
 
 
 @router.get("/labels")
-def my_labels(request: Request, project_id: int | None = None, user: User = Depends(api_user)) -> list[dict]:
+def my_labels(request: Request, project_id: int | None = Query(None, ge=1, le=MAX_ID),
+              user: User = Depends(api_user)) -> list[dict]:
     def rows(s: Session) -> list[dict]:
         q = select(Label).where(Label.user_id == user.id)
         if project_id is not None:
             q = q.where(Label.project_id == project_id)
         return [label_view(lab) for lab in s.scalars(q.order_by(Label.id))]
 
-    return state(request).tx(rows)
+    return state(request).read(rows)
 
 
 @router.get("/labels/{label_id}")
-def get_label(label_id: int, request: Request, user: User = Depends(api_user)) -> dict:
+def get_label(label_id: Id, request: Request, user: User = Depends(api_user)) -> dict:
     def view(s: Session) -> dict:
         label = s.get(Label, label_id)
         if label is None or label.user_id != user.id:
             raise store.NotFound("label not found")
         return label_view(label)
 
-    return state(request).tx(view)
+    return state(request).read(view)
 
 
 @router.put("/labels/{label_id}")
-def put_label(label_id: int, body: LabelIn, request: Request, user: User = Depends(api_user)) -> dict:
+def put_label(label_id: Id, body: LabelIn, request: Request, user: User = Depends(api_user)) -> dict:
     return state(request).tx(lambda s: label_view(store.edit_label(s, user, label_id, body.answer, body.rationale)))
 
 
 @router.get("/projects/{project_id}/quality", dependencies=[Depends(api_admin)])
-def quality(project_id: int, request: Request) -> dict:
+def quality(project_id: Id, request: Request) -> dict:
     return state(request).tx(lambda s: project_quality(s, store.get_project(s, project_id)))
 
 
 @router.get("/projects/{project_id}/leaderboard", dependencies=[Depends(api_admin)])
-def get_leaderboard(project_id: int, request: Request, rounds: int = Query(200, ge=10, le=2000)) -> list[dict]:
+def get_leaderboard(project_id: Id, request: Request, rounds: int = Query(200, ge=10, le=2000)) -> list[dict]:
     return state(request).tx(lambda s: leaderboard(s, store.get_project(s, project_id), rounds))
 
 
 @router.get("/projects/{project_id}/export", dependencies=[Depends(api_admin)])
-def export(project_id: int, request: Request, format: Literal["pair", "ranking", "sft"] = "pair",
+def export(project_id: Id, request: Request, format: Literal["pair", "ranking", "sft"] = "pair",
            aggregate: Literal["all", "majority"] = "all",
-           min_agreement: float | None = Query(None, ge=0, le=1)) -> Response:
-    records = state(request).tx(
-        lambda s: export_records(s, store.get_project(s, project_id), format, aggregate, min_agreement))
+           min_agreement: float | None = Query(None, ge=0, le=1), include_excluded: bool = False) -> Response:
+    """``include_excluded=true`` keeps the labels of excluded annotators (left out by default)."""
+    records = state(request).read(lambda s: export_records(s, store.get_project(s, project_id), format, aggregate,
+                                                           min_agreement, include_excluded))
     return Response(to_jsonl(records), media_type="application/x-ndjson",
                     headers={"Content-Disposition": f'attachment; filename="project-{project_id}-{format}.jsonl"'})
 
 
 @router.post("/projects/{project_id}/export-file", dependencies=[Depends(api_admin)])
-def export_file(project_id: int, body: ExportFileIn, request: Request) -> dict:
+def export_file(project_id: Id, body: ExportFileIn, request: Request) -> dict:
     """Write the export on the server, inside its exports folder (names cannot climb out)."""
     st = state(request)
     try:
         target = safe_path(st.data_dir / "exports", body.name)
     except ValueError as err:
         raise AlignloopError(f"name: {err}") from None
-    records = st.tx(lambda s: export_records(s, store.get_project(s, project_id), body.format, body.aggregate,
-                                             body.min_agreement))
+    records = st.read(lambda s: export_records(s, store.get_project(s, project_id), body.format, body.aggregate,
+                                               body.min_agreement, body.include_excluded))
     write_jsonl(records, target)
     return {"path": str(target), "records": len(records)}
 
 
 @router.get("/projects/{project_id}/jobs", dependencies=[Depends(api_admin)])
-def jobs(project_id: int, request: Request) -> list[dict]:
+def jobs(project_id: Id, request: Request) -> list[dict]:
     return state(request).tx(lambda s: [job_view(j) for j in project_jobs(s, project_id)])
 
 
 @router.get("/projects/{project_id}/flags", dependencies=[Depends(api_admin)])
-def flags(project_id: int, request: Request) -> list[dict]:
+def flags(project_id: Id, request: Request) -> list[dict]:
     return state(request).tx(lambda s: flagged_view(s, store.get_project(s, project_id).id))
-
-
-@router.get("/users", dependencies=[Depends(api_admin)])
-def users(request: Request) -> list[dict]:
-    return state(request).tx(lambda s: [
-        {"id": u.id, "username": u.username, "role": u.role, "excluded": u.excluded}
-        for u in s.scalars(select(User).order_by(User.id))])
-
-
-@router.post("/users", dependencies=[Depends(api_admin)], status_code=201)
-def add_user(body: UserIn, request: Request) -> dict:
-    u = state(request).tx(lambda s: store.create_user(s, body.username, body.password, body.role))
-    return {"id": u.id, "username": u.username, "role": u.role}
-
-
-@router.post("/users/{user_id}/exclude", dependencies=[Depends(api_admin)])
-def exclude(user_id: int, body: ExcludeIn, request: Request) -> dict:
-    def apply(s: Session) -> dict:
-        u = s.get(User, user_id)
-        if u is None:
-            raise store.NotFound("user not found")
-        u.excluded = body.excluded
-        return {"id": u.id, "excluded": u.excluded}
-
-    return state(request).tx(apply)
-
-
-@router.post("/tokens", status_code=201)
-def new_token(body: TokenIn, request: Request, user: User = Depends(api_user)) -> dict:
-    """The token is shown in this response only; the server keeps its hash."""
-    return {"token": state(request).tx(lambda s: create_api_token(s, user, body.name)), "name": body.name}

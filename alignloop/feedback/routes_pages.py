@@ -4,26 +4,33 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
 
-from alignloop.feedback import store
+from alignloop.feedback import auth, store
+from alignloop.feedback.annotate_form import (
+    LONG_RESPONSE_CHARS,
+    MARKDOWN_MAX_CHARS,
+    for_display,
+    form_answer,
+    given_values,
+    text_field,
+)
 from alignloop.feedback.answers import AnswerError
-from alignloop.feedback.models import Project, User
+from alignloop.feedback.models import User
 from alignloop.feedback.security import (
+    CSRF_COOKIE,
+    DEVICE_COOKIE,
+    DEVICE_LIFETIME,
     SESSION_COOKIE,
     SESSION_LIFETIME,
     close_session,
-    open_session,
-    verify_password,
 )
 from alignloop.feedback.views import assignment_view, project_view
-from alignloop.feedback.web import csrf_protect, page_user, render, session_id, set_cookie, state
+from alignloop.feedback.web import Id, csrf_protect, page_user, render, session_id, set_cookie, state
+from alignloop.feedback.workflow import last_finished, progress, undo
 
 router = APIRouter(dependencies=[Depends(csrf_protect)], include_in_schema=False)
-LONG_RESPONSE_CHARS = 1500  # longer responses start collapsed (phones)
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -36,26 +43,24 @@ def login_page(request: Request) -> Response:
 
 
 @router.post("/login")
-def login(request: Request, username: str = Form(...), password: str = Form(...)) -> Response:
+def login(request: Request, username: str = Form(..., max_length=256),
+          password: str = Form(..., max_length=4096)) -> Response:
     st = state(request)
-    client = request.client.host if request.client else "unknown"
-    keys = (f"ip:{client}", f"user:{username.lower()}")
-    if st.limiter.blocked(*keys):
-        return render(request, "login.html", status_code=429, error="Too many failed logins; wait a minute.")
-
-    def check(s: Session) -> str | None:
-        user = s.scalar(select(User).where(User.username == username))
-        if user is None or not user.active or not verify_password(user.password_hash, password):
-            return None
-        return open_session(s, user)
-
-    sid = st.tx(check)
-    if sid is None:
-        st.limiter.record_failure(*keys)
+    result = auth.login(st, request, username, password)
+    if result.retry_after is not None:
+        response = render(request, "login.html", status_code=429,
+                          error=f"Too many failed logins; try again in {result.retry_after} s.")
+        response.headers["Retry-After"] = str(result.retry_after)
+        return response
+    if result.session_id is None:
         return render(request, "login.html", status_code=401, error="Wrong username or password.")
     response = _redirect("/")
-    set_cookie(response, request, SESSION_COOKIE, st.signer.sign_session(sid),
+    set_cookie(response, request, SESSION_COOKIE, st.signer.sign_session(result.session_id),
                max_age=int(SESSION_LIFETIME.total_seconds()))
+    # A CSRF token bound to the new session (the login form's was bound to no session).
+    set_cookie(response, request, CSRF_COOKIE, st.signer.new_csrf(result.session_id))
+    set_cookie(response, request, DEVICE_COOKIE, st.signer.device_cookie(username.strip()),
+               max_age=int(DEVICE_LIFETIME.total_seconds()))
     return response
 
 
@@ -66,52 +71,43 @@ def logout(request: Request) -> Response:
         state(request).tx(lambda s: close_session(s, sid))
     response = _redirect("/login")
     response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(CSRF_COOKIE, path="/")
     return response
 
 
 @router.get("/")
 def home(request: Request, user: User = Depends(page_user)) -> Response:
     def rows(s: Session) -> list[dict]:
-        out = []
-        for p in s.scalars(select(Project).order_by(Project.id)):
-            out.append({**project_view(p), "progress": store.progress(s, user, p)})
-        return out
+        return [{**project_view(p), "progress": progress(s, user, p)} for p in store.visible_projects(s, user)]
 
-    return render(request, "home.html", user=user, projects=state(request).tx(rows))
+    return render(request, "home.html", user=user, projects=state(request).read(rows))
+
+
+def _page(request: Request, user: User, ctx: dict, status_code: int = 200, **extra) -> Response:  # type: ignore[no-untyped-def]
+    return render(request, "annotate.html", status_code=status_code, user=user, long_chars=LONG_RESPONSE_CHARS,
+                  **ctx, **extra)
+
+
+def _context(s: Session, user: User, project_id: int, rng=None, assignment=None) -> dict:  # type: ignore[no-untyped-def]
+    """The page's data; ``assignment`` None means: the user's next item (claimed here if need be)."""
+    project = store.visible_project(s, user, project_id)
+    a = assignment if assignment is not None else store.next_assignment(s, user, project, rng)
+    last = last_finished(s, user, project.id)
+    return {"project": project_view(project), "progress": progress(s, user, project),
+            "assignment": for_display(assignment_view(s, a)) if a else None,
+            "last": {"id": last.id, "status": last.status} if last is not None else None}
 
 
 @router.get("/projects/{project_id}/annotate")
-def annotate(project_id: int, request: Request, user: User = Depends(page_user)) -> Response:
+def annotate(project_id: Id, request: Request, user: User = Depends(page_user)) -> Response:
     st = state(request)
-
-    def load(s: Session) -> dict:
-        project = store.get_project(s, project_id)
-        a = store.next_assignment(s, user, project, st.rng)
-        return {"project": project_view(project), "progress": store.progress(s, user, project),
-                "assignment": assignment_view(s, a) if a else None}
-
-    ctx = st.tx(load)
-    return render(request, "annotate.html", user=user, long_chars=LONG_RESPONSE_CHARS, **ctx)
-
-
-def form_answer(task_type: str, form: FormData, k: int, criteria: list[str]) -> dict:
-    """Turn the page's form fields into the API's answer object."""
-    if task_type == "pairwise":
-        return {"choice": form.get("choice")}
-    if task_type == "criteria":
-        return {"criteria": {c: form.get(f"crit_{c}") for c in criteria}}
-    try:
-        values = [int(str(form.get(f"{'rank' if task_type == 'ranking' else 'score'}_{pos}"))) for pos in range(k)]
-    except ValueError:
-        raise AnswerError("every response needs a value") from None
-    if task_type == "likert":
-        return {"scores": values}
-    # Equal rank numbers are a tie: group positions by their rank, best (lowest number) first.
-    return {"ranking": [[p for p in range(k) if values[p] == r] for r in sorted(set(values))]}
+    return _page(request, user, st.tx(lambda s: _context(s, user, project_id, st.rng)))
 
 
 @router.post("/assignments/{assignment_id}/label")
-async def submit(assignment_id: int, request: Request, user: User = Depends(page_user)) -> Response:
+async def submit(assignment_id: Id, request: Request, user: User = Depends(page_user)) -> Response:
+    """Store the answer and go to the next item. A refused answer (a missing value, a text over its
+    limit) shows the same item again with the message and everything the annotator entered."""
     form = await request.form()
     st = state(request)
 
@@ -119,19 +115,53 @@ async def submit(assignment_id: int, request: Request, user: User = Depends(page
         a = store.own_assignment(s, user, assignment_id)
         project = store.get_project(s, a.project_id)
         raw = form_answer(project.task_type, form, len(a.display_order), list(project.criteria))
-        store.submit_label(s, user, assignment_id, raw, str(form.get("rationale") or "")[:20_000],
-                           str(form.get("edited_response") or "")[:100_000])
+        rationale, edited = text_field(form, "rationale"), text_field(form, "edited_response")
+        store.submit_label(s, user, assignment_id, raw, rationale, edited)
         return project.id
 
-    project_id = await run_in_threadpool(st.tx, save)
+    try:
+        project_id = await run_in_threadpool(st.tx, save)
+    except AnswerError as err:
+        def again(s: Session) -> dict:
+            a = store.own_assignment(s, user, assignment_id)
+            return _context(s, user, a.project_id, assignment=a)
+
+        ctx = await run_in_threadpool(st.read, again)
+        return _page(request, user, ctx, status_code=422, error=str(err), given=given_values(form))
+    except store.Conflict as err:
+        a = await run_in_threadpool(st.read, lambda s: store.own_assignment(s, user, assignment_id))
+        ctx = await run_in_threadpool(st.tx, lambda s: _context(s, user, a.project_id, st.rng))
+        return _page(request, user, ctx, status_code=409,
+                     error=f"Not saved: {err}. Use Undo to change your last answer.")
     return _redirect(f"/projects/{project_id}/annotate")
 
 
 @router.post("/assignments/{assignment_id}/{action}")
-def release(assignment_id: int, action: str, request: Request, reason: str = Form(""),
+def release(assignment_id: Id, action: str, request: Request, reason: str = Form("", max_length=2000),
             user: User = Depends(page_user)) -> Response:
+    """Skip (no confirmation: it can be undone), flag, or undo the last answer or skip."""
+    st = state(request)
+    if action == "undo":
+        a = st.tx(lambda s: undo(s, user, assignment_id))
+        return _redirect(f"/projects/{a.project_id}/annotate")
     if action not in ("skip", "flag"):
         raise HTTPException(404, "not found")
     status = "skipped" if action == "skip" else "flagged"
-    a = state(request).tx(lambda s: store.release(s, user, assignment_id, status, reason[:2000] or None))
+    a = st.tx(lambda s: store.release(s, user, assignment_id, status, reason or None))
     return _redirect(f"/projects/{a.project_id}/annotate")
+
+
+@router.get("/assignments/{assignment_id}/full/{part}")
+def full_text(assignment_id: Id, part: str, request: Request, user: User = Depends(page_user)) -> Response:
+    """The whole prompt (``part`` = prompt) or response (``part`` = its letter) of one's own assignment,
+    for a text too long to put on the annotate page."""
+    view = state(request).read(lambda s: assignment_view(s, store.own_assignment(s, user, assignment_id)))
+    if part == "prompt":
+        title, text = "Prompt", view["prompt"]
+    else:
+        found = [r for r in view["responses"] if r["letter"] == part]
+        if not found:
+            raise HTTPException(404, "not found")
+        title, text = f"Response {part}", found[0]["text"]
+    return render(request, "full_text.html", user=user, title=title, text=text, chars=len(text),
+                  markdown=len(text) <= MARKDOWN_MAX_CHARS, project_id=view["project_id"])

@@ -14,17 +14,19 @@ from alignloop.errors import AlignloopError
 from alignloop.feedback.answers import canonical_answer
 from alignloop.feedback.importers import ItemSpec
 from alignloop.feedback.models import (
+    ACCESS_MODES,
     DEFAULT_CRITERIA,
     TASK_TYPES,
     Assignment,
     Item,
     Label,
     Project,
+    ProjectMember,
     Response,
     User,
     utcnow,
 )
-from alignloop.feedback.security import hash_password
+from alignloop.feedback.security import check_new_password, hash_password
 
 ROLES = ("admin", "annotator")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -40,16 +42,27 @@ class Conflict(AlignloopError):
     """The request contradicts stored state (for example a second, different answer)."""
 
 
-def create_user(session: Session, username: str, password: str, role: str = "annotator") -> User:
+class Forbidden(AlignloopError):
+    """The caller may not do this (an excluded or deactivated annotator); answers 403."""
+
+
+def check_new_user(username: str, password: str, role: str) -> None:
     if not USERNAME_RE.match(username):
         raise AlignloopError("username: use 1-64 letters, digits, '.', '_' or '-'")
     if role not in ROLES:
         raise AlignloopError(f"role: must be one of {', '.join(ROLES)}")
-    if len(password) < 8:
-        raise AlignloopError("password: must be at least 8 characters")
+    check_new_password(password)
+
+
+def create_user(session: Session, username: str, password: str, role: str = "annotator",
+                password_hash: str | None = None) -> User:
+    """``password_hash``, when given, is ``hash_password(password)`` computed by the caller outside the
+    transaction (argon2 is slow by design and must not hold the database's writer lock)."""
+    check_new_user(username, password, role)
     if session.scalar(select(User).where(User.username == username)) is not None:
         raise Conflict(f"user {username!r} already exists")
-    user = User(username=username, password_hash=hash_password(password), role=role, active=True, excluded=False)
+    user = User(username=username, password_hash=password_hash or hash_password(password), role=role, active=True,
+                excluded=False, must_change_password=False)
     session.add(user)
     session.flush()
     return user
@@ -65,6 +78,8 @@ class ProjectOptions:
     allow_rationale: bool = True
     allow_edit: bool = False
     criteria: tuple[str, ...] = tuple(DEFAULT_CRITERIA)
+    access: str = "members"  # members: only annotators an admin added; all: every annotator
+    members: tuple[str, ...] = ()  # usernames added as members at creation
 
     def validate(self) -> None:
         if not self.name.strip() or len(self.name) > 128:
@@ -77,6 +92,8 @@ class ProjectOptions:
             raise AlignloopError("gold_rate: must be between 0 and 1")
         if self.task_type == "criteria" and not self.criteria:
             raise AlignloopError("criteria: name at least one criterion")
+        if self.access not in ACCESS_MODES:
+            raise AlignloopError(f"access: must be one of {', '.join(ACCESS_MODES)}")
 
 
 def create_project(session: Session, opts: ProjectOptions, status: str = "ready") -> Project:
@@ -86,9 +103,15 @@ def create_project(session: Session, opts: ProjectOptions, status: str = "ready"
     project = Project(
         name=opts.name, task_type=opts.task_type, guidelines=opts.guidelines, overlap=opts.overlap,
         gold_rate=opts.gold_rate, allow_rationale=opts.allow_rationale, allow_edit=opts.allow_edit,
-        criteria=list(opts.criteria), status=status,
+        criteria=list(opts.criteria), status=status, access=opts.access,
     )
     session.add(project)
+    session.flush()
+    for name in dict.fromkeys(opts.members):
+        user_id = session.scalar(select(User.id).where(User.username == name))
+        if user_id is None:
+            raise AlignloopError(f"members: no user named {name!r}")
+        session.add(ProjectMember(project_id=project.id, user_id=user_id))
     session.flush()
     return project
 
@@ -124,6 +147,40 @@ def get_project(session: Session, project_id: int) -> Project:
     return project
 
 
+def is_member(session: Session, user: User, project: Project) -> bool:
+    return user.role == "admin" or project.access == "all" or session.scalar(
+        select(ProjectMember.id).where(ProjectMember.project_id == project.id, ProjectMember.user_id == user.id)
+    ) is not None
+
+
+def visible_project(session: Session, user: User, project_id: int) -> Project:
+    """The project, for a user allowed into it; any other project answers 404, like a missing one."""
+    project = get_project(session, project_id)
+    if not is_member(session, user, project):
+        raise NotFound("project not found")
+    return project
+
+
+def visible_projects(session: Session, user: User) -> list[Project]:
+    query = select(Project).order_by(Project.id)
+    if user.role != "admin":
+        mine = select(ProjectMember.project_id).where(ProjectMember.user_id == user.id)
+        query = query.where((Project.access == "all") | Project.id.in_(mine))
+    return list(session.scalars(query))
+
+
+def may_annotate(session: Session, user: User, project: Project) -> None:
+    """Raise unless ``user`` may get and label items of ``project`` now. Reads the user's row in this
+    transaction (FOR SHARE on PostgreSQL), so an exclusion or deactivation applies at once."""
+    fresh = session.get(User, user.id, with_for_update={"read": True})
+    if fresh is None or not fresh.active:
+        raise Forbidden("your account is deactivated")
+    if fresh.excluded:
+        raise Forbidden("an admin excluded you from annotating; ask them if you think this is a mistake")
+    if not is_member(session, fresh, project):
+        raise NotFound("project not found")
+
+
 def own_assignment(session: Session, user: User, assignment_id: int) -> Assignment:
     a = session.get(Assignment, assignment_id)
     if a is None or a.user_id != user.id:
@@ -139,6 +196,7 @@ def next_assignment(
     Never an item the user already had, never an item whose overlap slots are all claimed.
     Gold items are mixed in at ``gold_rate`` and do not use overlap slots."""
     rng = rng or random.Random()
+    may_annotate(session, user, project)
     if project.status != "ready":
         return None
     open_one = session.scalar(
@@ -206,6 +264,7 @@ def submit_label(session: Session, user: User, assignment_id: int, raw: dict, ra
     (double click, client retry) of the same answer returns the stored label and creates nothing."""
     a = own_assignment(session, user, assignment_id)
     project = get_project(session, a.project_id)
+    may_annotate(session, user, project)
     answer = canonical_answer(project.task_type, raw, list(a.display_order), list(project.criteria))
     existing = session.scalar(select(Label).where(Label.assignment_id == a.id))
     if existing is not None:
@@ -241,6 +300,7 @@ def edit_label(session: Session, user: User, label_id: int, raw: dict, rationale
         raise NotFound("label not found")
     a = session.get(Assignment, label.assignment_id)
     project = get_project(session, label.project_id)
+    may_annotate(session, user, project)
     label.answer = canonical_answer(project.task_type, raw, list(a.display_order), list(project.criteria))
     if rationale is not None and project.allow_rationale:
         label.rationale = rationale or None
@@ -261,18 +321,6 @@ def release(session: Session, user: User, assignment_id: int, status: str, reaso
     a.completed_at = utcnow()
     session.flush()
     return a
-
-
-def progress(session: Session, user: User, project: Project) -> dict:
-    def count(*conds) -> int:
-        return session.scalar(select(func.count()).select_from(Assignment).where(
-            Assignment.user_id == user.id, Assignment.project_id == project.id, *conds)) or 0
-
-    total_regular = session.scalar(select(func.count()).select_from(Item).where(
-        Item.project_id == project.id, Item.is_gold.is_(False))) or 0
-    return {"done": count(Assignment.status == "done"), "skipped": count(Assignment.status == "skipped"),
-            "flagged": count(Assignment.status == "flagged"), "total_items": total_regular,
-            "target_labels": total_regular * project.overlap}
 
 
 def load_item(session: Session, item_id: int) -> Item:

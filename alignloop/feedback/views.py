@@ -16,7 +16,8 @@ from alignloop.feedback.store import load_item
 def project_view(project: Project) -> dict:
     return {"id": project.id, "name": project.name, "task_type": project.task_type,
             "guidelines": project.guidelines, "overlap": project.overlap, "criteria": list(project.criteria),
-            "allow_rationale": project.allow_rationale, "allow_edit": project.allow_edit, "status": project.status}
+            "allow_rationale": project.allow_rationale, "allow_edit": project.allow_edit, "status": project.status,
+            "access": project.access}
 
 
 def project_admin_view(session: Session, project: Project) -> dict:

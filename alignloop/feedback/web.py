@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
@@ -14,18 +16,23 @@ from markupsafe import Markup
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from alignloop.feedback.db import run_tx
+from alignloop.feedback.db import run_read, run_tx
 from alignloop.feedback.models import User
+from alignloop.feedback.ratelimit import LoginRateLimiter
 from alignloop.feedback.security import (
     CSRF_COOKIE,
     SESSION_COOKIE,
-    LoginRateLimiter,
     Signer,
+    token_auth,
     user_for_session,
-    user_for_token,
 )
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# Ids are 32-bit integers in every supported database; anything outside answers 422, never a 500.
+MAX_ID = 2**31 - 1
+Id = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+# Where a user who must change their password may still go.
+PASSWORD_CHANGE_PATHS = ("/account/password", "/logout", "/api/me", "/api/me/password")
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -51,6 +58,10 @@ class AppState:
     def tx(self, fn):  # type: ignore[no-untyped-def]
         return run_tx(self.factory, fn)
 
+    def read(self, fn):  # type: ignore[no-untyped-def]
+        """A read-only transaction: never waits for the SQLite writer lock."""
+        return run_read(self.factory, fn)
+
 
 def state(request: Request) -> AppState:
     return request.app.state.alignloop
@@ -67,29 +78,55 @@ def session_id(request: Request) -> str | None:
 
 
 def optional_user(request: Request) -> User | None:
-    """The caller: an API token (scripts) or a signed session cookie (browsers)."""
+    """The caller: an API token (scripts) or a signed session cookie (browsers). Read without the
+    writer lock, so authentication never queues behind other users' writes. The token's scope (or
+    None for a browser session) is kept in ``request.state.token_scope``."""
+    if hasattr(request.state, "user"):
+        return request.state.user
     st = state(request)
     token = bearer_token(request)
+    user, scope = None, None
     if token is not None:
-        return st.tx(lambda s: user_for_token(s, token))
-    sid = session_id(request)
-    return st.tx(lambda s: user_for_session(s, sid)) if sid else None
+        found = st.read(lambda s: token_auth(s, token))
+        if found is not None:
+            user, scope = found
+    else:
+        sid = session_id(request)
+        user = st.read(lambda s: user_for_session(s, sid)) if sid else None
+    request.state.user, request.state.token_scope = user, scope
+    return user
+
+
+def token_scope(request: Request) -> str | None:
+    return getattr(request.state, "token_scope", None)
 
 
 class LoginRequired(Exception):
     """Raised by page dependencies; the app turns it into a redirect to /login."""
 
 
+class PasswordChangeRequired(Exception):
+    """Raised by page dependencies for a user whose password an admin set; the app redirects them."""
+
+
+def _must_change(request: Request, user: User) -> bool:
+    return user.must_change_password and request.url.path not in PASSWORD_CHANGE_PATHS
+
+
 def api_user(request: Request) -> User:
     user = optional_user(request)
     if user is None:
         raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+    if _must_change(request, user):
+        raise HTTPException(403, "password change required: POST /api/me/password first")
     return user
 
 
-def api_admin(user: User = Depends(api_user)) -> User:
+def api_admin(request: Request, user: User = Depends(api_user)) -> User:
     if user.role != "admin":
         raise HTTPException(403, "admin only")
+    if token_scope(request) == "annotate":
+        raise HTTPException(403, "this API token's scope is 'annotate'; admin routes need an 'admin' token")
     return user
 
 
@@ -97,6 +134,8 @@ def page_user(request: Request) -> User:
     user = optional_user(request)
     if user is None:
         raise LoginRequired()
+    if _must_change(request, user):
+        raise PasswordChangeRequired()
     return user
 
 
@@ -117,16 +156,18 @@ async def csrf_protect(request: Request) -> None:
         ("application/x-www-form-urlencoded", "multipart/form-data")
     ):
         submitted = (await request.form()).get("csrf_token")
-    if not state(request).signer.csrf_ok(request.cookies.get(CSRF_COOKIE), submitted):
+    if not state(request).signer.csrf_ok(request.cookies.get(CSRF_COOKIE), submitted, session_id(request)):
         raise HTTPException(403, "CSRF token missing or invalid; reload the page and try again")
 
 
 def csrf_token(request: Request) -> str:
+    """The page's CSRF token: the cookie's when it is bound to this browser's session, else a new one."""
     existing = request.cookies.get(CSRF_COOKIE)
-    if existing and state(request).signer.csrf_ok(existing, existing):
+    sid = session_id(request)
+    if existing and state(request).signer.csrf_ok(existing, existing, sid):
         return existing
     if not hasattr(request.state, "new_csrf"):
-        request.state.new_csrf = state(request).signer.new_csrf()
+        request.state.new_csrf = state(request).signer.new_csrf(sid)
     return request.state.new_csrf
 
 

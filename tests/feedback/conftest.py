@@ -86,10 +86,12 @@ def make_users(factory, *names: str, role: str = "annotator"):
 
 def make_project(factory, name: str = "demo", task_type: str = "pairwise", n_items: int = 4, k: int = 2,
                  overlap: int = 1, gold: int = 0, gold_rate: float = 0.0, models: list[str] | None = None,
-                 texts=None, **opts):
-    """A project with ``n_items`` regular items (and ``gold`` gold items whose best response is 0)."""
+                 texts=None, access: str = "all", **opts):
+    """A project with ``n_items`` regular items (and ``gold`` gold items whose best response is 0).
+    Open to every annotator unless ``access="members"`` (new projects default to members only)."""
     def build(s):
-        p = create_project(s, ProjectOptions(name=name, task_type=task_type, overlap=overlap, gold_rate=gold_rate, **opts))
+        p = create_project(s, ProjectOptions(name=name, task_type=task_type, overlap=overlap, gold_rate=gold_rate,
+                                          access=access, **opts))
         specs = []
         for i in range(n_items + gold):
             cands = [Candidate(texts(i, j) if texts else f"response {j} to prompt {i}",

@@ -1,6 +1,6 @@
 """Headless Chromium (Debian's, driven by Playwright): log in, annotate with keyboard shortcuts,
-see progress, rank with keys, use a phone-sized screen, export as admin; an XSS payload in a
-response stays text. Screenshots go to $ALIGNLOOP_TEST_OUTPUT/feedback (default test-output/)."""
+see progress, rank with keys (nothing pre-filled), undo, use a phone-sized screen, export as admin;
+an XSS payload in a response stays text. Screenshots go to $ALIGNLOOP_TEST_OUTPUT/feedback (default test-output/)."""
 
 from __future__ import annotations
 
@@ -59,12 +59,13 @@ def server(tmp_path_factory):
 
         mp.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
         make_users(factory, "admin", role="admin")
-        make_users(factory, "alice", "bob", "phone")
+        make_users(factory, "alice", "bob", "phone", "carol", "dora")
     guidelines = "# How to judge\n\n- Prefer **correct** answers.\n- Then the *clearer* one.\n- Flag anything unsafe."
     texts = lambda i, j: XSS if j == 0 else (LONG if i == 1 else f"A plain, correct answer number {i}.")  # noqa: E731
     make_project(factory, "Helpfulness A/B", n_items=3, overlap=2, models=["model-a", "model-b"], texts=texts,
                  guidelines=guidelines)
-    make_project(factory, "Rank four", task_type="ranking", n_items=2, k=4, guidelines=guidelines)
+    make_project(factory, "Rank four", task_type="ranking", n_items=8, k=4, guidelines=guidelines)
+    make_project(factory, "Long pairs", n_items=4, texts=lambda i, j: LONG, guidelines=guidelines)
     port = free_port()
     proc = start_server(url, port, tmp / "server.log")
     yield f"http://127.0.0.1:{port}", factory
@@ -147,15 +148,15 @@ def test_phone_layout_collapses_long_responses(browser, server):
     page.click("text=Helpfulness A/B")
     page.wait_for_selector("#label-form")
     for _ in range(3):  # find the item holding the long response
-        if page.locator("details.response:not([open])").count():
+        if page.locator(".response details:not([open])").count():
             break
         page.click("button[value=B]")
         page.wait_for_load_state()
-    assert page.locator("details.response:not([open])").count() == 1
+    assert page.locator(".response details:not([open])").count() == 1
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     shot(page, "mobile")
-    page.tap("details.response:not([open]) summary")
-    assert page.locator("details.response[open]").count() == 2
+    page.tap(".response details:not([open]) summary")
+    assert page.locator(".response details[open]").count() == 2
 
 
 def test_admin_sees_quality_and_exports(browser, server, tmp_path):
@@ -174,3 +175,63 @@ def test_admin_sees_quality_and_exports(browser, server, tmp_path):
     dl.value.save_as(path)
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert records and all(r["source"].startswith("human:") for r in records)
+
+
+def test_ranking_is_not_submitted_until_every_response_is_placed(browser, server):
+    base, factory = server
+    page = new_page(browser, base, "carol", viewport={"width": 1280, "height": 900})
+    page.click("text=Rank four")
+    page.wait_for_selector("#label-form")
+    page.keyboard.press("Enter")  # nothing placed: the browser refuses the form, no request is sent
+    page.wait_for_timeout(300)
+    assert labels_of(factory, "carol") == []
+    assert page.evaluate("document.querySelector('select[name=rank_0]').validity.valueMissing")
+    for key in ("a", "1", "b", "2", "c", "3"):
+        page.keyboard.press(key)
+    page.keyboard.press("Enter")  # D still has no rank
+    page.wait_for_timeout(300)
+    assert labels_of(factory, "carol") == []
+    page.keyboard.press("d")
+    page.keyboard.press("4")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("text=1 labelled")
+    assert labels_of(factory, "carol")[0]["ranking_display"] == [[0], [1], [2], [3]]
+
+
+def test_undo_with_the_u_key(browser, server):
+    base, factory = server
+    page = new_page(browser, base, "carol", viewport={"width": 1280, "height": 900})
+    page.click("text=Long pairs")
+    page.wait_for_selector("#label-form")
+    first_prompt = page.inner_text(".prompt")
+    before = len(labels_of(factory, "carol"))
+    page.keyboard.press("2")
+    page.wait_for_selector("text=Your last item was labelled")
+    assert [a.get("choice") for a in labels_of(factory, "carol")[before:]] == ["B"]
+    page.keyboard.press("u")
+    page.wait_for_selector("text=0 labelled")
+    assert page.inner_text(".prompt") == first_prompt and len(labels_of(factory, "carol")) == before
+    page.keyboard.press("1")
+    page.wait_for_selector("text=1 labelled")
+    assert [a.get("choice") for a in labels_of(factory, "carol")[before:]] == ["A"]
+
+
+def test_phone_keeps_controls_in_view_and_guidelines_collapse(browser, server):
+    base, _factory = server
+    page = new_page(browser, base, "dora", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page.click("text=Rank four")
+    page.wait_for_selector("#label-form")
+    assert page.locator("#guidelines[open]").count() == 1  # the first visit shows them
+    for box in (page.locator("select[name=rank_0]").bounding_box(), page.locator("button.move").first.bounding_box()):
+        assert box["height"] >= 44 and box["width"] >= 44
+    submit = page.locator("#submit").bounding_box()
+    assert submit["y"] + submit["height"] <= 844  # on screen without scrolling, though the list is longer
+    page.reload()
+    page.wait_for_selector("#label-form")
+    assert page.locator("#guidelines[open]").count() == 0  # collapsed after the first view
+    page.goto(base + "/")
+    page.click("text=Long pairs")
+    page.wait_for_selector("#label-form")
+    button = page.locator("button[value=A]").bounding_box()
+    assert button["y"] + button["height"] <= 844
+    shot(page, "mobile-controls")

@@ -68,7 +68,7 @@ def test_skip_flag_and_progress_over_api(app_client):
     bad = c.post("/api/projects/1/next", headers=h)
     assert bad.json() == {"assignment": None}
     assert c.get("/api/projects/1/progress").json() == {
-        "done": 1, "skipped": 1, "flagged": 1, "total_items": 3, "target_labels": 3}
+        "done": 1, "skipped": 1, "flagged": 1, "left": 0, "total_items": 3, "target_labels": 3}
 
 
 def test_admin_pages_quality_export_and_exclude(app_client):
@@ -113,7 +113,8 @@ def test_cli_init_add_user_token_create_project_and_export(tmp_path, monkeypatch
     assert token.startswith("alt_")
     cands = tmp_path / "cands.jsonl"
     cands.write_text("".join(json.dumps({"prompt": f"p{i}", "responses": [f"a{i}", f"b{i}"]}) + "\n" for i in range(3)))
-    r = runner.invoke(annotate_app, ["create-project", "demo", "--candidates", str(cands), "--db", db])
+    r = runner.invoke(annotate_app, ["create-project", "demo", "--candidates", str(cands), "--members", "ann",
+                                     "--db", db])
     assert r.exit_code == 0, r.output
 
     from fastapi.testclient import TestClient

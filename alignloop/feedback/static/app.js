@@ -1,9 +1,26 @@
-// Keyboard shortcuts, ranking moves (buttons, drag) and double-submit guard for the annotate page.
+// Keyboard shortcuts, ranking moves (buttons, drag), undo, guidelines memory and double-submit guard.
 // No inline scripts anywhere (the Content-Security-Policy forbids them).
 (function () {
   "use strict";
+  // Guidelines: open on the first visit to a project, collapsed after that (phones keep the task in view).
+  const guide = document.getElementById("guidelines");
+  if (guide) {
+    const seenKey = "alignloop-guidelines-seen-" + guide.dataset.project;
+    try {
+      if (window.localStorage.getItem(seenKey)) guide.removeAttribute("open");
+      window.localStorage.setItem(seenKey, "1");
+    } catch (e) { /* storage off: leave them open */ }
+  }
+  const undoForm = document.getElementById("undo-form");
   const form = document.getElementById("label-form");
-  if (!form) return;
+  if (!form) {
+    if (undoForm) {
+      document.addEventListener("keydown", function (ev) {
+        if (!ev.ctrlKey && !ev.metaKey && !ev.altKey && ev.key.toLowerCase() === "u") undoForm.submit();
+      });
+    }
+    return;
+  }
   const task = form.dataset.task;
   const cards = () => Array.from(document.querySelectorAll("#responses .response"));
   let selected = null;  // response position picked with a letter key (ranking / likert)
@@ -66,6 +83,7 @@
     if (ev.ctrlKey || ev.metaKey || ev.altKey || typing(ev)) return;
     const key = ev.key.toLowerCase();
     if (key === "s") { document.getElementById("skip-form").submit(); return; }
+    if (key === "u" && undoForm) { undoForm.submit(); return; }
     if (task === "pairwise") {
       const button = Array.from(form.querySelectorAll("button[data-key]")).find(function (b) {
         return b.dataset.key.split(" ").indexOf(key) >= 0;
@@ -84,6 +102,7 @@
       }
       return;
     }
+    // letters pick a response (u and s are taken by undo and skip above)
     const letterPos = key.length === 1 ? key.charCodeAt(0) - 97 : -1;
     const k = Number(form.dataset.k);
     if (letterPos >= 0 && letterPos < k) { select(letterPos); return; }
