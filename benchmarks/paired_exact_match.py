@@ -7,6 +7,10 @@ which says whether the gain could be chance on this prompt set.
 
     python benchmarks/paired_exact_match.py smollm2-135m-instruct runs/grpo/model [--prompts 100]
 
+``--env-a calculator`` / ``--env-b calculator`` let that model answer with the calculator tool (multi-turn,
+``--max-turns``, ``--max-new-tokens`` then the budget of the whole episode; docs/tools.md); the final answer
+is scored.
+
 The last line printed is one JSON object.
 """
 
@@ -17,6 +21,7 @@ import json
 import torch
 
 from alignloop.data import load_records
+from alignloop.envs import ENVIRONMENTS, MultiTurnSampler
 from alignloop.eval.metrics import mcnemar_exact
 from alignloop.models import load_causal_lm
 from alignloop.rewards.rules import exact_match
@@ -24,11 +29,14 @@ from alignloop.rollout.hf import HFSampler
 from alignloop.stages.rl.prompts import RLPrompts
 
 
-def greedy_correct(model_name: str, records: list[dict], max_new_tokens: int) -> tuple[list[bool], float]:
+def greedy_correct(model_name: str, records: list[dict], max_new_tokens: int, env: str | None = None,
+                   max_turns: int = 4) -> tuple[list[bool], float]:
     model = load_causal_lm(model_name, trainable=False)
     model.eval()
     prompts = RLPrompts(model_name, max_length=4096)  # vision-language models: prompts with their images
     sampler = HFSampler(model, prompts.tokenizer, batch_size=50)
+    if env is not None:
+        sampler = MultiTurnSampler(sampler, prompts.tokenizer, ENVIRONMENTS[env], max_turns=max_turns)
     torch.manual_seed(0)
     rollout = sampler.generate(prompts.for_sampler(records), n=1, max_new_tokens=max_new_tokens, temperature=0.0)
     scores = exact_match(rollout.prompts, rollout.responses, answer=[r["answer"] for r in records])
@@ -42,10 +50,13 @@ def main() -> None:
     parser.add_argument("--data", default="bundled:arith_eval.jsonl")
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--env-a", choices=sorted(ENVIRONMENTS), help="model A answers with this tool environment")
+    parser.add_argument("--env-b", choices=sorted(ENVIRONMENTS), help="model B answers with this tool environment")
+    parser.add_argument("--max-turns", type=int, default=4, help="assistant turns per episode with --env-*")
     args = parser.parse_args()
     records = list(load_records(args.data, "prompt"))[: args.prompts]
-    a, len_a = greedy_correct(args.model_a, records, args.max_new_tokens)
-    b, len_b = greedy_correct(args.model_b, records, args.max_new_tokens)
+    a, len_a = greedy_correct(args.model_a, records, args.max_new_tokens, args.env_a, args.max_turns)
+    b, len_b = greedy_correct(args.model_b, records, args.max_new_tokens, args.env_b, args.max_turns)
     gained = sum(1 for x, y in zip(a, b) if y and not x)
     lost = sum(1 for x, y in zip(a, b) if x and not y)
     result = {

@@ -18,7 +18,7 @@ OPTIONAL = ("ray", "vllm", "deepspeed", "tensorboard", "torch.utils.tensorboard"
 ENTRY_POINTS = ("alignloop.cli", "alignloop.feedback.cli")
 # thin re-export modules at old paths (one release): the only exemption from the layer rules
 SHIMS_NOTE = "Deprecated re-export"
-LOWER_LAYERS = ("data", "models", "rollout", "rewards")
+LOWER_LAYERS = ("data", "models", "rollout", "rewards", "envs")
 ABOVE_LOWER = ("train", "stages", "eval", "feedback", "pipeline", "distributed", "cli")
 
 

@@ -16,7 +16,7 @@ from alignloop.stages.registry import STAGES, stage_classes
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 # an example whose stage is not its file name
-EXAMPLE_STAGE = {"rsft": "sft", "vlm-sft": "sft", "vlm-grpo": "grpo", "vlm-dpo": "dpo", "dpo-online": "dpo", "vlm-rm": "rm", "vlm-bon": "bon"}
+EXAMPLE_STAGE = {"rsft": "sft", "vlm-sft": "sft", "vlm-grpo": "grpo", "vlm-dpo": "dpo", "dpo-online": "dpo", "grpo-tools": "grpo", "vlm-rm": "rm", "vlm-bon": "bon"}
 # docs/<page>: the stage each ```yaml block is for, in order (None: not a stage config, checked elsewhere)
 DOC_BLOCKS = {
     "constitutional-ai.md": ["constitution-file"],
@@ -29,6 +29,7 @@ DOC_BLOCKS = {
     "reward-models.md": ["rm", "rm"],
     "rewards.md": [None, None],  # reward entries inside a stage section (tests/rewards/test_base.py)
     "sft.md": ["sft"],
+    "tools.md": ["grpo"],
 }
 
 

@@ -43,6 +43,7 @@ from .kl import (
 )
 from .logprobs import DEFAULT_CHUNK_SIZE, entropy_from_logits, selective_log_softmax, sequence_logprob, shift_labels
 from .masked import masked_count, masked_mean, masked_sum, masked_var, masked_whiten
+from .off_policy import IS_LEVELS, IS_MODES, logprob_gap_stats, tis_weights
 from .policy_losses import POLICY_LOSSES, cispo_policy_loss, gspo_policy_loss, sequence_log_ratio
 from .preference_losses import ORPOTerms, kto_loss, kto_reference_point, log1mexp, orpo_log_odds, orpo_loss
 from .ppo import (
@@ -77,6 +78,8 @@ __all__ = [
     "DPOLossFn",
     "DPO_LOSSES",
     "FixedKLController",
+    "IS_LEVELS",
+    "IS_MODES",
     "KL_ESTIMATORS",
     "ORPOTerms",
     "POLICY_LOSSES",
@@ -112,6 +115,7 @@ __all__ = [
     "kto_loss",
     "kto_reference_point",
     "log1mexp",
+    "logprob_gap_stats",
     "masked_count",
     "masked_mean",
     "masked_sum",
@@ -140,6 +144,7 @@ __all__ = [
     "sigmoid_loss",
     "simpo_loss",
     "soft_overlong_penalty",
+    "tis_weights",
     "value_loss",
     "vanilla_policy_loss",
     "whiten_advantages",

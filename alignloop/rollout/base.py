@@ -56,6 +56,9 @@ class Rollout:
     responses: list[str]  # [N] decoded response, special tokens skipped, stop string removed
     group_index: torch.Tensor  # [N] long: which input prompt the row belongs to
     images: list[tuple] | None = None  # [N] each row's prompt images (a group's rows share the objects)
+    # [N, R] long: 1 on the tokens the policy generated, 0 on tokens an environment inserted (multi-turn tool
+    # output, alignloop/envs): in the context (response_mask) but out of the loss and the KL. None: = response_mask
+    action_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
@@ -69,6 +72,11 @@ class Rollout:
     def finished(self) -> torch.Tensor:
         """[N] bool: the response ended by itself (EOS or stop string), not by the length limit."""
         return self.ended_with_eos | self.ended_with_stop
+
+    @property
+    def trained_mask(self) -> torch.Tensor:
+        """[N, R] 1 on the response tokens the losses see: ``action_mask`` when set, else ``response_mask``."""
+        return self.response_mask if self.action_mask is None else self.action_mask
 
     def response_lengths(self) -> torch.Tensor:
         """[N] number of generated tokens per row (EOS / stop token included)."""
@@ -87,7 +95,8 @@ class Rollout:
         return position_ids_from_mask(self.attention_mask())
 
     def to(self, device: torch.device | str) -> Rollout:
-        return replace(self, **{name: getattr(self, name).to(device) for name in _TENSOR_FIELDS})
+        action = None if self.action_mask is None else self.action_mask.to(device)
+        return replace(self, **{name: getattr(self, name).to(device) for name in _TENSOR_FIELDS}, action_mask=action)
 
     def select(self, indices: Sequence[int] | torch.Tensor) -> Rollout:
         """Rows ``indices`` in that order; padding columns are kept as they are."""
@@ -100,6 +109,7 @@ class Rollout:
             prompts=[self.prompts[i] for i in rows],
             responses=[self.responses[i] for i in rows],
             images=None if self.images is None else [self.images[i] for i in rows],
+            action_mask=None if self.action_mask is None else self.action_mask[index.to(self.action_mask.device)],
         )
 
 
@@ -140,6 +150,8 @@ def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
         responses=[x for p in parts for x in p.responses],
         group_index=torch.cat(groups),
         images=[x for p in parts for x in p.images] if with_images else None,  # type: ignore[union-attr]
+        action_mask=None if all(p.action_mask is None for p in parts)
+        else torch.cat([_pad_to(p.trained_mask, r_width, 0, left=False) for p in parts]),
     )
 
 

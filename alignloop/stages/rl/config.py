@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alignloop.algos import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from alignloop.config import SamplingSettings, Section, StageConfig
@@ -62,8 +62,18 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
     reward_clip: float | None = Field(None, gt=0, description="Clip (normalised) scores to ±reward_clip.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient (adds -coef·H to the loss).")
     reuse_sampler_logprobs: bool = Field(
-        True, description="Use the sampler's log-probs as the old log-probs (saves one policy forward per rollout)."
+        True, description="Use the sampler's log-probs as the old log-probs (saves one policy forward per rollout). "
+        "false: the trainer's forward gives them, and the sampler–trainer gap is logged (rollout/logprob_diff_mean).",
     )
+    tis: float | None = Field(
+        None, gt=0, description="Truncated importance sampling cap C (e.g. 2.0): weight each token's policy-gradient "
+        "loss by min(π_old/π_sampler, C) (docs/grpo.md). Needs the trainer's own old log-probs, so it sets "
+        "reuse_sampler_logprobs: false. null: off.",
+    )
+    tis_mode: Literal["truncate", "mask"] = Field(
+        "truncate", description="truncate: weight min(ρ, C) (TIS); mask: weight ρ, or 0 where ρ > C (masked IS).")
+    tis_level: Literal["token", "sequence"] = Field(
+        "token", description="token: one ratio per token; sequence: the response's ratio exp(Σ_t Δ_t) on each token.")
     gold: str | None = Field(
         None, description="Gold scorer logged next to the proxy reward ('vader' or module:function)."
     )
@@ -71,6 +81,17 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
     samples_count: int = Field(4, gt=0, description="Samples written each time.")
     eval_prompts: int = Field(64, ge=0, description="Eval prompts decoded greedily by evaluate() (0: no evaluation).")
     eval_before: bool = Field(True, description="Also evaluate before the first update (reported in summary.json).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tis_needs_trainer_logprobs(cls, data: Any) -> Any:
+        """``tis`` compares the trainer's old log-probs with the sampler's: both must be computed."""
+        if not isinstance(data, dict) or data.get("tis") is None:
+            return data
+        if data.get("reuse_sampler_logprobs") is True:
+            raise ValueError("tis needs the trainer's own old log-probs: set reuse_sampler_logprobs: false (or "
+                             "leave it unset)")
+        return {**data, "reuse_sampler_logprobs": False}
 
 
 class RolloutSettings(Section):

@@ -97,6 +97,11 @@ class GRPOOptions(RLOptions):
     )
     overlong_penalty: float = Field(1.0, ge=0, description="Scale of the overlong punishment (1 in DAPO).")
     max_new_tokens: int = SamplingSettings.field("max_new_tokens", _MAX_NEW_TOKENS)
+    env: Literal["calculator"] | None = Field(
+        None, description="Multi-turn rollouts with a tool environment (docs/tools.md): calculator = arithmetic with a "
+        "calculator tool; tool outputs are in the context but out of the loss and KL. null: one turn.",
+    )
+    max_turns: int = Field(4, ge=1, description="With env: assistant turns per episode at most.")
     share_prompt: bool = Field(
         True, description="A prompt's G responses share one copy of it in the policy and reference forwards (same "
         "log-probs, fewer tokens; each mini-batch's rows are ordered by group). docs/grpo.md.",

@@ -50,9 +50,10 @@ def pick_groups(informative: Sequence[torch.Tensor], need: int) -> tuple[list[li
 def _sample_round(stage: RLStage, records: list[dict], seed: int) -> tuple[Rollout, ScoredRollout]:
     opts = stage.opts
     started = time.perf_counter()
+    with_records = {"records": records} if getattr(stage.sampler, "takes_records", False) else {}  # envs
     rollout = stage.sampler.generate(
         stage.prompts.for_sampler(records), n=opts.num_generations, max_new_tokens=opts.max_new_tokens,
-        temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, stop=opts.stop, seed=seed,
+        temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, stop=opts.stop, seed=seed, **with_records,
     )
     stage.generation_seconds += time.perf_counter() - started
     group = rollout.group_index.cpu().tolist()

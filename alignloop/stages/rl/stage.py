@@ -25,9 +25,11 @@ from alignloop.models.shared_prompt import takes_4d_mask
 from alignloop.rewards import HasDenseRewards, HasMetrics, HasOnlineState, has_uncertainty, reward_members
 from alignloop.rollout import forward_logprobs
 from alignloop.stages.rl.config import steps_per_rollout
+from alignloop.stages.rl.env_rollouts import with_environment
 from alignloop.stages.rl.experience import Experience, RolloutData, loss_sum_factor
 from alignloop.stages.rl.kl import KLPenalty
 from alignloop.stages.rl.monitors import SampleLog, rollout_monitors
+from alignloop.stages.rl.off_policy import correct_off_policy
 from alignloop.stages.rl.prompts import RLPrompts
 from alignloop.stages.rl.rewards import RunningMoments, apply_truncation, normalise_scores, prompt_text, score_rollout
 from alignloop.stages.rl.roles import LocalReference, RLRoles, SyncsWeights, local_roles
@@ -78,6 +80,7 @@ class RLStage(Stage):
             opts.generation_batch_size, cfg.train.precision, self._reference_forward,
         )
         self.sampler, self.reward, self.reference = roles.sampler, roles.reward, roles.reference
+        self.sampler = with_environment(self.sampler, opts, self.tokenizer, self.section, self.prompts.vision)
         self.gold = get_gold_scorer(opts.gold) if opts.gold else None
         self.train_records = self._load_prompts(cfg.data.train, "data.train")
         self.eval_records = self._load_prompts(cfg.data.eval, "data.eval") if cfg.data.eval else []
@@ -186,7 +189,7 @@ class RLStage(Stage):
         scores, keep_rows = apply_truncation(scored.scores, rollout.finished, opts.truncation, opts.truncation_value)
         scores = normalise_scores(scores, opts.reward_norm, self.running, opts.reward_clip, self.run.reduce_sum)
         input_ids, attention = rollout.input_ids(), rollout.attention_mask()
-        start, response_mask, temperature = rollout.response_start, rollout.response_mask.float(), opts.temperature
+        start, response_mask, temperature = rollout.response_start, rollout.trained_mask.float(), opts.temperature
         images = rollout.images
         by_rows = (lambda s: None) if images is None else (lambda s: images[s])
         policy = self.unwrap("policy")
@@ -215,6 +218,8 @@ class RLStage(Stage):
             dense_rewards=dense,
         )
         experience, stats = self.algorithm.experience(data, self.kl)
+        sampler_logp = None if opts.reuse_sampler_logprobs else rollout.logprobs  # vs the trainer's: gap, TIS
+        stats.update(correct_off_policy(experience, sampler_logp, response_mask, opts))
         gold = None
         if self.gold is not None:
             gold = torch.tensor(self.gold.score([prompt_text(p) for p in rollout.prompts], rollout.responses))
