@@ -211,3 +211,14 @@ def test_best_of_n_saves_no_model_and_its_rsft_round_loads_anywhere(tmp_path, sf
     rsft = SFTStage(sft_config(sft_lora, {"sft": str(tmp_path / "bon" / "sft_records.jsonl")}, *STACKED))
     train(rsft, tmp_path / "rsft")
     assert_loads_anywhere(tmp_path / "rsft", rsft.unwrap("policy"), word_model_dir, [sft_lora])
+
+
+@pytest.mark.parametrize("kind", ["grpo", "ppo"])
+def test_full_fine_tuned_rl_policy_saves_full_weights(tmp_path, word_model_dir, data, kind):
+    overrides = [o for o in rl_overrides(kind, word_model_dir, data) if o not in STACKED]  # no lora: full weights
+    cfg = load_config(GRPOConfig if kind == "grpo" else PPOConfig, None,
+                      [*overrides, *(["grpo.num_generations=2"] if kind == "grpo" else [])])
+    torch.manual_seed(7)
+    stage = GRPOStage(cfg) if kind == "grpo" else PPOStage(cfg)
+    train(stage, tmp_path / kind)
+    assert assert_loads_anywhere(tmp_path / kind, stage.unwrap("policy"), word_model_dir)["format"] == "full"
