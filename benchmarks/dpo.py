@@ -19,7 +19,7 @@ load the same fp32 weights and save the final model); ``train_peak_rss_mb`` is t
     python benchmarks/dpo.py --steps 4 --batch 4 # quicker
 
 TRL is not a dependency of alignloop: the benchmark uses ``--trl-python`` (default: a virtualenv at
-/tmp/trl-venv, created on first use with ``pip install trl``, system site-packages visible).
+.bench/trl-venv, created on first use with ``pip install trl``, system site-packages visible).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hh-harmless-pairs.jsonl"
-TRL_VENV = Path("/tmp/trl-venv")
+TRL_VENV = Path(".bench/trl-venv")
 TRL_VERSION = "1.16.0"
 
 
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-6)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--gradient-checkpointing", action="store_true", help="On both sides (TRL's default is on).")
-    p.add_argument("--trl-python", default=None, help="A Python with trl installed (default: /tmp/trl-venv).")
+    p.add_argument("--trl-python", default=None, help="A Python with trl installed (default: .bench/trl-venv).")
     p.add_argument("--worker", choices=["alignloop", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--subset", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)

@@ -105,7 +105,7 @@ def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--updates", type=int, default=4)
-    p.add_argument("--trl-venv", default="/tmp/trl19-venv")
+    p.add_argument("--trl-venv", default=".bench/trl19-venv")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                    help="both sides: bf16 autocast (each tool's default; TRL 1.9 defaults bf16=True) or fp32.")
     p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads per side (0: torch's default).")

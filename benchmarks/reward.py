@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
                         help="on both sides (TRL's RewardConfig turns it on by default)")
-    parser.add_argument("--trl-venv", default="/tmp/trl-venv")
+    parser.add_argument("--trl-venv", default=".bench/trl-venv")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the two sides this many times")
     args = parser.parse_args(argv)
 

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import time
-from pathlib import Path
 
 import torch
 
@@ -90,7 +89,7 @@ def timed(fn) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_model = "/tmp/smollm2" if Path("/tmp/smollm2").is_dir() else "smollm2-135m-instruct"
+    default_model = "smollm2-135m-instruct"
     parser.add_argument("--model", default=default_model)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=48)

@@ -22,7 +22,7 @@ wall-clock rates are noisy, so tokens per CPU-second of each process (``cpu_thro
     python benchmarks/sft.py                         # last line: the JSON summary
     python benchmarks/sft.py --steps 4 --threads 1   # quicker
 
-TRL is not a dependency of alignloop: it runs in a virtualenv (``--trl-venv``, default /tmp/trl-venv, created
+TRL is not a dependency of alignloop: it runs in a virtualenv (``--trl-venv``, default .bench/trl-venv, created
 on first use with ``trl==1.16.0`` over the system site-packages).
 """
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each child")
-    parser.add_argument("--trl-venv", default="/tmp/trl-venv")
+    parser.add_argument("--trl-venv", default=".bench/trl-venv")
     parser.add_argument("--no-matched", action="store_true", help="skip the matched-settings comparison")
     args = parser.parse_args(argv)
     if args.steps <= args.warmup:
