@@ -275,7 +275,7 @@ def _mount_optional() -> None:
     app.add_typer(annotate_app, name="annotate", help="Human feedback web app: init, serve, export.")
 
 
-class _PlainHelpCommand(TyperCommand):
+class _PlainHelp:
     """typer's rich help shows a type after every option, '<bool>' after --help: give --help none."""
 
     def get_help_option(self, ctx):
@@ -285,12 +285,12 @@ class _PlainHelpCommand(TyperCommand):
         return option
 
 
-class _PlainHelpGroup(TyperGroup):
-    def get_help_option(self, ctx):
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
+class _PlainHelpCommand(_PlainHelp, TyperCommand):
+    pass
+
+
+class _PlainHelpGroup(_PlainHelp, TyperGroup):
+    pass
 
 
 def _plain_help(typer_app: typer.Typer) -> None:

@@ -102,14 +102,7 @@ class OnlineDPOStage(DPOStage):
                 raise DataError(f"{path}: dpo.online: true samples its own pairs from prompt records "
                                 f'{{"prompt": ...}}, but this file holds {what}; train on it with dpo.online: false')
         limit = self.config.data.max_length - self.config.dpo.max_new_tokens
-        kept = [r for r, n in zip(records, self.prompts.lengths(records, path)) if n <= limit]
-        if len(kept) < len(records):
-            log.warning("%s: dropped %d prompt(s) longer than data.max_length - dpo.max_new_tokens (%d tokens)",
-                        path, len(records) - len(kept), limit)
-        if not kept:
-            raise DataError(f"{path}: every prompt is longer than data.max_length - dpo.max_new_tokens "
-                            f"({limit} tokens)")
-        return kept
+        return self.prompts.fitting(records, path, limit, "dpo.max_new_tokens")
 
     # --- one rollout per step ------------------------------------------------------------------
     def batches(self) -> PairRolloutSource:

@@ -3,8 +3,10 @@ the prompt's token ids with its images attached (``TokenizedPrompt``), so every 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from alignloop.errors import DataError
 from alignloop.models import load_tokenizer
 from alignloop.models.loading import is_vision_language_model, load_vision_processor
 from alignloop.models.vision_tokenizer import VisionTokenizer
@@ -42,3 +44,15 @@ class RLPrompts:
             token_lists, _ = encode_prompts(self.tokenizer, [r["prompt"] for r in records])
             return [len(ids) for ids in token_lists]
         return [len(p.token_ids) for p in self.for_sampler(records, where)]
+
+    def fitting(self, records: list[dict], path: str, limit: int, budget: str) -> list[dict]:
+        """The records whose prompt leaves room for the answer (``limit`` tokens = data.max_length − ``budget``);
+        the others are dropped with a warning, and none left is an error."""
+        kept = [r for r, n in zip(records, self.lengths(records, path)) if n <= limit]
+        if len(kept) < len(records):
+            logging.getLogger("alignloop").warning(
+                "%s: dropped %d prompt(s) longer than data.max_length - %s (%d tokens)",
+                path, len(records) - len(kept), budget, limit)
+        if not kept:
+            raise DataError(f"{path}: every prompt is longer than data.max_length - {budget} ({limit} tokens)")
+        return kept

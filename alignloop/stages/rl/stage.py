@@ -116,16 +116,8 @@ class RLStage(Stage):
         if not path:
             raise DataError(f"{key}: no prompt records given")
         records = list(load_records(path, "prompt", skip_invalid=self.config.data.skip_invalid))
-        lengths = self.prompts.lengths(records, path)
         limit = self.config.data.max_length - self.opts.max_new_tokens
-        kept = [r for r, n in zip(records, lengths) if n <= limit]
-        if len(kept) < len(records):
-            log.warning("%s: dropped %d prompt(s) longer than data.max_length - max_new_tokens (%d tokens)",
-                        key, len(records) - len(kept), limit)
-        if not kept:
-            raise DataError(f"{path}: every prompt is longer than data.max_length - {self.section}.max_new_tokens "
-                            f"({limit} tokens)")
-        return kept
+        return self.prompts.fitting(records, path, limit, f"{self.section}.max_new_tokens")
 
     # --- rollouts ---------------------------------------------------------------------------
     def batches(self) -> RolloutBatchSource:
