@@ -287,7 +287,7 @@ def test_rankings_to_pairs_skips_ties():
 
 
 def test_rankings_to_pairs_on_real_oasst_data():
-    records = load_records("bundled:oasst-rankings.jsonl", "ranking")
+    records = load_records("bundled:oasst-rankings-train.jsonl", "ranking")
     # The data's README: 212 ranked groups that make 754 pairs.
     assert (len(records), sum(len(rankings_to_pairs(r)) for r in records)) == (212, 754)
 

@@ -157,5 +157,5 @@ def test_missing_training_data_is_a_clear_error(tmp_path):
 
 def test_example_config_is_valid():
     cfg = load_config(ORPOConfig, ROOT / "examples" / "orpo.yaml")
-    assert cfg.data.train == "bundled:hh-harmless-pairs.jsonl" and cfg.lora is not None and cfg.orpo.eval_before
+    assert cfg.data.train == "bundled:hh-harmless-train.jsonl" and cfg.lora is not None and cfg.orpo.eval_before
     assert cfg.model == "smollm2-135m-instruct"

@@ -199,5 +199,5 @@ def test_cli_prints_one_line_for_a_bad_record(tmp_path):
 
 def test_example_config_is_valid():
     cfg = load_config(KTOConfig, ROOT / "examples" / "kto.yaml")
-    assert cfg.data.train == "bundled:hh-harmless-pairs.jsonl" and cfg.lora is not None
+    assert cfg.data.train == "bundled:hh-harmless-train.jsonl" and cfg.lora is not None
     assert cfg.model == "smollm2-135m-instruct"

@@ -51,8 +51,8 @@ def test_bundled_model_beats_tiny_llama_on_the_hidden_rule(tmp_path):
 def test_human_rankings_held_out_accuracy(tmp_path):
     # 212 OpenAssistant rankings (754 ordered pairs): 80% train with the K-wise loss, 20% held out
     summary = _rm(
-        tmp_path, "oasst", f"model={BUNDLED}", f"data.train={HUMAN / 'oasst-rankings.jsonl'}",
-        "data.eval_fraction=0.2", "data.max_length=256", "rm.max_prompt_length=64", "train.batch_size=8",
+        tmp_path, "oasst", f"model={BUNDLED}", f"data.train={HUMAN / 'oasst-rankings-train.jsonl'}",
+        f"data.eval={HUMAN / 'oasst-rankings-heldout.jsonl'}", "data.max_length=256", "rm.max_prompt_length=64", "train.batch_size=8",
         "train.lr=3e-4", *TOP_LAYERS_LORA,
     )
     report = json.loads((tmp_path / "oasst" / "rm_report.json").read_text())
@@ -68,8 +68,8 @@ def test_human_rankings_held_out_accuracy(tmp_path):
 def test_human_pairs_held_out_accuracy(tmp_path):
     # 1,304 HH-RLHF harmless pairs: 90% train, 10% (130 pairs) held out
     summary = _rm(
-        tmp_path, "hh", f"model={BUNDLED}", f"data.train={HUMAN / 'hh-harmless-pairs.jsonl'}",
-        "data.eval_fraction=0.1", "data.max_length=192", "rm.max_prompt_length=96", "train.batch_size=16",
+        tmp_path, "hh", f"model={BUNDLED}", f"data.train={HUMAN / 'hh-harmless-train.jsonl'}",
+        f"data.eval={HUMAN / 'hh-harmless-heldout.jsonl'}", "data.max_length=192", "rm.max_prompt_length=96", "train.batch_size=16",
         "train.lr=3e-4", *TOP_LAYERS_LORA,
     )
     # measured on the idle 2-core CPU (74 steps, ~7.5 min): held-out accuracy 0.469 over 130 pairs, ECE 0.14
