@@ -1,12 +1,13 @@
 """DPO throughput and peak memory: alignloop vs TRL's ``DPOTrainer`` on the same workload, in one run.
 
 Workload (identical on both sides): the bundled SmolLM2-135M-Instruct (full fine-tuning, fp32 weights), the
-first ``steps × batch`` real human pairs of ``hh-harmless-pairs.jsonl`` whose prompt + answer fits
-``--max-length`` tokens untruncated, sigmoid DPO with β = 0.1, batch ``--batch`` with no accumulation, one
-epoch, AdamW with a cosine schedule, the same precision, gradient checkpointing off on both sides (TRL turns
-it on by default; ``--gradient-checkpointing`` turns it on for both). TRL runs with its defaults otherwise: its
-reference is a frozen copy of the model, run on every step (``precompute_ref_log_probs=False``). Each side runs in its own subprocess; the parent reads each child's peak
-RSS with ``os.wait4``.
+first ``steps × batch`` real human pairs of ``bundled:hh-harmless-train.jsonl`` (shipped in the package) whose
+prompt + answer fits ``--max-length`` tokens untruncated, sigmoid DPO with β = 0.1, batch ``--batch`` with no
+accumulation, one epoch, AdamW with a cosine schedule, the same precision, gradient checkpointing off on both
+sides (TRL turns it on by default; ``--gradient-checkpointing`` turns it on for both). TRL runs with its
+defaults otherwise: its reference is a frozen copy of the model, run on every step
+(``precompute_ref_log_probs=False``). Each side runs in its own subprocess; the parent reads each child's peak
+RSS with ``os.wait4`` (``benchmarks/common.py``).
 
 Throughput = pairs / seconds spent on training steps PLUS reference log-probs (alignloop: the reference
 precompute, then the end of setup to the end of the last step; TRL: the start of training to the end of the
@@ -16,45 +17,54 @@ last step, whose steps include the reference forward). The same spans are also t
 load the same fp32 weights and save the final model); ``train_peak_rss_mb`` is the peak when training ended.
 
     python benchmarks/dpo.py                     # last line: the JSON summary
+    python benchmarks/dpo.py --runs 3            # median and min-max spread of three run pairs
     python benchmarks/dpo.py --steps 4 --batch 4 # quicker
 
-TRL is not a dependency of alignloop: the benchmark uses ``--trl-python`` (default: a virtualenv at
-.bench/trl-venv, created on first use with ``pip install trl``, system site-packages visible).
+Common flags (``benchmarks/common.py``): ``--trl-venv`` (default .bench/trl-venv in the clone, created on first
+use with ``trl==1.16.0`` over the system site-packages), ``--threads`` (torch threads on both sides),
+``--precision`` and ``--runs N``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "hh-harmless-pairs.jsonl"
-TRL_VENV = Path(".bench/trl-venv")
-TRL_VERSION = "1.16.0"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    TRL_VENV,
+    add_common_flags,
+    check_common_flags,
+    ensure_venv,
+    final_json_line,
+    paired_comparison,
+    paired_runs,
+    print_spread,
+    run_isolated,
+)
+
+DEFAULT_DATA = "bundled:hh-harmless-train.jsonl"
+TRL_REQUIREMENT = "trl==1.16.0"
+CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-6)
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--gradient-checkpointing", action="store_true", help="On both sides (TRL's default is on).")
-    p.add_argument("--trl-python", default=None, help="A Python with trl installed (default: .bench/trl-venv).")
-    p.add_argument("--worker", choices=["alignloop", "trl"], help=argparse.SUPPRESS)
-    p.add_argument("--subset", help=argparse.SUPPRESS)
-    p.add_argument("--model-dir", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    add_common_flags(p, trl_venv=TRL_VENV, precision="bf16", precision_help="both sides")
+    args = p.parse_args(argv)
+    check_common_flags(p, args)
+    return args
 
 
 # --- workers (each in its own process) ----------------------------------------------------------
@@ -81,7 +91,8 @@ class Clock:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def alignloop_worker(args: argparse.Namespace) -> dict:
+def run_alignloop(model: str, subset: str, out: str, steps: int, batch: int, max_length: int, lr: float,
+                  precision: str, gradient_checkpointing: bool) -> dict:
     from alignloop.config import load_config
     from alignloop.stages.dpo.stage import DPOConfig, DPOStage
     from alignloop.train.loop import train
@@ -108,14 +119,14 @@ def alignloop_worker(args: argparse.Namespace) -> dict:
                 marks["train_peak_rss_mb"] = Clock.rss_mb()
 
     overrides = [
-        f"model={args.model}", f"data.train={args.subset}", "data.eval_fraction=0", f"data.max_length={args.max_length}",
-        f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", f"train.lr={args.lr}",
-        f"train.precision={args.precision}", "train.warmup_steps=0", "train.lr_schedule=cosine", "train.save_every=0",
+        f"model={model}", f"data.train={subset}", "data.eval_fraction=0", f"data.max_length={max_length}",
+        f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.lr={lr}",
+        f"train.precision={precision}", "train.warmup_steps=0", "train.lr_schedule=cosine", "train.save_every=0",
         "train.resume=never", "dpo.beta=0.1", "dpo.loss_type=sigmoid",
-        f"train.gradient_checkpointing={args.gradient_checkpointing}",
+        f"train.gradient_checkpointing={gradient_checkpointing}",
     ]
-    summary = train(TimedDPO(load_config(DPOConfig, None, overrides)), args.out)
-    rows = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
+    summary = train(TimedDPO(load_config(DPOConfig, None, overrides)), out)
+    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "step_time" in r]
     return {
         "wall_seconds_train": clock.wall,
@@ -126,8 +137,10 @@ def alignloop_worker(args: argparse.Namespace) -> dict:
     }
 
 
-def trl_worker(args: argparse.Namespace) -> dict:
+def run_trl(model_dir: str, subset: str, out: str, steps: int, batch: int, max_length: int, lr: float,
+            precision: str, gradient_checkpointing: bool) -> dict:
     import torch
+    import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -142,30 +155,31 @@ def trl_worker(args: argparse.Namespace) -> dict:
             clock.start()
 
         def on_step_end(self, _args, state, *__, **___):
-            if state.global_step == args.steps:
+            if state.global_step == steps:
                 clock.stop()
                 marks["train_peak_rss_mb"] = Clock.rss_mb()
 
-    records = [json.loads(line) for line in Path(args.subset).read_text().splitlines()]
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
+    records = [json.loads(line) for line in Path(subset).read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     config = DPOConfig(
-        output_dir=args.out, per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-        max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, beta=0.1, loss_type=["sigmoid"], max_length=None, bf16=args.precision == "bf16",
+        output_dir=out, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
+        max_steps=steps, learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=1.0, beta=0.1, loss_type=["sigmoid"], max_length=None, bf16=precision == "bf16",
         use_cpu=not torch.cuda.is_available(), logging_steps=1, report_to="none", save_strategy="no", seed=0,
-        dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=args.gradient_checkpointing,
+        dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=gradient_checkpointing,
     )
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(records),
                          processing_class=tokenizer, callbacks=[Timer()])
     trainer.train()
-    trainer.save_model(str(Path(args.out) / "model"))  # alignloop saves its model too
+    trainer.save_model(str(Path(out) / "model"))  # alignloop saves its model too
     logs = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "wall_seconds_train": clock.wall,
         "cpu_seconds_train": clock.cpu,
         "ref_seconds": 0.0,  # inside the step times
         "losses": [h["loss"] for h in logs],
+        "version": trl.__version__,
         **marks,
     }
 
@@ -193,80 +207,55 @@ def build_subset(args: argparse.Namespace, path: Path) -> int:
     return want
 
 
-def trl_python(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    python = TRL_VENV / "bin" / "python"
-    has_trl = python.exists() and subprocess.run([str(python), "-c", "import trl"], capture_output=True).returncode == 0
-    if not has_trl:
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(TRL_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"trl=={TRL_VERSION}"], check=True)
-    return str(python)
-
-
-def run_worker(python: str, side: str, args: argparse.Namespace, subset: Path, model_dir: Path, work: Path) -> dict:
-    """Run one side in a child process; return its result plus the child's own peak RSS (os.wait4)."""
-    result_file = work / f"{side}.json"
-    cmd = [
-        python, str(Path(__file__).resolve()), "--worker", side, "--subset", str(subset), "--model-dir", str(model_dir),
-        "--out", str(work / side), "--model", args.model, "--steps", str(args.steps), "--batch", str(args.batch),
-        "--max-length", str(args.max_length), "--lr", str(args.lr), "--precision", args.precision,
-    ] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
-    env = {**os.environ, "BENCH_RESULT": str(result_file), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    log = open(work / f"{side}.log", "w")
-    started = time.time()
-    child = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    _, status, usage = os.wait4(child.pid, 0)
-    log.close()
-    if status != 0 or not result_file.exists():
-        tail = (work / f"{side}.log").read_text()[-3000:]
-        sys.exit(f"{side} worker failed (status {status}):\n{tail}")
-    result = json.loads(result_file.read_text())
-    result["wall_seconds"] = round(time.time() - started, 1)
-    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+def _rates(result: dict, pairs: int) -> dict:
+    result["throughput"] = pairs / result["wall_seconds_train"]
+    result["cpu_throughput"] = pairs / result["cpu_seconds_train"]
     return result
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.worker:
-        result = alignloop_worker(args) if args.worker == "alignloop" else trl_worker(args)
-        Path(os.environ["BENCH_RESULT"]).write_text(json.dumps(result))
-        return
     from alignloop.models.bundled import ensure_bundled_model
 
     model_dir = ensure_bundled_model(args.model)
+    python = ensure_venv(args.trl_venv, [TRL_REQUIREMENT])
     with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
         work = Path(tmp)
-        pairs = build_subset(args, work / "pairs.jsonl")
-        python = trl_python(args.trl_python)
-        sides = {
-            "alignloop": run_worker(sys.executable, "alignloop", args, work / "pairs.jsonl", model_dir, work),
-            "trl": run_worker(python, "trl", args, work / "pairs.jsonl", model_dir, work),
-        }
-    for side, r in sides.items():
-        r["throughput"] = pairs / r["wall_seconds_train"]
-        r["cpu_throughput"] = pairs / r["cpu_seconds_train"]
-        print(
-            f"{side:>9}: {r['throughput']:.4f} pairs/s wall ({r['wall_seconds_train']:.1f}s, of which reference "
-            f"precompute {r['ref_seconds']:.1f}s), {r['cpu_throughput']:.4f} pairs per CPU-second, peak RSS "
-            f"{r['peak_rss_mb']:.0f} MB ({r['train_peak_rss_mb']:.0f} MB when training ended), "
-            f"first/last loss {r['losses'][0]:.4f}/{r['losses'][-1]:.4f}"
-        )
-    a, t = sides["alignloop"], sides["trl"]
+        subset = work / "pairs.jsonl"
+        pairs = build_subset(args, subset)
+        common = dict(subset=str(subset), steps=args.steps, batch=args.batch, max_length=args.max_length,
+                      lr=args.lr, precision=args.precision, gradient_checkpointing=args.gradient_checkpointing)
+
+        def ours(i: int) -> dict:
+            return _rates(run_isolated(f"{__file__}:run_alignloop", {**common, "model": args.model,
+                                                                     "out": str(work / f"alignloop-{i}")},
+                                       env=CHILD_ENV, threads=args.threads), pairs)
+
+        def theirs(i: int) -> dict:
+            return _rates(run_isolated(f"{__file__}:run_trl", {**common, "model_dir": str(model_dir),
+                                                               "out": str(work / f"trl-{i}")},
+                                       python=python, env=CHILD_ENV, threads=args.threads), pairs)
+
+        runs = paired_runs(args.runs, ours, theirs)
+    for i, run in enumerate(runs):
+        for side, r in zip(("alignloop", "trl"), run):
+            print(
+                f"run {i + 1} {side:>9}: {r['throughput']:.4f} pairs/s wall ({r['wall_seconds_train']:.1f}s, of "
+                f"which reference precompute {r['ref_seconds']:.1f}s), {r['cpu_throughput']:.4f} pairs per "
+                f"CPU-second, peak RSS {r['peak_rss_mb']:.0f} MB ({r['train_peak_rss_mb']:.0f} MB when training "
+                f"ended), first/last loss {r['losses'][0]:.4f}/{r['losses'][-1]:.4f}"
+            )
     keys = ("throughput", "cpu_throughput", "peak_rss_mb", "train_peak_rss_mb")
-    print(json.dumps({
-        "stage": "dpo",
-        "workload": {"model": args.model, "pairs": pairs, "batch": args.batch, "steps": args.steps,
-                     "max_length": args.max_length, "precision": args.precision, "data": Path(args.data).name,
-                     "gradient_checkpointing": args.gradient_checkpointing},
-        "alignloop": {k: a[k] for k in keys},
-        "trl": {k: t[k] for k in keys},
-        "throughput_ratio": a["throughput"] / t["throughput"],
-        "cpu_throughput_ratio": a["cpu_throughput"] / t["cpu_throughput"],
-        "rss_ratio": a["peak_rss_mb"] / t["peak_rss_mb"],
-    }))
+    runs = [tuple({k: r[k] for k in (*keys, "version") if k in r} for r in run) for run in runs]
+    payload = paired_comparison(
+        "dpo", runs, keys=keys, unit="pairs/s",
+        workload={"model": args.model, "pairs": pairs, "batch": args.batch, "steps": args.steps,
+                  "max_length": args.max_length, "precision": args.precision, "data": args.data,
+                  "gradient_checkpointing": args.gradient_checkpointing, "threads": args.threads},
+    )
+    print_spread(payload, keys=keys)
+    final_json_line(payload)
+    return payload
 
 
 if __name__ == "__main__":

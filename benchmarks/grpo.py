@@ -10,6 +10,10 @@ Throughput = updates per second over updates 2..N (update 1 is warm-up); one upd
 completions + one optimizer step on both sides. Each side runs in its own process.
 
     python benchmarks/grpo.py [--updates 4] [--precision bf16|fp32]  # last line: the JSON summary
+    python benchmarks/grpo.py --runs 3                                # median and min-max spread of 3 run pairs
+
+Common flags (``benchmarks/common.py``): ``--trl-venv`` (default .bench/trl19-venv in the clone, created on first
+use with ``trl==1.9.0 --no-deps`` over the system site-packages), ``--threads``, ``--precision``, ``--runs N``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,18 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import StepClock, comparison, ensure_venv, final_json_line, run_isolated  # noqa: E402
+from common import (  # noqa: E402
+    TRL19_VENV,
+    StepClock,
+    add_common_flags,
+    check_common_flags,
+    ensure_venv,
+    final_json_line,
+    paired_comparison,
+    paired_runs,
+    print_spread,
+    run_isolated,
+)
 
 MODEL = "smollm2-135m-instruct"
 TRL_REQUIREMENT = ["trl==1.9.0", "--no-deps"]
@@ -45,12 +60,14 @@ def alignloop_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
 
     cfg = load_config(GRPOConfig, None, [
         f"model={MODEL}", "grpo.reward=rule:exact_match", "lora.r=16", "lora.alpha=32", f"grpo.rollouts={updates}",
-        f"grpo.prompts_per_rollout={PROMPTS}", f"grpo.num_generations={GENERATIONS}", f"grpo.max_new_tokens={NEW_TOKENS}",
-        f"grpo.kl_coef={BETA}", "grpo.eval_prompts=0", "grpo.samples_every=0", f"train.batch_size={PROMPTS * GENERATIONS}",
-        f"train.lr={LR}", f"train.precision={precision}", "train.save_every=0", "data.eval=null",
+        f"grpo.prompts_per_rollout={PROMPTS}", f"grpo.num_generations={GENERATIONS}",
+        f"grpo.max_new_tokens={NEW_TOKENS}", f"grpo.kl_coef={BETA}", "grpo.eval_prompts=0", "grpo.samples_every=0",
+        f"train.batch_size={PROMPTS * GENERATIONS}", f"train.lr={LR}", f"train.precision={precision}",
+        "train.save_every=0", "data.eval=null",
     ])
     train(Timed(cfg), Path(workdir) / "run")
-    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates, "precision": precision}
+    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates,
+            "precision": precision}
 
 
 def _exact_match(prompts, completions, answer, **kwargs):
@@ -83,32 +100,45 @@ def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
         output_dir=str(Path(workdir) / "trl"), per_device_train_batch_size=PROMPTS * GENERATIONS,
         gradient_accumulation_steps=1, num_generations=GENERATIONS, max_completion_length=NEW_TOKENS,
         temperature=1.0, beta=BETA, learning_rate=LR, max_steps=updates, num_iterations=1, loss_type="dapo",
-        report_to=[], save_strategy="no", bf16=precision == "bf16", use_cpu=True, seed=0, logging_steps=1, shuffle_dataset=False,
+        report_to=[], save_strategy="no", bf16=precision == "bf16", use_cpu=True, seed=0, logging_steps=1,
+        shuffle_dataset=False,
     )
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(str(resolve_model(MODEL)), dtype=torch.float32),
-        reward_funcs=_exact_match, args=args, train_dataset=data, processing_class=load_tokenizer(MODEL, padding_side="left"),
-        callbacks=[Tick()], peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+        reward_funcs=_exact_match, args=args, train_dataset=data,
+        processing_class=load_tokenizer(MODEL, padding_side="left"), callbacks=[Tick()],
+        peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     trainer.train()
-    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates, "precision": precision}
+    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates,
+            "precision": precision, "version": __import__("trl").__version__}
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--updates", type=int, default=4)
-    p.add_argument("--trl-venv", default=".bench/trl19-venv")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
-                   help="both sides: bf16 autocast (each tool's default; TRL 1.9 defaults bf16=True) or fp32.")
-    p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads per side (0: torch's default).")
+    add_common_flags(p, trl_venv=TRL19_VENV, precision="bf16",
+                     precision_help="both sides: bf16 autocast (both tools' default) or fp32")
     args = p.parse_args(argv)
-    threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)} if args.threads else {}
+    check_common_flags(p, args)
     trl_python = ensure_venv(args.trl_venv, TRL_REQUIREMENT)
     with tempfile.TemporaryDirectory() as work:
-        ours = run_isolated(f"{__file__}:alignloop_side", {"updates": args.updates, "workdir": work, "precision": args.precision}, env=threads)
-        theirs = run_isolated(f"{__file__}:trl_side", {"updates": args.updates, "workdir": work, "precision": args.precision}, python=trl_python, env=threads)
-    print(json.dumps({"workload": f"{PROMPTS} prompts × {GENERATIONS} generations × {NEW_TOKENS} tokens, LoRA, β={BETA}"}))
-    final_json_line(comparison("grpo", ours, theirs))
+        def kwargs(i: int) -> dict:
+            run_dir = Path(work) / f"run-{i}"
+            run_dir.mkdir(exist_ok=True)
+            return {"updates": args.updates, "workdir": str(run_dir), "precision": args.precision}
+
+        pairs = paired_runs(
+            args.runs,
+            lambda i: run_isolated(f"{__file__}:alignloop_side", kwargs(i), threads=args.threads),
+            lambda i: run_isolated(f"{__file__}:trl_side", kwargs(i), python=trl_python, threads=args.threads),
+        )
+    workload = f"{PROMPTS} prompts × {GENERATIONS} generations × {NEW_TOKENS} tokens, LoRA, β={BETA}"
+    print(json.dumps({"workload": workload}))
+    payload = paired_comparison("grpo", pairs, unit="updates/s", workload=workload, threads=args.threads)
+    print_spread(payload)
+    final_json_line(payload)
+    return payload
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
             label = "setup" if row["phase"] == "setup" else f"after step {row['step']}"
         else:
             label = f"step {row['step'] + 1} {row['phase']}"
-        print(f"{label:>22}: t={row['start_s']:7.2f} s, RSS {row['start_mb']:6d} MB at start, {row['max_mb']:6d} MB max")
+        print(f"{label:>22}: t={row['start_s']:7.2f} s, RSS {row['start_mb']:6d} MB at start, "
+              f"{row['max_mb']:6d} MB max")
     payload = {"peak": timeline.peak, "throughput": round(result["throughput"], 1)}
     print(json.dumps(payload))
     return payload

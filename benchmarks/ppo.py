@@ -12,6 +12,10 @@ Throughput = updates per second over updates 2..N (update 1 is warm-up). Each si
 process (peak RSS of exactly that child via os.wait4).
 
     python benchmarks/ppo.py [--updates 4] [--precision bf16|fp32]   # last line: the JSON summary
+    python benchmarks/ppo.py --runs 3                                 # median and min-max spread of 3 run pairs
+
+Common flags (``benchmarks/common.py``): ``--trl-venv`` (default .bench/trl19-venv in the clone, created on first
+use with ``trl==1.9.0 --no-deps`` over the system site-packages), ``--threads``, ``--precision``, ``--runs N``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,18 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import StepClock, comparison, ensure_venv, final_json_line, run_isolated  # noqa: E402
+from common import (  # noqa: E402
+    TRL19_VENV,
+    StepClock,
+    add_common_flags,
+    check_common_flags,
+    ensure_venv,
+    final_json_line,
+    paired_comparison,
+    paired_runs,
+    print_spread,
+    run_isolated,
+)
 
 MODEL = "smollm2-135m-instruct"
 TRL_REQUIREMENT = ["trl==1.9.0", "--no-deps"]
@@ -61,7 +76,8 @@ def alignloop_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
         f"train.precision={precision}", "train.save_every=0", "data.eval=null",
     ])
     train(Timed(cfg), Path(workdir) / "run")
-    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates, "precision": precision}
+    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates,
+            "precision": precision}
 
 
 def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
@@ -76,7 +92,8 @@ def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
     torch.manual_seed(0)
     folder = str(resolve_model(MODEL))
     tok = load_tokenizer(MODEL)
-    ids = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True) for m in _prompt_messages(PROMPTS * updates)]
+    messages = _prompt_messages(PROMPTS * updates)
+    ids = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True) for m in messages]
     ids = [list(x["input_ids"]) if isinstance(x, dict) or hasattr(x, "keys") else list(x) for x in ids]
     data = Dataset.from_dict({"input_ids": ids})
     clock = StepClock()
@@ -89,7 +106,8 @@ def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
         output_dir=str(Path(workdir) / "trl"), per_device_train_batch_size=PROMPTS, gradient_accumulation_steps=1,
         num_mini_batches=1, num_ppo_epochs=1, response_length=NEW_TOKENS, total_episodes=PROMPTS * updates,
         local_rollout_forward_batch_size=PROMPTS, temperature=1.0, stop_token="eos", kl_coef=BETA, learning_rate=LR,
-        num_sample_generations=0, report_to=[], save_strategy="no", bf16=precision == "bf16", use_cpu=True, seed=0, logging_steps=1,
+        num_sample_generations=0, report_to=[], save_strategy="no", bf16=precision == "bf16", use_cpu=True, seed=0,
+        logging_steps=1,
     )
     trainer = PPOTrainer(
         args=args, processing_class=tok, model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
@@ -99,25 +117,36 @@ def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     trainer.train()
-    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates, "precision": precision}
+    return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates,
+            "precision": precision, "version": __import__("trl").__version__}
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--updates", type=int, default=4)
-    p.add_argument("--trl-venv", default=".bench/trl19-venv")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
-                   help="both sides: bf16 autocast (each tool's default; TRL 1.9 defaults bf16=True) or fp32.")
-    p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads per side (0: torch's default).")
+    add_common_flags(p, trl_venv=TRL19_VENV, precision="bf16",
+                     precision_help="both sides: bf16 autocast (both tools' default) or fp32")
     args = p.parse_args(argv)
-    threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)} if args.threads else {}
+    check_common_flags(p, args)
     trl_python = ensure_venv(args.trl_venv, TRL_REQUIREMENT)
     with tempfile.TemporaryDirectory() as work:
-        ours = run_isolated(f"{__file__}:alignloop_side", {"updates": args.updates, "workdir": work, "precision": args.precision}, env=threads)
-        theirs = run_isolated(f"{__file__}:trl_side", {"updates": args.updates, "workdir": work, "precision": args.precision}, python=trl_python,
-                              env={"TRL_EXPERIMENTAL_SILENCE": "1", **threads})
-    print(json.dumps({"workload": f"{PROMPTS} prompts × {NEW_TOKENS} tokens, 1 PPO epoch, LoRA policy, RM + value model"}))
-    final_json_line(comparison("ppo", ours, theirs))
+        def kwargs(i: int) -> dict:
+            run_dir = Path(work) / f"run-{i}"
+            run_dir.mkdir(exist_ok=True)
+            return {"updates": args.updates, "workdir": str(run_dir), "precision": args.precision}
+
+        pairs = paired_runs(
+            args.runs,
+            lambda i: run_isolated(f"{__file__}:alignloop_side", kwargs(i), threads=args.threads),
+            lambda i: run_isolated(f"{__file__}:trl_side", kwargs(i), python=trl_python, threads=args.threads,
+                                   env={"TRL_EXPERIMENTAL_SILENCE": "1"}),
+        )
+    workload = f"{PROMPTS} prompts × {NEW_TOKENS} tokens, 1 PPO epoch, LoRA policy, RM + value model"
+    print(json.dumps({"workload": workload}))
+    payload = paired_comparison("ppo", pairs, unit="updates/s", workload=workload, threads=args.threads)
+    print_spread(payload)
+    final_json_line(payload)
+    return payload
 
 
 if __name__ == "__main__":

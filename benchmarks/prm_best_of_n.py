@@ -105,7 +105,8 @@ def main() -> None:
     parser.add_argument("--p-correct", type=float, default=0.25)
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
-    parser.add_argument("--scratch", default=None, help="HIDDEN,LAYERS: train a randomly initialised small Llama (full)")
+    parser.add_argument("--scratch", default=None,
+                        help="HIDDEN,LAYERS: train a randomly initialised small Llama (full)")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-prm"))
     args = parser.parse_args()
@@ -122,7 +123,8 @@ def main() -> None:
     cands = [candidates(p, args.n, args.p_correct, rng, write_steps) for p in prompts]
     correct = [[solution_is_correct(p, c) for c in cs] for p, cs in zip(prompts, cands)]
 
-    result = {"benchmark": "prm_best_of_n", "model": args.scratch and f"scratch llama {args.scratch}" or args.model, "lr": lr, "train_steps": args.steps, "n": args.n,
+    model_name = args.scratch and f"scratch llama {args.scratch}" or args.model
+    result = {"benchmark": "prm_best_of_n", "model": model_name, "lr": lr, "train_steps": args.steps, "n": args.n,
               "prompts": len(prompts), "candidates": "generated (write_steps), not sampled",
               "oracle": sum(any(c) for c in correct) / len(prompts),
               "random_pick": sum(sum(c) / len(c) for c in correct) / len(prompts)}

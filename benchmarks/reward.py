@@ -3,14 +3,17 @@
 Same model (the bundled SmolLM2-135M-Instruct, full fine-tuning), same pairs in the same order (no shuffling on
 either side), same batch, max length, optimizer (AdamW, constant LR, clipping 1.0), precision, gradient
 checkpointing (on by default, as in TRL's ``RewardConfig``) and steps.
-The pairs are real human preferences (HH-RLHF harmless, ``../shared/data``) filtered to those whose prompt +
-completion fits ``--max-length`` on both sides, so neither trainer truncates or drops anything.
+The pairs are real human preferences (HH-RLHF harmless, ``bundled:hh-harmless-train.jsonl``, shipped in the
+package) filtered to those whose prompt + completion fits ``--max-length`` on both sides, so neither trainer
+truncates or drops anything.
 
 Throughput is pairs per second between the end of the warm-up step and the end of the last step, from a
 callback at each optimizer step; peak memory is each side's own child process (``benchmarks/common.py``).
-TRL runs in a virtualenv (``--trl-venv``, created on first use: ``trl==1.16.0`` over the system packages).
+TRL runs in a virtualenv (``--trl-venv``, default .bench/trl-venv in the clone, created on first use:
+``trl==1.16.0`` over the system packages). ``--threads`` pins torch threads on both sides; ``--runs N`` runs
+each side N times, alternating, and reports medians with their min-max spread (``benchmarks/common.py``).
 
-    python benchmarks/reward.py [--pairs-per-step 8 --steps 6 --max-length 256 --precision fp32]
+    python benchmarks/reward.py [--pairs-per-step 8 --steps 6 --max-length 256 --precision fp32] [--runs 3]
 
 The last line of output is the JSON summary.
 """
@@ -24,9 +27,20 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, StepClock, comparison, ensure_venv, final_json_line, run_isolated  # noqa: E402
+from common import (  # noqa: E402
+    TRL_VENV,
+    StepClock,
+    add_common_flags,
+    check_common_flags,
+    ensure_venv,
+    final_json_line,
+    paired_comparison,
+    paired_runs,
+    print_spread,
+    run_isolated,
+)
 
-DEFAULT_DATA = str(REPO_ROOT.parent / "shared" / "data" / "hh-harmless-pairs.jsonl")
+DEFAULT_DATA = "bundled:hh-harmless-train.jsonl"
 TRL_REQUIREMENT = "trl==1.16.0"
 
 
@@ -116,14 +130,16 @@ def run_trl(data: str, model: str, batch: int, steps: int, max_length: int, lr: 
         learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         optim="adamw_torch", bf16=precision == "bf16", use_cpu=not torch.cuda.is_available(), max_length=max_length,
         logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
-        dataloader_num_workers=0, seed=0, center_rewards_coefficient=None, gradient_checkpointing=gradient_checkpointing,
+        dataloader_num_workers=0, seed=0, center_rewards_coefficient=None,
+        gradient_checkpointing=gradient_checkpointing,
     )
     trainer = SequentialRewardTrainer(
         model=folder, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[Clock()]
     )
     result = trainer.train()
     return {"throughput": clock.throughput(batch), "cpu_throughput": clock.cpu_throughput(batch),
-            "step_seconds": clock.step_seconds(), "final_loss": float(result.training_loss), "trl_version": __import__("trl").__version__}
+            "step_seconds": clock.step_seconds(), "final_loss": float(result.training_loss),
+            "trl_version": __import__("trl").__version__}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -134,12 +150,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps; the first is warm-up, not timed")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
                         help="on both sides (TRL's RewardConfig turns it on by default)")
-    parser.add_argument("--trl-venv", default=".bench/trl-venv")
-    parser.add_argument("--repeats", type=int, default=1, help="alternate the two sides this many times")
+    add_common_flags(parser, trl_venv=TRL_VENV, precision="fp32", precision_help="both sides")
     args = parser.parse_args(argv)
+    check_common_flags(parser, args)
 
     trl_python = ensure_venv(args.trl_venv, [TRL_REQUIREMENT])
     work = Path(tempfile.mkdtemp(prefix="bench-reward-"))
@@ -148,21 +163,25 @@ def main(argv: list[str] | None = None) -> dict:
     common = dict(data=pairs_file, model=args.model, batch=args.pairs_per_step, steps=args.steps,
                   max_length=args.max_length, lr=args.lr, precision=args.precision,
                   gradient_checkpointing=args.gradient_checkpointing == "on")
-    ours_runs, trl_runs = [], []
-    for repeat in range(args.repeats):  # alternate sides so a busy machine slows both alike
-        ours_runs.append(run_isolated(f"{__file__}:run_alignloop", {**common, "out_dir": str(work / f"ours-{repeat}")}))
-        trl_runs.append(run_isolated(f"{__file__}:run_trl", {**common, "out_dir": str(work / f"trl-{repeat}")},
-                                     python=trl_python))
-    best = lambda runs: max(runs, key=lambda r: r["throughput"])  # noqa: E731  least-disturbed run of each side
-    ours, theirs = best(ours_runs), best(trl_runs)
-    keep = lambda r: {k: r[k] for k in ("throughput", "cpu_throughput", "peak_rss_mb", "final_loss", "wall_seconds")}  # noqa: E731
-    payload = comparison(
-        "rm", keep(ours), {**keep(theirs), "version": theirs.get("trl_version")},
-        unit="pairs/s", workload={**{k: v for k, v in common.items() if k != "data"}, **data_info},
-        all_throughputs={"alignloop": [r["throughput"] for r in ours_runs], "trl": [r["throughput"] for r in trl_runs]},
-        all_cpu_throughputs={"alignloop": [r["cpu_throughput"] for r in ours_runs],
-                             "trl": [r["cpu_throughput"] for r in trl_runs]},
+    keep = ("throughput", "cpu_throughput", "peak_rss_mb", "final_loss", "wall_seconds")
+
+    def ours(i: int) -> dict:
+        result = run_isolated(f"{__file__}:run_alignloop", {**common, "out_dir": str(work / f"ours-{i}")},
+                              threads=args.threads)
+        return {k: result[k] for k in keep}
+
+    def theirs(i: int) -> dict:
+        result = run_isolated(f"{__file__}:run_trl", {**common, "out_dir": str(work / f"trl-{i}")},
+                              python=trl_python, threads=args.threads)
+        return {**{k: result[k] for k in keep}, "version": result.get("trl_version")}
+
+    pairs = paired_runs(args.runs, ours, theirs)
+    payload = paired_comparison(
+        "rm", pairs, unit="pairs/s",
+        workload={**{k: v for k, v in common.items() if k != "data"}, "data": args.data, "threads": args.threads,
+                  **data_info},
     )
+    print_spread(payload)
     final_json_line(payload)
     return payload
 

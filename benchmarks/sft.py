@@ -20,10 +20,12 @@ the time from the end of the warm-up steps to the end of the last step. On a mac
 wall-clock rates are noisy, so tokens per CPU-second of each process (``cpu_throughput``) are reported too.
 
     python benchmarks/sft.py                         # last line: the JSON summary
+    python benchmarks/sft.py --runs 3                # median and min-max spread of three run pairs
     python benchmarks/sft.py --steps 4 --threads 1   # quicker
 
-TRL is not a dependency of alignloop: it runs in a virtualenv (``--trl-venv``, default .bench/trl-venv, created
-on first use with ``trl==1.16.0`` over the system site-packages).
+Common flags (``benchmarks/common.py``): ``--trl-venv`` (default .bench/trl-venv in the clone, created on first
+use with ``trl==1.16.0`` over the system site-packages), ``--threads`` (torch threads on both sides),
+``--precision`` (bf16, both tools' default, or fp32 on both sides) and ``--runs N``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,18 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import StepClock, comparison, ensure_venv, final_json_line, run_isolated  # noqa: E402
+from common import (  # noqa: E402
+    TRL_VENV,
+    StepClock,
+    add_common_flags,
+    check_common_flags,
+    ensure_venv,
+    final_json_line,
+    paired_comparison,
+    paired_runs,
+    print_spread,
+    run_isolated,
+)
 
 TRL_REQUIREMENT = "trl==1.16.0"
 DEFAULT_DATA = "bundled:sft_demo_train.jsonl"
@@ -61,15 +74,12 @@ def _rates(clock: StepClock, tokens_per_step: list[int], warmup: int) -> dict:
 
 
 def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, max_length: int, lr: float,
-                  threads: int, packing: bool, out_dir: str, gradient_checkpointing: bool | None = None) -> dict:
-    import torch
-
+                  precision: str, packing: bool, out_dir: str, gradient_checkpointing: bool | None = None) -> dict:
     from alignloop.config import load_config
     from alignloop.data.packing import example_fields
     from alignloop.train.loop import train
     from alignloop.stages.sft import SFTConfig, SFTStage
 
-    torch.set_num_threads(threads)
     clock = StepClock()
     tokens_per_step: list[int] = []
     training_rss = [0.0]
@@ -96,7 +106,10 @@ def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, ma
         f"model={model}", f"data.train={data}", "data.eval=null", "data.eval_fraction=0",
         f"data.max_length={max_length}", f"train.max_steps={steps}", f"train.batch_size={batch}", f"train.lr={lr}",
         "train.save_every=0", "train.resume=never", f"sft.packing={str(packing).lower()}",
-    ] + ([] if gradient_checkpointing is None else [f"train.gradient_checkpointing={str(gradient_checkpointing).lower()}"])
+        f"train.precision={precision}",
+    ]
+    if gradient_checkpointing is not None:
+        overrides.append(f"train.gradient_checkpointing={str(gradient_checkpointing).lower()}")
     cfg = load_config(SFTConfig, None, overrides)
     summary = train(TimedSFT(cfg), out_dir)
     return {**_rates(clock, tokens_per_step, warmup), "final_loss": summary["loss"],
@@ -107,7 +120,7 @@ def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, ma
 
 
 def run_trl(model: str, data: str, steps: int, warmup: int, batch: int, max_length: int, lr: float,
-            threads: int, gradient_checkpointing: bool | None, out_dir: str) -> dict:
+            precision: str, gradient_checkpointing: bool | None, out_dir: str) -> dict:
     """TRL's ``SFTTrainer`` at its defaults; ``gradient_checkpointing=None`` keeps TRL's own default (True)."""
     import datasets
     import torch
@@ -118,7 +131,6 @@ def run_trl(model: str, data: str, steps: int, warmup: int, batch: int, max_leng
     from alignloop.data import load_records
     from alignloop.models import resolve_model
 
-    torch.set_num_threads(threads)
     folder = str(resolve_model(model))  # the bundled model's converted HF folder: the same weights
     records = load_records(data, "sft")
     dataset = datasets.Dataset.from_dict({"messages": [r["messages"] for r in records]})
@@ -144,7 +156,7 @@ def run_trl(model: str, data: str, steps: int, warmup: int, batch: int, max_leng
     config = SFTConfig(
         output_dir=out_dir, max_length=max_length, per_device_train_batch_size=batch, max_steps=steps,
         learning_rate=lr, report_to=[], save_strategy="no", logging_steps=1, use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True, **extra,
+        disable_tqdm=True, bf16=precision == "bf16", **extra,
     )
     trainer = CountingSFTTrainer(model=folder, args=config, train_dataset=dataset, callbacks=[Clock()])
     result = trainer.train()
@@ -163,22 +175,31 @@ def _side(result: dict) -> dict:
 
 
 def _compare(label: str, common: dict, trl_python: str, work: Path, packing: bool,
-             gradient_checkpointing: bool | None) -> dict:
-    print(f"--- {label}: alignloop", flush=True)
-    ours_out = work / f"{label}-ours"
-    ours = run_isolated(f"{__file__}:run_alignloop", {**common, "packing": packing, "out_dir": str(ours_out),
-                                                      "gradient_checkpointing": gradient_checkpointing})
-    shutil.rmtree(ours_out, ignore_errors=True)  # its final checkpoint is large
-    print(f"--- {label}: trl", flush=True)
-    theirs = run_isolated(f"{__file__}:run_trl", {**common, "gradient_checkpointing": gradient_checkpointing,
-                                                  "out_dir": str(work / f"{label}-trl")}, python=trl_python)
-    payload = comparison("sft", _side(ours), _side(theirs))
-    for side, r in (("alignloop", ours), ("trl", theirs)):
-        print(f"{label:>8} {side:>9}: {r['throughput']:8.1f} tok/s wall, {r['cpu_throughput']:8.1f} tok/CPU-s, "
-              f"peak RSS {r['peak_rss_mb']:7.0f} MB ({r['peak_rss_training_mb']:.0f} MB by the last step), "
-              f"{r['settings']}", flush=True)
-    print(f"{label:>8} ratios: throughput {payload['throughput_ratio']}, CPU-time throughput "
-          f"{payload.get('cpu_throughput_ratio')}, RSS {payload['rss_ratio']}", flush=True)
+             gradient_checkpointing: bool | None, runs: int, threads: int) -> dict:
+    def ours(i: int) -> dict:
+        out = work / f"{label}-ours-{i}"
+        result = run_isolated(f"{__file__}:run_alignloop", {**common, "packing": packing, "out_dir": str(out),
+                                                            "gradient_checkpointing": gradient_checkpointing},
+                              threads=threads)
+        shutil.rmtree(out, ignore_errors=True)  # its final checkpoint is large
+        return _side(result)
+
+    def theirs(i: int) -> dict:
+        out = work / f"{label}-trl-{i}"
+        result = run_isolated(f"{__file__}:run_trl", {**common, "gradient_checkpointing": gradient_checkpointing,
+                                                      "out_dir": str(out)}, python=trl_python, threads=threads)
+        shutil.rmtree(out, ignore_errors=True)
+        return _side(result)
+
+    pairs = paired_runs(runs, ours, theirs, label=label)
+    for i, (a, t) in enumerate(pairs):
+        for side, r in (("alignloop", a), ("trl", t)):
+            print(f"{label:>8} run {i + 1} {side:>9}: {r['throughput']:8.1f} tok/s wall, {r['cpu_throughput']:8.1f} "
+                  f"tok/CPU-s, peak RSS {r['peak_rss_mb']:7.0f} MB ({r['peak_rss_training_mb']:.0f} MB by the last "
+                  f"step), {r['settings']}", flush=True)
+    keys = ("throughput", "cpu_throughput", "peak_rss_mb", "peak_rss_training_mb")
+    payload = paired_comparison("sft", pairs, keys=keys)
+    print_spread(payload, keys=keys, label=label)
     return payload
 
 
@@ -191,10 +212,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each child")
-    parser.add_argument("--trl-venv", default=".bench/trl-venv")
     parser.add_argument("--no-matched", action="store_true", help="skip the matched-settings comparison")
+    add_common_flags(parser, trl_venv=TRL_VENV, precision="bf16",
+                     precision_help="both sides, in both comparisons: bf16 autocast (both tools' default) or fp32")
     args = parser.parse_args(argv)
+    check_common_flags(parser, args)
     if args.steps <= args.warmup:
         parser.error("--steps must exceed --warmup")
 
@@ -203,19 +225,21 @@ def main(argv: list[str] | None = None) -> dict:
     resolve_model(args.model)  # convert the bundled model once, before anything is timed
     trl_python = ensure_venv(args.trl_venv, [TRL_REQUIREMENT])
     common = dict(model=args.model, data=args.data, steps=args.steps, warmup=args.warmup, batch=args.batch,
-                  max_length=args.max_length, lr=args.lr, threads=args.threads)
+                  max_length=args.max_length, lr=args.lr, precision=args.precision)
     work = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     try:
-        defaults = _compare("defaults", common, trl_python, work, packing=True, gradient_checkpointing=None)
+        defaults = _compare("defaults", common, trl_python, work, packing=True, gradient_checkpointing=None,
+                            runs=args.runs, threads=args.threads)
         matched = None
         if not args.no_matched:
-            matched = _compare("matched", common, trl_python, work, packing=False, gradient_checkpointing=False)
+            matched = _compare("matched", common, trl_python, work, packing=False, gradient_checkpointing=False,
+                               runs=args.runs, threads=args.threads)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    extra = {"unit": "input tokens/s", "workload": common}
+    extra = {"unit": "input tokens/s", "workload": {**common, "threads": args.threads}}
     if matched is not None:
         extra["matched"] = {k: matched[k] for k in ("alignloop", "trl", "throughput_ratio", "rss_ratio",
-                                                     "cpu_throughput_ratio") if k in matched}
+                                                     "cpu_throughput_ratio", "spread", "per_run") if k in matched}
     payload = {**defaults, **extra}
     final_json_line(payload)
     return payload

@@ -18,6 +18,10 @@ completions + one optimizer step on both sides. Each side runs in its own proces
 completion length (``completion_tokens``: both stop at EOS) and its trainable parameter count.
 
     python benchmarks/vlm_grpo.py [--updates 4] [--precision bf16|fp32]  # last line: the JSON summary
+    python benchmarks/vlm_grpo.py --runs 3                    # median and min-max spread of 3 run pairs
+
+Common flags (``benchmarks/common.py``): ``--trl-venv`` (default .bench/trl19-venv in the clone, created on first
+use with ``trl==1.9.0 --no-deps`` over the system site-packages), ``--threads``, ``--precision``, ``--runs N``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,18 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import StepClock, comparison, ensure_venv, final_json_line, run_isolated  # noqa: E402
+from common import (  # noqa: E402
+    TRL19_VENV,
+    StepClock,
+    add_common_flags,
+    check_common_flags,
+    ensure_venv,
+    final_json_line,
+    paired_comparison,
+    paired_runs,
+    print_spread,
+    run_isolated,
+)
 
 MODEL = "smolvlm-tiny"
 DATA = "bundled:vlm_shapes/prompts.jsonl"
@@ -153,18 +168,17 @@ def trl_side(updates: int, workdir: str, model_dir: str, data_file: str, precisi
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
     return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates,
-            "precision": precision, "completion_tokens": _mean(lengths), "trainable_params": trainable}
+            "precision": precision, "completion_tokens": _mean(lengths), "trainable_params": trainable,
+            "version": __import__("trl").__version__}
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--updates", type=int, default=4)
-    p.add_argument("--trl-venv", default=".bench/trl19-venv")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
-                   help="both sides: bf16 autocast (each tool's default; TRL 1.9 defaults bf16=True) or fp32.")
-    p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads per side (0: torch's default).")
+    add_common_flags(p, trl_venv=TRL19_VENV, precision="bf16",
+                     precision_help="both sides: bf16 autocast (both tools' default) or fp32")
     args = p.parse_args(argv)
-    threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)} if args.threads else {}
+    check_common_flags(p, args)
     trl_python = ensure_venv(args.trl_venv, TRL_REQUIREMENT)
 
     from alignloop.data.records import resolve_data_path
@@ -172,13 +186,25 @@ def main(argv=None) -> None:
 
     model_dir, data_file = str(resolve_model(MODEL)), str(resolve_data_path(DATA))  # built once, before timing
     with tempfile.TemporaryDirectory() as work:
-        common = {"updates": args.updates, "workdir": work, "precision": args.precision}
-        ours = run_isolated(f"{__file__}:alignloop_side", common, env=threads)
-        theirs = run_isolated(f"{__file__}:trl_side", {**common, "model_dir": model_dir, "data_file": data_file},
-                              python=trl_python, env=threads)
-    print(json.dumps({"workload": f"{MODEL}: {PROMPTS} image prompts × {GENERATIONS} generations × {NEW_TOKENS} "
-                                  f"tokens, LoRA (language model) + connector, β={BETA}"}))
-    final_json_line(comparison("vlm_grpo", ours, theirs))
+        def common(i: int) -> dict:
+            run_dir = Path(work) / f"run-{i}"
+            run_dir.mkdir(exist_ok=True)
+            return {"updates": args.updates, "workdir": str(run_dir), "precision": args.precision}
+
+        pairs = paired_runs(
+            args.runs,
+            lambda i: run_isolated(f"{__file__}:alignloop_side", common(i), threads=args.threads),
+            lambda i: run_isolated(f"{__file__}:trl_side",
+                                   {**common(i), "model_dir": model_dir, "data_file": data_file},
+                                   python=trl_python, threads=args.threads),
+        )
+    workload = (f"{MODEL}: {PROMPTS} image prompts × {GENERATIONS} generations × {NEW_TOKENS} tokens, LoRA "
+                f"(language model) + connector, β={BETA}")
+    print(json.dumps({"workload": workload}))
+    payload = paired_comparison("vlm_grpo", pairs, unit="updates/s", workload=workload, threads=args.threads)
+    print_spread(payload)
+    final_json_line(payload)
+    return payload
 
 
 if __name__ == "__main__":
