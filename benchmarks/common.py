@@ -131,9 +131,11 @@ def ensure_venv(venv_dir: str | Path, requirements: list[str], *, system_site_pa
     """A virtualenv at ``venv_dir`` with ``requirements`` pip-installed (once); returns its python.
 
     With ``system_site_packages`` the venv reuses what is already installed (torch, transformers), so only
-    the missing packages are downloaded. A marker file records the requirements: a venv made for other ones
-    is updated in place. A relative ``venv_dir`` is taken from the current directory (the defaults,
-    ``TRL_VENV`` and ``TRL19_VENV``, are absolute paths under the clone's ``.bench/``).
+    the missing packages are downloaded. When this Python is itself a virtualenv (``install.sh``'s ``.venv``),
+    "system" would mean the base interpreter's packages, not this environment's: the new venv then also gets
+    a ``.pth`` file that adds this environment's site-packages after its own. A marker file records the
+    requirements: a venv made for other ones is updated in place. A relative ``venv_dir`` is taken from the
+    current directory (the defaults, ``TRL_VENV`` and ``TRL19_VENV``, are absolute paths under ``.bench/``).
     """
     venv_dir = Path(venv_dir)
     python = venv_dir / "bin" / "python"
@@ -144,9 +146,22 @@ def ensure_venv(venv_dir: str | Path, requirements: list[str], *, system_site_pa
     if system_site_packages:
         args.append("--system-site-packages")
     subprocess.run(args, check=True)
+    if system_site_packages and sys.prefix != sys.base_prefix:
+        _inherit_site_packages(python)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
     marker.write_text(json.dumps(requirements))
     return str(python)
+
+
+def _inherit_site_packages(python: Path) -> None:
+    """Make this environment's site-packages (and the ``.pth`` files in them) visible to the venv at ``python``."""
+    import sysconfig
+
+    ours = list(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
+    theirs = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    lines = "".join(f"import site; site.addsitedir({path!r})\n" for path in ours)
+    (Path(theirs) / "_alignloop_bench_parent_env.pth").write_text(lines)
 
 
 class StepClock:
