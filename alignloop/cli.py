@@ -175,13 +175,14 @@ def run(
     pipeline: Path = typer.Argument(..., help="Pipeline YAML."),
     set: list[str] = typer.Option([], "--set", "-s", help="STAGE.key=value or defaults.key=value (repeatable)."),
     out: Optional[Path] = OUT_OPT,
+    variant: Optional[str] = typer.Option(None, "--variant", help="A named set of overrides from the YAML's variants."),
 ) -> None:
     """Run a pipeline of stages in one run directory; finished stages are skipped, an interrupted one resumes."""
     from alignloop.pipeline.commands import run_command
 
     _setup_logging()
     try:
-        run_command(pipeline, set, out, console=out_console())
+        run_command(pipeline, set, out, variant, console=out_console())
     except AlignloopError as e:
         _fail(e)
 

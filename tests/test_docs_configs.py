@@ -16,7 +16,7 @@ from alignloop.stages.registry import STAGES, stage_classes
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 # an example whose stage is not its file name
-EXAMPLE_STAGE = {"rsft": "sft", "vlm-sft": "sft", "vlm-grpo": "grpo", "vlm-dpo": "dpo", "dpo-online": "dpo", "grpo-tools": "grpo", "vlm-rm": "rm", "vlm-bon": "bon"}
+EXAMPLE_STAGE = {"rsft": "sft", "vlm-sft": "sft", "vlm-grpo": "grpo", "vlm-dpo": "dpo", "dpo-online": "dpo", "dpo-bon": "dpo", "grpo-tools": "grpo", "vlm-rm": "rm", "vlm-bon": "bon"}
 # docs/<page>: the stage each ```yaml block is for, in order (None: not a stage config, checked elsewhere)
 DOC_BLOCKS = {
     "constitutional-ai.md": ["constitution-file"],
@@ -49,7 +49,7 @@ def _validate(kind: str, path: Path) -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_configs_validate(path):
     stem = path.stem
-    kind = "pipeline" if stem == "pipeline" else EXAMPLE_STAGE.get(stem, stem)
+    kind = "pipeline" if stem.startswith("pipeline") else EXAMPLE_STAGE.get(stem, stem)
     assert kind == "pipeline" or kind in STAGES, f"{path.name}: which stage is it for? (add it to EXAMPLE_STAGE)"
     _validate(kind, path)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from alignloop.data.images import check_images
 from alignloop.data.schema import KINDS, validate_record
+from alignloop.data.selection import split_selection
 from alignloop.errors import DataError
 from alignloop.utils.lazy import LazyModule
 
@@ -45,9 +46,17 @@ def _bundled_root():
     return importlib.resources.files("alignloop.resources") / "data"
 
 
+def _names_a_file(text: str) -> bool:
+    if text.startswith(BUNDLED_PREFIX):
+        return (_bundled_root() / text[len(BUNDLED_PREFIX) :]).is_file()
+    return Path(text).expanduser().exists()
+
+
 def resolve_data_path(path: str | Path) -> Path:
-    """Turn ``bundled:NAME`` into the packaged file ``alignloop/resources/data/NAME``; check the path exists."""
-    text = str(path)
+    """Turn ``bundled:NAME`` into the packaged file ``alignloop/resources/data/NAME``; check the path exists.
+
+    A record selection at the end (``FILE[0:100]``, ``FILE[1/2]``: data/selection.py) is dropped: this is the file."""
+    text, _ = split_selection(str(path), _names_a_file)
     if text.startswith(BUNDLED_PREFIX):
         name = text[len(BUNDLED_PREFIX) :]
         resource = _bundled_root() / name
@@ -181,14 +190,18 @@ def load_records(
     if kind not in KINDS:
         raise DataError(f"unknown record kind {kind!r}; expected one of {', '.join(KINDS)}")
     label = str(path)
-    resolved = resolve_data_path(path)
+    file_label, selection = split_selection(label, _names_a_file)
+    resolved = resolve_data_path(file_label)
     base_dir = resolved.parent if resolved.is_file() else resolved
     records: list[dict] = []
     problems: list[str] = []
     total_problems = 0
     bad_records = 0
     first_problem = ""
-    for location, value, parse_error in _iter_source(resolved, label):
+    items = _iter_source(resolved, file_label)  # locations name the file itself: "data.jsonl:17"
+    if selection is not None:
+        items = selection.apply(items, lambda item: None if item[2] else item[1], file_label)
+    for location, value, parse_error in items:
         bad_number = None if parse_error else _non_finite(value)
         if bad_number:
             parse_error = f"{bad_number}: NaN or infinite number"

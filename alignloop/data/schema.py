@@ -108,10 +108,12 @@ def _sft(record: dict, problems: list[str]) -> dict:
     if "prompt" not in record and "completion" not in record:
         problems.append("messages: missing (give 'messages', or 'prompt' and 'completion')")
         return out
+    # a preference pair demonstrates its chosen answer: SFT on the chosen responses of pair records
+    answer = "chosen" if "completion" not in record and "chosen" in record else "completion"
     prompt = _prompt(record, problems)
-    completion = _required_completion(record, "completion", problems)
-    out.pop("prompt", None)
-    out.pop("completion", None)
+    completion = _required_completion(record, answer, problems)
+    for key in ("prompt", answer, "rejected" if answer == "chosen" else "completion"):
+        out.pop(key, None)
     out["messages"] = (prompt or []) + (completion or [])
     return out
 

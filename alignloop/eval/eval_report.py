@@ -86,6 +86,12 @@ BON_NOTE = ("Best-of-N draws its own samples from the reference policy: the N = 
             "so it differs from the reference row above (another draw of the same policy) by sampling noise only.")
 
 
+def gold_name(report: dict) -> str:
+    """The gold as reports name it: its label (e.g. "proxy gold (RM trained on disjoint pairs)") and what it is."""
+    label, scorer = report.get("gold_label"), report.get("gold_scorer")
+    return f"{label}: {scorer}" if label and label != scorer else str(scorer)
+
+
 def policy_rows(report: dict) -> list[list[str]]:
     rows = []
     for name, e in report.get("policies", {}).items():
@@ -108,7 +114,7 @@ def print_report_table(report: dict, console: Any = None) -> None:
         console.print(f"[bold yellow]{SMOKE_NOTE}[/]")
     if report.get("policies"):
         smoke = "SMOKE RUN · " if report.get("smoke_run") else ""
-        table = RichTable(title=f"{smoke}policies on held-out prompts (gold = {report.get('gold_scorer')})")
+        table = RichTable(title=f"{smoke}policies on held-out prompts (gold = {gold_name(report)})")
         for i, col in enumerate(POLICY_COLUMNS):
             table.add_column(col, justify="left" if i == 0 else "right")
         for row in policy_rows(report):
@@ -168,7 +174,7 @@ def _sample_table(samples: Sequence[dict], report: dict, show: int) -> Table | N
 def render_html(path: Path, report: dict, samples: Sequence[dict], training: Mapping[str, Sequence[dict]] | None = None,
                 show_samples: int = 6, title: str = "alignloop evaluation") -> Path:
     sections: list[Section] = []
-    intro = (f"Reference policy: {report.get('reference')}. Gold scorer: {report.get('gold_scorer')} "
+    intro = (f"Reference policy: {report.get('reference')}. Gold scorer: {gold_name(report)} "
              f"(never seen by the reward model). Proxy reward: {report.get('proxy_reward') or 'none'}. "
              f"Prompts: {report.get('prompts')} "
              f"({report.get('n_prompts')} prompts × {report.get('samples_per_prompt')} samples).")

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("pipeline")
     run.add_argument("--out", default=None)
     run.add_argument("--set", action="append", default=[], dest="overrides")
+    run.add_argument("--variant", default=None)
     quick = sub.add_parser("quickstart", help="the bundled quickstart pipeline")
     quick.add_argument("--fast", action="store_true")
     quick.add_argument("--out", default=None)
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         if args.command == "run":
-            run_command(args.pipeline, args.overrides, args.out, console=console)
+            run_command(args.pipeline, args.overrides, args.out, args.variant, console=console)
         else:
             quickstart(args.fast, args.out, console=console)
     except AlignloopError as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -168,11 +169,25 @@ def _stage_figures(summary: dict) -> dict:
     out = {k: summary[k] for k in ("steps", "pairs", "loss") if k in summary}
     if "accuracy" in summary:  # the training loop's last logged value: one batch, not the held-out split
         out["train_accuracy_last_batch"] = summary["accuracy"]
-    for key in ("eval/accuracy", "eval_accuracy"):
+    # a reward model's held-out accuracy, or DPO's implicit-reward accuracy on its held-out pairs
+    for key, count in (("eval/accuracy", "eval_records"), ("eval_accuracy", "eval_records"),
+                       ("eval/rewards/accuracies", "eval_pairs")):
         if key in summary:
             out["heldout_accuracy"] = summary[key]
+            n = summary.get(count)
+            if isinstance(n, int) and n > 0 and summary[key] is not None:
+                out["heldout_pairs"] = n
+                out["heldout_accuracy_ci95"] = wilson_interval(round(summary[key] * n), n)
             break
     return out
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion (sound near 0 and 1, unlike the normal approximation)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
 
 
 def write_pipeline_report(pipeline: Pipeline, stages: dict[str, dict], console: Any = None) -> dict:

@@ -35,7 +35,7 @@ from alignloop.config import apply_overrides, read_yaml
 from alignloop.errors import ConfigError
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][\w-]*)\}")
-_STAGE_KEYS = {"name", "stage", "config", "estimate_seconds"}
+_STAGE_KEYS = {"name", "stage", "config", "set", "estimate_seconds"}
 _TOP_KEYS = {"name", "out", "defaults", "stages", "variants", "description"}
 
 
@@ -87,6 +87,18 @@ def _stage_config(raw: Any, source: str, where: str) -> dict:
     raise ConfigError(f"{where}.config: expected a mapping or a path to a YAML file, got {type(raw).__name__}")
 
 
+def _with_stage_overrides(config: dict, overrides: Any, where: str) -> dict:
+    """A stage's own ``set: [dotted.key=value, ...]``: a stage YAML reused with a few keys changed."""
+    if overrides is None:
+        return config
+    if not isinstance(overrides, list) or not all(isinstance(item, str) for item in overrides):
+        raise ConfigError(f"{where}.set: expected a list of 'dotted.key=value' strings")
+    try:
+        return apply_overrides(config, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{where}.set: {err}") from None
+
+
 def parse_pipeline(data: dict, source: str = "<pipeline>", out: str | Path | None = None) -> Pipeline:
     """Validate a pipeline mapping; every problem names ``source`` and the key."""
     unknown = set(data) - _TOP_KEYS
@@ -120,14 +132,14 @@ def parse_pipeline(data: dict, source: str = "<pipeline>", out: str | Path | Non
             raise ConfigError(f"{where}.name: stage {stage_name!r} appears twice")
         seen.add(stage_name)
         estimate = raw.get("estimate_seconds")
-        stages.append(StageEntry(stage_name, kind, _stage_config(raw.get("config"), source, where),
-                                 float(estimate) if estimate is not None else None))
+        config = _with_stage_overrides(_stage_config(raw.get("config"), source, where), raw.get("set"), where)
+        stages.append(StageEntry(stage_name, kind, config, float(estimate) if estimate is not None else None))
     out_dir = Path(out) if out is not None else Path(data.get("out") or Path("runs") / name)
     return Pipeline(name=name, out=out_dir, stages=stages, defaults=defaults,
                     description=str(data.get("description", "")), source=source)
 
 
-def apply_pipeline_overrides(data: dict, overrides: list[str]) -> dict:
+def apply_pipeline_overrides(data: dict, overrides: list[str], source: str = "<pipeline>") -> dict:
     """``STAGE.key=value`` goes into that stage's config; ``defaults.key=value`` into the defaults."""
     data = copy.deepcopy(data)
     stages = data.get("stages")
@@ -141,8 +153,10 @@ def apply_pipeline_overrides(data: dict, overrides: list[str]) -> dict:
             data["defaults"] = apply_overrides(dict(data.get("defaults") or {}), [rest])
         elif head in by_name:
             entry = by_name[head]
-            if not isinstance(entry.get("config"), dict):
-                entry["config"] = _stage_config(entry.get("config"), "<pipeline>", head)
+            if not isinstance(entry.get("config"), dict) or entry.get("set") is not None:
+                # the stage's own `set` first, so a command-line --set wins over it
+                config = _stage_config(entry.get("config"), source, f"{source}: {head}")
+                entry["config"] = _with_stage_overrides(config, entry.pop("set", None), f"{source}: {head}")
             apply_overrides(entry["config"], [rest])
         else:
             raise ConfigError(f"--set {item}: no stage named {head!r}; stages: {', '.join(by_name)}")
@@ -154,7 +168,7 @@ def apply_variant(data: dict, variant: str, source: str) -> dict:
     if variant not in variants:
         raise ConfigError(f"{source}: no variant {variant!r}; known: {', '.join(variants) or 'none'}")
     spec = variants[variant] or {}
-    data = apply_pipeline_overrides(data, list(spec.get("set", [])))
+    data = apply_pipeline_overrides(data, list(spec.get("set", [])), source)
     estimates = spec.get("estimates", {}) or {}
     for entry in data.get("stages", []):
         key = str(entry.get("name") or entry.get("stage"))
@@ -171,7 +185,7 @@ def load_pipeline(
     if variant:
         smoke = bool(((data.get("variants") or {}).get(variant) or {}).get("smoke", False))
         data = apply_variant(data, variant, str(path))
-    data = apply_pipeline_overrides(data, overrides or [])
+    data = apply_pipeline_overrides(data, overrides or [], str(path))
     pipeline = parse_pipeline(data, str(path), out)
     pipeline.variant, pipeline.smoke = variant, smoke
     return pipeline

@@ -15,7 +15,7 @@ CASES = [
     ("stage_not_a_mapping", "name: x\nstages:\n  - sft\n", [],
      "{p}: stages[0]: expected a mapping with name, stage and config"),
     ("unknown_stage_key", "name: x\nstages:\n  - {name: a, stage: sft, config: {}, bogus: 1}\n", [],
-     "{p}: stages[0]: unknown keys ['bogus']; allowed: config, estimate_seconds, name, stage"),
+     "{p}: stages[0]: unknown keys ['bogus']; allowed: config, estimate_seconds, name, set, stage"),
     ("unknown_stage", "name: x\nstages:\n  - {name: a, stage: nope, config: {}}\n", [],
      "{p}: stages[0].stage: unknown stage 'nope'; known: " + STAGES),
     ("duplicate_stage_name",

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from alignloop.errors import ModelError
 from alignloop.eval.eval_summary import prompt_text
-from alignloop.eval.gold import get_gold_scorer
+from alignloop.eval.gold import GOLD_SCORERS, get_gold_scorer
 from alignloop.models import load_causal_lm, resolve_model
 from alignloop.models.compose import place_checkpoint_tensor
 from alignloop.models.files import inherited_rank
@@ -46,9 +46,32 @@ class RecordGold:
         return [float(v) for v in self.reward.score(prompts, completions, **fields)]
 
 
+class RewardModelGold(RecordGold):
+    """A reward-model folder as the gold: a *proxy* gold (AlpacaFarm; Gao et al. 2022) for data with no true scorer,
+    meaningful only when it was trained on pairs the policy's reward model never saw. It scores like the proxy: the
+    whole prompt conversation, in batches, under bf16 autocast when the evaluation runs in bf16."""
+
+    def score_records(self, prompts: list[Any], completions: list[str], batch_size: int, bf16: bool,
+                      fields: dict[str, list]) -> list[float]:
+        with _precision(self.reward, bf16):
+            return score_proxy(self.reward, prompts, completions, batch_size, fields)
+
+
 def gold_scorer(name: str) -> Any:
-    """``rule:<name>``: a ``RecordGold``; anything else: ``eval.gold.get_gold_scorer``."""
-    return RecordGold(name) if isinstance(name, str) and name.startswith("rule:") else get_gold_scorer(name)
+    """``rule:<name>``: a ``RecordGold``; a folder: a ``RewardModelGold``; else ``eval.gold.get_gold_scorer``."""
+    if isinstance(name, str) and name.startswith("rule:"):
+        return RecordGold(name)
+    looks_like_folder = isinstance(name, str) and ":" not in name and ("/" in name or Path(name).exists())
+    if looks_like_folder and name not in GOLD_SCORERS:
+        if not Path(name).is_dir():
+            raise ModelError(f"eval.gold: {name}: no such reward-model folder")
+        return RewardModelGold(name)
+    return get_gold_scorer(name)
+
+
+def _precision(source: Any, bf16: bool) -> Any:
+    device = getattr(source, "device", torch.device("cpu"))
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def load_policy(name_or_dir: str | Path) -> torch.nn.Module:
@@ -127,15 +150,18 @@ def sample_and_score(
     texts = [prompt_text(r["prompt"]) for r in records]
     completions = [r["completion"] for r in records]
     row_fields = {k: [values[r["prompt_index"]] for r in records] for k, values in (fields or {}).items()}
-    gold_scores = (gold.score(texts, completions, **row_fields) if isinstance(gold, RecordGold)
-                   else gold.score(texts, completions))
+    if isinstance(gold, RewardModelGold):
+        gold_scores = gold.score_records([r["prompt"] for r in records], completions, batch_size, proxy_bf16,
+                                         row_fields)
+    elif isinstance(gold, RecordGold):
+        gold_scores = gold.score(texts, completions, **row_fields)
+    else:
+        gold_scores = gold.score(texts, completions)
     for r, g in zip(records, gold_scores):
         r["gold"] = float(g)
     proxy_scores = None
     if proxy:
-        device = getattr(proxy, "device", torch.device("cpu"))
-        precision = torch.autocast(device.type, dtype=torch.bfloat16) if proxy_bf16 else contextlib.nullcontext()
-        with precision:
+        with _precision(proxy, proxy_bf16):
             proxy_scores = score_proxy(proxy, [r["prompt"] for r in records], completions, batch_size, row_fields)
     for i, r in enumerate(records):
         r["proxy"] = float(proxy_scores[i]) if proxy_scores is not None else None

@@ -41,6 +41,7 @@ from alignloop.eval.eval_summary import (
 from alignloop.rewards import build_reward
 from alignloop.stages.evaluate.progress import SampleProgress
 from alignloop.stages.evaluate.sampling import (
+    RewardModelGold,
     checkpoint_steps,
     gold_scorer,
     load_checkpoint_policy,
@@ -83,8 +84,11 @@ class EvalOptions(SamplingSettings.defaults(max_new_tokens=48)):
     )
     best_of_n: list[int] = Field(default_factory=list, description="Shorthand: adds policies bon<N> for each N.")
     best_of_n_curve: bool = Field(True, description="Best-of-N for N = 1, 2, 4, ... in the over-optimisation view.")
-    gold: str = Field("vader", description="Gold scorer: a name in alignloop.eval.gold, 'module:function', or "
-                      "'rule:<name>' (a reward rule given the record fields, e.g. rule:exact_match).")
+    gold: str = Field("vader", description="Gold scorer: a name in alignloop.eval.gold, 'module:function', "
+                      "'rule:<name>' (a reward rule given the record fields, e.g. rule:exact_match), or a reward-model "
+                      "folder (a proxy gold: train it on pairs the proxy reward model never saw).")
+    gold_label: str | None = Field(None, description="How reports name the gold (default: `gold`; for a "
+                                   "reward-model folder, 'proxy gold (reward model <folder>)').")
     n_prompts: int | None = Field(None, gt=0, description="Use only the first N prompts.")
     samples_per_prompt: int = Field(1, gt=0)
     batch_size: int = Field(16, gt=0, description="Sequences sampled together.")
@@ -226,7 +230,8 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path | RunDir) -> dict:
         reference = None  # free the model before the report is drawn
         gc.collect()
 
-    report = _build_report(cfg, specs, records, checkpoint_points, groups, len(prompts))
+    report = _build_report(cfg, specs, records, checkpoint_points, groups, len(prompts),
+                           gold_is_model=isinstance(gold, RewardModelGold))
     report["stages"] = {"eval": {"seconds": round(time.time() - t0, 2)}}
     write_eval_outputs(out_dir, report, records, show_samples=opts.show_samples)
     run_dir.finish(_summary(report))
@@ -261,7 +266,8 @@ def _pool_groups(pool: list[dict], size: int) -> list[list[dict]]:
 
 
 def _build_report(cfg: EvalConfig, specs: dict[str, PolicySpec], records: dict[str, list[dict]],
-                  checkpoint_points: dict[str, list[dict]], groups: list[list[dict]] | None, n_prompts: int) -> dict:
+                  checkpoint_points: dict[str, list[dict]], groups: list[list[dict]] | None, n_prompts: int,
+                  gold_is_model: bool = False) -> dict:
     opts = cfg.eval
     ref_records = records[opts.reference]
     summarize = lambda recs, kl: summarize_policy(recs, ref_records, kl, n_boot=opts.n_boot, seed=opts.seed)  # noqa: E731
@@ -294,6 +300,7 @@ def _build_report(cfg: EvalConfig, specs: dict[str, PolicySpec], records: dict[s
         "policies": policies,
         "reference": opts.reference,
         "gold_scorer": opts.gold,
+        "gold_label": _gold_label(opts, gold_is_model),
         "proxy_reward": None if cfg.reward is None else (cfg.reward if isinstance(cfg.reward, str) else "combined"),
         "prompts": cfg.data.eval or cfg.data.train,
         "n_prompts": n_prompts,
@@ -302,6 +309,12 @@ def _build_report(cfg: EvalConfig, specs: dict[str, PolicySpec], records: dict[s
                      "seed": opts.seed},
         "overoptimisation": overopt,
     }
+
+
+def _gold_label(opts: EvalOptions, gold_is_model: bool) -> str:
+    if opts.gold_label:
+        return opts.gold_label
+    return f"proxy gold (reward model {opts.gold})" if gold_is_model else opts.gold
 
 
 def _mean(records: list[dict], key: str) -> float | None:

@@ -175,6 +175,9 @@ def test_missing_training_data_is_a_clear_error(tmp_path):
         set_up(cfg, tmp_path / "run")
 
 
-def test_example_config_is_valid():
-    cfg = load_config(DPOConfig, ROOT / "examples" / "dpo.yaml")
+def test_example_configs_are_valid():
+    cfg = load_config(DPOConfig, ROOT / "examples" / "dpo.yaml")  # real preferences, measured on held-out pairs
+    assert cfg.data.train == "bundled:hh-harmless-train.jsonl" and cfg.data.eval == "bundled:hh-harmless-heldout.jsonl"
+    assert cfg.dpo.loss_type == "sigmoid" and cfg.dpo.precompute_ref
+    cfg = load_config(DPOConfig, ROOT / "examples" / "dpo-bon.yaml")
     assert cfg.dpo.loss_type == "sigmoid" and cfg.dpo.precompute_ref and cfg.data.train == "runs/bon-pairs/pairs.jsonl"
