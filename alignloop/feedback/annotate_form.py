@@ -70,3 +70,29 @@ def for_display(view: dict) -> dict:
 
     return {**view, "prompt_part": cut(view["prompt"]),
             "responses": [{**r, **cut(r["text"])} for r in view["responses"]]}
+
+
+def answer_form_values(task_type: str, answer: dict, rationale: str | None, edited: str | None) -> dict[str, str]:
+    """A stored answer as the form fields that would give it (in displayed positions): fills the edit form."""
+    values = {"rationale": rationale or "", "edited_response": edited or ""}
+    if task_type == "pairwise":
+        values["choice"] = answer["choice"]
+    elif task_type == "criteria":
+        values.update({f"crit_{c}": v for c, v in answer["criteria_display"].items()})
+    elif task_type == "ranking":
+        groups = answer["ranking_display"]
+        values.update({f"rank_{p}": str(rank) for rank, group in enumerate(groups, 1) for p in group})
+    elif task_type == "likert":
+        values.update({f"score_{p}": str(s) for p, s in enumerate(answer["scores_display"])})
+    return values
+
+
+def answer_summary(task_type: str, answer: dict) -> str:
+    """A stored answer in one line, as the annotator saw the responses ("B > A = C", "A is better")."""
+    if task_type == "pairwise":
+        return {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}[answer["choice"]]
+    if task_type == "criteria":
+        return " · ".join(f"{c}: {v}" for c, v in answer["criteria_display"].items())
+    if task_type == "ranking":
+        return " > ".join(" = ".join(LETTERS[p] for p in group) for group in answer["ranking_display"])
+    return " · ".join(f"{LETTERS[p]} {s}" for p, s in enumerate(answer["scores_display"]))

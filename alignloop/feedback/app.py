@@ -19,6 +19,7 @@ from alignloop.feedback.routes_account import router as account_router
 from alignloop.feedback.routes_admin import router as admin_router
 from alignloop.feedback.routes_admin_users import router as admin_users_router
 from alignloop.feedback.routes_api import router as api_router
+from alignloop.feedback.routes_labels import router as labels_router
 from alignloop.feedback.routes_pages import router as pages_router
 from alignloop.feedback.routes_users import router as users_router
 from alignloop.feedback.security import Signer, get_or_create_secret
@@ -116,6 +117,7 @@ def create_app(db_url: str, data_dir: str | Path | None = None, run_migrations: 
     app.include_router(api_router)
     app.include_router(users_router)
     app.include_router(pages_router)
+    app.include_router(labels_router)
     app.include_router(account_router)
     app.include_router(admin_router)
     app.include_router(admin_users_router)

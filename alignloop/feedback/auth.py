@@ -1,12 +1,23 @@
 """Password checks done right: rate limited before the hash, hashed outside every database lock, and
-the same work for a known and an unknown user. Shared by the pages and the JSON API."""
+the same work for a known and an unknown user. Shared by the pages and the JSON API.
+
+Argon2 is slow on purpose (tens of milliseconds of CPU and 64 MiB a check). Every check and every new hash
+runs in one small pool of ``HASH_WORKERS`` threads, half the CPU cores (at least one): a burst of logins then
+queues there instead of taking every core and every request thread of the server, so other users' requests
+(``/api/me``, labels) keep their latency. A login waits in that queue without holding a request thread."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import HTTPException, Request
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from alignloop.errors import AlignloopError
 from alignloop.feedback import access, security
@@ -15,6 +26,20 @@ from alignloop.feedback.ratelimit import Attempt
 from alignloop.feedback.security import DEVICE_COOKIE, check_new_password, hash_password, open_session
 from alignloop.feedback.store import check_new_user, create_user
 from alignloop.feedback.web import AppState, session_id
+
+HASH_WORKERS = max(1, (os.cpu_count() or 1) // 2)
+_hash_pool = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="alignloop-argon2")
+T = TypeVar("T")
+
+
+def hashed(fn: Callable[..., T], *args) -> T:  # type: ignore[no-untyped-def]
+    """Run an argon2 operation in the hash pool (from a request thread or the CLI), waiting for it."""
+    return _hash_pool.submit(fn, *args).result()
+
+
+async def hashed_async(fn: Callable[..., T], *args) -> T:  # type: ignore[no-untyped-def]
+    """The same from the event loop: the caller waits without holding a request thread."""
+    return await asyncio.get_running_loop().run_in_executor(_hash_pool, fn, *args)
 
 
 @dataclass
@@ -32,19 +57,20 @@ def _throttled(st: AppState, request: Request, username: str) -> Attempt | int:
     return st.limiter.begin(client_address(request), username, trusted)
 
 
-def login(st: AppState, request: Request, username: str, password: str) -> LoginResult:
-    """Count the attempt first, read the hash without any lock, verify it with no transaction open
-    (a dummy hash for unknown or inactive users), and only then open the session in a short write."""
+async def login(st: AppState, request: Request, username: str, password: str) -> LoginResult:
+    """Count the attempt first (a short write), read the hash without any lock, verify it in the hash
+    pool with no transaction open (a dummy hash for unknown or inactive users), and only then open the
+    session in a short write."""
     username = username.strip()
-    attempt = _throttled(st, request, username)
+    attempt = await run_in_threadpool(_throttled, st, request, username)
     if not isinstance(attempt, Attempt):
         return LoginResult(retry_after=int(attempt))
     ok = False
     try:
-        row = st.read(lambda s: s.execute(select(User.id, User.password_hash, User.active)
-                                          .where(User.username == username)).first())
+        row = await run_in_threadpool(st.read, lambda s: s.execute(
+            select(User.id, User.password_hash, User.active).where(User.username == username)).first())
         known_hash = row.password_hash if row is not None and row.active else None
-        ok = security.check_login_password(known_hash, password)
+        ok = await hashed_async(security.check_login_password, known_hash, password)
         if not ok:
             return LoginResult()
 
@@ -54,11 +80,11 @@ def login(st: AppState, request: Request, username: str, password: str) -> Login
                 return None  # deactivated or re-keyed while we were hashing
             return open_session(s, user, client_address(request))
 
-        sid = st.tx(start)
+        sid = await run_in_threadpool(st.tx, start)
         ok = sid is not None
         return LoginResult(session_id=sid)
-    finally:
-        st.limiter.finish(attempt, ok)
+    finally:  # if the client went away and this is cancelled, the reservation later counts as a failure
+        await run_in_threadpool(st.limiter.finish, attempt, ok)
 
 
 def change_own_password(st: AppState, request: Request, user: User, current: str, new: str) -> None:
@@ -71,7 +97,7 @@ def change_own_password(st: AppState, request: Request, user: User, current: str
     ok = False
     try:
         old_hash = st.read(lambda s: access.get_user(s, user.id).password_hash)
-        ok = security.check_login_password(old_hash, current)
+        ok = hashed(security.check_login_password, old_hash, current)
         if not ok:
             raise HTTPException(403, "the current password is wrong")
     finally:
@@ -79,7 +105,7 @@ def change_own_password(st: AppState, request: Request, user: User, current: str
     check_new_password(new)
     if new == current:
         raise AlignloopError("password: the new password must differ from the current one")
-    new_hash = hash_password(new)
+    new_hash = hashed(hash_password, new)
     st.tx(lambda s: access.set_password_hash(s, user.id, new_hash, must_change=False,
                                              keep_session_id=session_id(request), expected_old_hash=old_hash))
 
@@ -88,11 +114,11 @@ def admin_set_password(st: AppState, user_id: int, password: str, must_change: b
     """An admin sets (resets) a password: every session of the user ends and, when the user must
     change it at the next login, their API tokens are revoked too."""
     check_new_password(password)
-    new_hash = hash_password(password)
+    new_hash = hashed(hash_password, password)
     return st.tx(lambda s: access.set_password_hash(s, user_id, new_hash, must_change=must_change))
 
 
 def new_user(st: AppState, username: str, password: str, role: str) -> User:
     check_new_user(username, password, role)
-    password_hash = hash_password(password)  # outside the transaction
+    password_hash = hashed(hash_password, password)  # outside the transaction
     return st.tx(lambda s: create_user(s, username, password, role, password_hash=password_hash))

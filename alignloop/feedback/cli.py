@@ -146,7 +146,9 @@ def export(
     format: str = typer.Option("pair", help="pair | ranking | sft"),
     aggregate: str = typer.Option("all", help="all (every annotator's label) | majority (consensus per item)"),
     min_agreement: Optional[float] = typer.Option(None, help="Drop items whose annotator agreement is below this."),
-    include_excluded: bool = typer.Option(False, help="Keep the labels of excluded annotators."),
+    include_excluded: bool = typer.Option(False, help="Keep the labels of excluded annotators (dropped by default)."),
+    include_deactivated: bool = typer.Option(True, "--include-deactivated/--drop-deactivated",
+                                             help="Keep (default) or drop the labels of deactivated annotators."),
     db: str = DB_OPT,
 ) -> None:
     """Export labels as training records (pairs for `alignloop rm` / `alignloop dpo`)."""
@@ -157,7 +159,7 @@ def export(
     def collect(s):  # type: ignore[no-untyped-def]
         try:
             return export_records(s, find_project(s, project, project_id), format, aggregate, min_agreement,
-                                  include_excluded)
+                                  include_excluded, include_deactivated)
         except ValueError as err:
             raise AlignloopError(str(err)) from None
 

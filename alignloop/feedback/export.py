@@ -5,8 +5,12 @@
 (Tideman; Condorcet-consistent) over the annotators' strict preferences, and a pair is kept
 only when more than half of the item's labels prefer its winner.
 Ties and "both bad" express no preference, so they yield no pair; in ranking records they
-become a tie group. Gold items and flagged/skipped items are left out, and so are excluded annotators
-unless ``include_excluded`` (deactivated annotators' labels stay: deactivation is not a judgement).
+become a tie group. Gold items and flagged/skipped items are left out.
+
+Labels of excluded and deactivated annotators stay in the database. By default the export drops excluded
+annotators' labels (an admin judged them unreliable) and keeps deactivated annotators' (deactivation ends
+access, it is no judgement of the work); ``include_excluded`` and ``include_deactivated`` choose otherwise.
+A record kept from such an annotator is marked ``"annotator_status": "excluded" | "deactivated"``.
 """
 
 from __future__ import annotations
@@ -34,10 +38,20 @@ class ItemLabels:
     labels: list[Label]
 
 
-def collect(session: Session, project: Project, include_excluded: bool = False) -> list[ItemLabels]:
+def annotator_status(session: Session) -> dict[int, str]:
+    """``user id -> "excluded" | "deactivated"`` for every annotator whose labels are marked (excluded wins)."""
+    rows = session.execute(select(User.id, User.excluded, User.active)
+                           .where(User.excluded.is_(True) | User.active.is_(False))).all()
+    return {r.id: "excluded" if r.excluded else "deactivated" for r in rows}
+
+
+def collect(session: Session, project: Project, include_excluded: bool = False,
+            include_deactivated: bool = True) -> list[ItemLabels]:
     query = select(Label).where(Label.project_id == project.id)
     if not include_excluded:
         query = query.where(Label.user_id.not_in(select(User.id).where(User.excluded.is_(True))))
+    if not include_deactivated:
+        query = query.where(Label.user_id.not_in(select(User.id).where(User.active.is_(False))))
     labels = session.scalars(query.order_by(Label.id)).all()
     by_item: dict[int, list[Label]] = defaultdict(list)
     for label in labels:
@@ -159,18 +173,22 @@ def item_records(task_type: str, il: ItemLabels, fmt: str, aggregate: str) -> li
 
 
 def export_records(session: Session, project: Project, format: str = "pair", aggregate: str = "all",
-                   min_agreement: float | None = None, include_excluded: bool = False) -> list[dict]:
+                   min_agreement: float | None = None, include_excluded: bool = False,
+                   include_deactivated: bool = True) -> list[dict]:
     if format not in FORMATS:
         raise ValueError(f"format: must be one of {', '.join(FORMATS)}")
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate: must be one of {', '.join(AGGREGATES)}")
     records: list[dict] = []
-    for il in collect(session, project, include_excluded):
+    marked = {f"human:{uid}": status for uid, status in annotator_status(session).items()}
+    for il in collect(session, project, include_excluded, include_deactivated):
         if min_agreement is not None:
             agreement = item_agreement(project.task_type, il.labels, len(il.item.responses))
             if agreement is None or agreement < min_agreement:
                 continue
-        records.extend(item_records(project.task_type, il, format, aggregate))
+        for rec in item_records(project.task_type, il, format, aggregate):
+            status = marked.get(rec.get("source", ""))
+            records.append({**rec, "annotator_status": status} if status else rec)
     return records
 
 

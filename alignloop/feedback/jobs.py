@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from alignloop.errors import AlignloopError
 from alignloop.feedback.importers import Candidate, PromptRow, item_specs, parse_candidates, parse_prompts
 from alignloop.feedback.models import Job, Project, utcnow
-from alignloop.feedback.security import safe_path
+from alignloop.feedback.security import private_dir, safe_path, write_private
 from alignloop.feedback.store import ProjectOptions, add_items, create_project, get_project
 from alignloop.feedback.web import AppState
 from alignloop.models import load_causal_lm, load_tokenizer
@@ -50,9 +50,8 @@ class Upload:
 def _save_upload(st: AppState, project_id: int, upload: Upload) -> None:
     """Keep the uploaded file for provenance, under the project's own folder only."""
     name = upload.filename.replace("\\", "/").split("/")[-1] or "upload"
-    target = safe_path(st.data_dir / "uploads" / str(project_id), name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(upload.data)
+    folder = private_dir(st.data_dir, "uploads", str(project_id))  # 0700, like the data folder above it
+    write_private(safe_path(folder, name), upload.data)
 
 
 def create_from_uploads(st: AppState, opts: ProjectOptions, prompts: Upload | None,

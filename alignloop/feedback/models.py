@@ -170,6 +170,21 @@ class Label(Base):
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Earlier versions, oldest first, when the annotator edited the label: [{answer, rationale, edited_response, at}]
+    history: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class LoginAttempt(Base):
+    """One password check, counted before it runs: the login throttle's state, shared by every server
+    process on the database (ratelimit.py). Rows older than the throttle's window are deleted."""
+
+    __tablename__ = "login_attempts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    account: Mapped[str] = mapped_column(String(64), index=True)  # as typed, lower-cased: unknown names too
+    started_at: Mapped[float] = mapped_column(Float, index=True)  # Unix time (compared across processes)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    state: Mapped[str] = mapped_column(String(8), default="pending")  # pending | failed | cleared | ok
 
 
 class Job(Base):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
@@ -104,12 +106,13 @@ def project_page(project_id: Id, request: Request, user: User = Depends(page_adm
 @router.get("/projects/{project_id}/export")
 def export(project_id: Id, request: Request, format: str = Query("pair", max_length=16),
            aggregate: str = Query("all", max_length=16), min_agreement: str = Query("", max_length=32),
-           include_excluded: str = Query("", max_length=8)) -> Response:
+           include_excluded: str = Query("", max_length=8),
+           deactivated: Literal["include", "drop"] = "include") -> Response:
     try:
         threshold = float(min_agreement) if min_agreement.strip() else None
         with_excluded = include_excluded in ("on", "1", "true")
         records = state(request).read(lambda s: export_records(s, store.get_project(s, project_id), format, aggregate,
-                                                               threshold, with_excluded))
+                                                               threshold, with_excluded, deactivated == "include"))
     except ValueError as err:
         raise AlignloopError(str(err)) from None
     return Response(to_jsonl(records), media_type="application/x-ndjson",

@@ -23,7 +23,7 @@ from alignloop.feedback.leaderboard import leaderboard
 from alignloop.feedback.limits import MAX_EDITED_RESPONSE_CHARS, MAX_RATIONALE_CHARS, CleanStr
 from alignloop.feedback.models import Label, User
 from alignloop.feedback.quality import project_quality
-from alignloop.feedback.security import safe_path
+from alignloop.feedback.security import private_dir, safe_path
 from alignloop.feedback.views import (
     assignment_view,
     flagged_view,
@@ -33,7 +33,7 @@ from alignloop.feedback.views import (
     project_view,
 )
 from alignloop.feedback.web import MAX_ID, Id, api_admin, api_user, csrf_protect, state
-from alignloop.feedback.workflow import progress, undo
+from alignloop.feedback.workflow import edit_label, own_label, progress, undo
 
 router = APIRouter(prefix="/api", dependencies=[Depends(api_user), Depends(csrf_protect)], tags=["api"])
 
@@ -54,6 +54,7 @@ class ExportFileIn(BaseModel):
     aggregate: Literal["all", "majority"] = "all"
     min_agreement: float | None = Field(None, ge=0, le=1)
     include_excluded: bool = False
+    include_deactivated: bool = True
 
 
 @router.get("/me")
@@ -150,18 +151,15 @@ def my_labels(request: Request, project_id: int | None = Query(None, ge=1, le=MA
 
 @router.get("/labels/{label_id}")
 def get_label(label_id: Id, request: Request, user: User = Depends(api_user)) -> dict:
-    def view(s: Session) -> dict:
-        label = s.get(Label, label_id)
-        if label is None or label.user_id != user.id:
-            raise store.NotFound("label not found")
-        return label_view(label)
-
-    return state(request).read(view)
+    return state(request).read(lambda s: label_view(own_label(s, user, label_id)))
 
 
 @router.put("/labels/{label_id}")
 def put_label(label_id: Id, body: LabelIn, request: Request, user: User = Depends(api_user)) -> dict:
-    return state(request).tx(lambda s: label_view(store.edit_label(s, user, label_id, body.answer, body.rationale)))
+    """Change one of the caller's labels, however old, within the project's rules (see workflow.edit_label).
+    An omitted ``rationale`` or ``edited_response`` stays as it was; an empty one is cleared."""
+    return state(request).tx(lambda s: label_view(edit_label(s, user, label_id, body.answer, body.rationale,
+                                                             body.edited_response)))
 
 
 @router.get("/projects/{project_id}/quality", dependencies=[Depends(api_admin)])
@@ -177,10 +175,13 @@ def get_leaderboard(project_id: Id, request: Request, rounds: int = Query(200, g
 @router.get("/projects/{project_id}/export", dependencies=[Depends(api_admin)])
 def export(project_id: Id, request: Request, format: Literal["pair", "ranking", "sft"] = "pair",
            aggregate: Literal["all", "majority"] = "all",
-           min_agreement: float | None = Query(None, ge=0, le=1), include_excluded: bool = False) -> Response:
-    """``include_excluded=true`` keeps the labels of excluded annotators (left out by default)."""
+           min_agreement: float | None = Query(None, ge=0, le=1), include_excluded: bool = False,
+           include_deactivated: bool = True) -> Response:
+    """``include_excluded=true`` keeps the labels of excluded annotators (dropped by default);
+    ``include_deactivated=false`` drops those of deactivated annotators (kept by default). Records kept from
+    either carry ``annotator_status``."""
     records = state(request).read(lambda s: export_records(s, store.get_project(s, project_id), format, aggregate,
-                                                           min_agreement, include_excluded))
+                                                           min_agreement, include_excluded, include_deactivated))
     return Response(to_jsonl(records), media_type="application/x-ndjson",
                     headers={"Content-Disposition": f'attachment; filename="project-{project_id}-{format}.jsonl"'})
 
@@ -189,13 +190,15 @@ def export(project_id: Id, request: Request, format: Literal["pair", "ranking", 
 def export_file(project_id: Id, body: ExportFileIn, request: Request) -> dict:
     """Write the export on the server, inside its exports folder (names cannot climb out)."""
     st = state(request)
+    exports = private_dir(st.data_dir, "exports")  # 0700, and so is the data folder above it
     try:
-        target = safe_path(st.data_dir / "exports", body.name)
+        target = safe_path(exports, body.name)
     except ValueError as err:
         raise AlignloopError(f"name: {err}") from None
     records = st.read(lambda s: export_records(s, store.get_project(s, project_id), body.format, body.aggregate,
-                                               body.min_agreement, body.include_excluded))
-    write_jsonl(records, target)
+                                               body.min_agreement, body.include_excluded, body.include_deactivated))
+    private_dir(exports, *target.parent.relative_to(exports.resolve()).parts)
+    write_jsonl(records, target)  # written to a mkstemp file (0600), then renamed over the target
     return {"path": str(target), "records": len(records)}
 
 

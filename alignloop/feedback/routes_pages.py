@@ -43,10 +43,11 @@ def login_page(request: Request) -> Response:
 
 
 @router.post("/login")
-def login(request: Request, username: str = Form(..., max_length=256),
-          password: str = Form(..., max_length=4096)) -> Response:
+async def login(request: Request, username: str = Form(..., max_length=256),
+                password: str = Form(..., max_length=4096)) -> Response:
+    """Async: the request waits for the password check (in the hash pool) without holding a thread."""
     st = state(request)
-    result = auth.login(st, request, username, password)
+    result = await auth.login(st, request, username, password)
     if result.retry_after is not None:
         response = render(request, "login.html", status_code=429,
                           error=f"Too many failed logins; try again in {result.retry_after} s.")
@@ -132,7 +133,7 @@ async def submit(assignment_id: Id, request: Request, user: User = Depends(page_
         a = await run_in_threadpool(st.read, lambda s: store.own_assignment(s, user, assignment_id))
         ctx = await run_in_threadpool(st.tx, lambda s: _context(s, user, a.project_id, st.rng))
         return _page(request, user, ctx, status_code=409,
-                     error=f"Not saved: {err}. Use Undo to change your last answer.")
+                     error=f"Not saved: {err}. Use Undo to change your last answer, or My labels for an earlier one.")
     return _redirect(f"/projects/{project_id}/annotate")
 
 

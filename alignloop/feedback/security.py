@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +27,8 @@ TOKEN_PREFIX = "alt_"
 DEFAULT_TOKEN_DAYS = 30
 MAX_TOKEN_DAYS = 365
 MIN_PASSWORD_CHARS = 8
+PRIVATE_DIR_MODE = 0o700  # uploads and exports hold prompts, responses and labels: owner only
+PRIVATE_FILE_MODE = 0o600
 MAX_PASSWORD_CHARS = 1024  # argon2 hashes any length; a cap keeps a 2 MB "password" from being hashed
 _hasher = PasswordHasher()
 _dummy: dict[int, str] = {}  # id(hasher) -> the hash of a random password, made once
@@ -191,3 +194,32 @@ def safe_path(base_dir: str | Path, name: str) -> Path:
     if target == base or not target.is_relative_to(base):
         raise ValueError(f"file name {name!r} escapes {base}")
     return target
+
+
+def private_dir(base_dir: str | Path, *parts: str) -> Path:
+    """``base_dir/parts...``, with ``base_dir`` and every folder below it created owner-only (0700), and
+    tightened to 0700 when they already exist with group or other access."""
+    path = Path(base_dir)
+    for part in ("", *parts):
+        path = path / part if part else path
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        _tighten(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def write_private(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a file only its owner can read (0600), whatever the umask or an older file's mode."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    _tighten(path, PRIVATE_FILE_MODE)
+    return path
+
+
+def _tighten(path: Path, mode: int) -> None:
+    try:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, mode)
+    except PermissionError:  # not ours (a shared folder): leave it as its owner set it
+        pass

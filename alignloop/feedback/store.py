@@ -294,21 +294,6 @@ def submit_label(session: Session, user: User, assignment_id: int, raw: dict, ra
     return label, True
 
 
-def edit_label(session: Session, user: User, label_id: int, raw: dict, rationale: str | None = None) -> Label:
-    label = session.get(Label, label_id)
-    if label is None or label.user_id != user.id:
-        raise NotFound("label not found")
-    a = session.get(Assignment, label.assignment_id)
-    project = get_project(session, label.project_id)
-    may_annotate(session, user, project)
-    label.answer = canonical_answer(project.task_type, raw, list(a.display_order), list(project.criteria))
-    if rationale is not None and project.allow_rationale:
-        label.rationale = rationale or None
-    label.updated_at = utcnow()
-    session.flush()
-    return label
-
-
 def release(session: Session, user: User, assignment_id: int, status: str, reason: str | None = None) -> Assignment:
     """Skip or flag an open assignment. Its overlap slot is freed so another annotator gets the item;
     the user never sees it again (their assignment row stays)."""

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from alignloop.feedback.answers import LETTERS
-from alignloop.feedback.models import Assignment, Item, Job, Label, Project
+from alignloop.feedback.models import Assignment, Item, Job, Label, Project, User
 from alignloop.feedback.store import load_item
 
 
@@ -29,7 +29,11 @@ def project_admin_view(session: Session, project: Project) -> dict:
     return {**project_view(project), "gold_rate": project.gold_rate,
             "item_count": count(Item, Item.is_gold.is_(False)), "gold_items": count(Item, Item.is_gold.is_(True)),
             "labels": count(Label), "flagged": count(Assignment, Assignment.status == "flagged"),
-            "skipped": count(Assignment, Assignment.status == "skipped")}
+            "skipped": count(Assignment, Assignment.status == "skipped"),
+            # labels kept in the database but marked by their annotator's status (see export.py)
+            "labels_excluded": count(Label, Label.user_id.in_(select(User.id).where(User.excluded.is_(True)))),
+            "labels_deactivated": count(Label, Label.user_id.in_(
+                select(User.id).where(User.active.is_(False), User.excluded.is_(False))))}
 
 
 def assignment_view(session: Session, a: Assignment) -> dict:
@@ -46,7 +50,9 @@ def label_view(label: Label) -> dict:
     return {"id": label.id, "assignment_id": label.assignment_id, "item_id": label.item_id,
             "project_id": label.project_id, "answer": label.answer, "rationale": label.rationale,
             "edited_response": label.edited_response, "duration_ms": label.duration_ms,
-            "created_at": label.created_at.isoformat() + "Z"}
+            "created_at": label.created_at.isoformat() + "Z",
+            "updated_at": label.updated_at.isoformat() + "Z" if label.updated_at else None,
+            "history": list(label.history or [])}
 
 
 def job_view(job: Job) -> dict:

@@ -52,8 +52,12 @@ class AppState:
     factory: sessionmaker[Session]
     signer: Signer
     data_dir: Path
-    limiter: LoginRateLimiter = field(default_factory=LoginRateLimiter)
+    limiter: LoginRateLimiter = None  # type: ignore[assignment]  # set in __post_init__: it needs the factory
     rng: random.Random = field(default_factory=random.SystemRandom)
+
+    def __post_init__(self) -> None:
+        if self.limiter is None:
+            self.limiter = LoginRateLimiter(self.factory)
 
     def tx(self, fn):  # type: ignore[no-untyped-def]
         return run_tx(self.factory, fn)

@@ -1,4 +1,5 @@
-"""An annotator's way through a project: progress with what is left, and undo of the last answer or skip."""
+"""An annotator's way through a project: progress with what is left, undo of the last answer or skip, and
+edits of any of one's own earlier labels."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from alignloop.feedback.models import Assignment, Item, Label, Project, User
-from alignloop.feedback.store import Conflict, get_project, may_annotate, own_assignment
+from alignloop.feedback.answers import canonical_answer
+from alignloop.feedback.models import Assignment, Item, Label, Project, User, utcnow
+from alignloop.feedback.store import Conflict, NotFound, get_project, may_annotate, own_assignment
 
 FINISHED = ("done", "skipped", "flagged")
+MAX_HISTORY = 20  # earlier versions kept per label: the original and the latest ones
 
 
 def progress(session: Session, user: User, project: Project) -> dict:
@@ -66,3 +69,40 @@ def undo(session: Session, user: User, assignment_id: int) -> Assignment:
     except IntegrityError:
         raise Conflict("other annotators have taken this item since you skipped it") from None
     return a
+
+
+def own_label(session: Session, user: User, label_id: int) -> Label:
+    label = session.get(Label, label_id)
+    if label is None or label.user_id != user.id:
+        raise NotFound("label not found")
+    return label
+
+
+def edit_label(session: Session, user: User, label_id: int, raw: dict, rationale: str | None = None,
+               edited_response: str | None = None) -> Label:
+    """Change one of the user's own labels, however old, within the project's rules:
+
+    * only while the user may still annotate the project (active, not excluded, still a member);
+    * the answer is checked like a new one, against the order the responses were shown in;
+    * a rationale only where the project takes rationales, an ideal response only where it takes edits
+      (``None`` leaves a text as it is, ``""`` clears it);
+    * the label's item, assignment, overlap slot and time taken stay; the earlier version is kept in
+      ``history`` (the original and the latest ``MAX_HISTORY - 1``) with the time it was replaced.
+    """
+    label = own_label(session, user, label_id)
+    project = get_project(session, label.project_id)
+    may_annotate(session, user, project)
+    a = session.get(Assignment, label.assignment_id)
+    answer = canonical_answer(project.task_type, raw, list(a.display_order), list(project.criteria))
+    new_rationale = label.rationale if rationale is None or not project.allow_rationale else (rationale or None)
+    new_edit = label.edited_response if edited_response is None or not project.allow_edit else (edited_response or None)
+    if (answer, new_rationale, new_edit) == (label.answer, label.rationale, label.edited_response):
+        return label  # nothing changed: no new version
+    now = utcnow()
+    old = {"answer": label.answer, "rationale": label.rationale, "edited_response": label.edited_response,
+           "replaced_at": now.isoformat() + "Z"}
+    history = [*(label.history or []), old]
+    label.history = history if len(history) <= MAX_HISTORY else [history[0], *history[-(MAX_HISTORY - 1):]]
+    label.answer, label.rationale, label.edited_response, label.updated_at = answer, new_rationale, new_edit, now
+    session.flush()
+    return label

@@ -59,7 +59,7 @@ def server(tmp_path_factory):
 
         mp.setattr(security, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
         make_users(factory, "admin", role="admin")
-        make_users(factory, "alice", "bob", "phone", "carol", "dora")
+        make_users(factory, "alice", "bob", "phone", "carol", "dora", "erin")
     guidelines = "# How to judge\n\n- Prefer **correct** answers.\n- Then the *clearer* one.\n- Flag anything unsafe."
     texts = lambda i, j: XSS if j == 0 else (LONG if i == 1 else f"A plain, correct answer number {i}.")  # noqa: E731
     make_project(factory, "Helpfulness A/B", n_items=3, overlap=2, models=["model-a", "model-b"], texts=texts,
@@ -235,3 +235,29 @@ def test_phone_keeps_controls_in_view_and_guidelines_collapse(browser, server):
     button = page.locator("button[value=A]").bounding_box()
     assert button["y"] + button["height"] <= 844
     shot(page, "mobile-controls")
+
+
+def test_change_an_older_label_from_my_labels(browser, server):
+    base, factory = server
+    page = new_page(browser, base, "erin", viewport={"width": 1280, "height": 900})
+    page.click("text=Rank four")
+    for n in (1, 2):
+        page.wait_for_selector("#label-form")
+        for pos in range(4):
+            page.select_option(f"select[name=rank_{pos}]", str(pos + 1))
+        page.click("#submit")
+        page.wait_for_selector(f"text={n} labelled")
+    page.click("#my-labels")
+    page.wait_for_selector("#labels")
+    assert page.locator("#labels li").count() == 2
+    page.locator("#labels li").nth(1).locator("text=Change").click()  # the older label, not the last one
+    page.wait_for_selector("#editing")
+    assert [page.locator(f"select[name=rank_{p}]").input_value() for p in range(4)] == ["1", "2", "3", "4"]
+    assert page.locator("#skip-form").count() == 0 and page.locator("#undo-form").count() == 0
+    page.select_option("select[name=rank_0]", "4")
+    page.select_option("select[name=rank_3]", "1")
+    shot(page, "edit-label")
+    page.click("#submit")
+    page.wait_for_selector("#saved")
+    older, newer = labels_of(factory, "erin")
+    assert older["ranking_display"] == [[3], [1], [2], [0]] and newer["ranking_display"] == [[0], [1], [2], [3]]

@@ -147,9 +147,10 @@ def test_many_addresses_slow_the_account_but_its_browser_gets_in(sqlite_client):
     assert login(moved, "ann").status_code == 303  # the owner's browser, on a new network, is not locked out
 
 
-def test_backoff_doubles_and_success_clears_it():
+def test_backoff_doubles_and_success_clears_it(sqlite_factory):
     now = [1000.0]
-    limiter = LoginRateLimiter(LoginPolicy(pair_free=2, pair_backoff_s=10, pair_backoff_max_s=35), clock=lambda: now[0])
+    limiter = LoginRateLimiter(sqlite_factory, LoginPolicy(pair_free=2, pair_backoff_s=10, pair_backoff_max_s=35),
+                               clock=lambda: now[0])
 
     def fail() -> None:
         a = limiter.begin("1.1.1.1", "ann")

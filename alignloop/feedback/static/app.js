@@ -82,7 +82,8 @@
   document.addEventListener("keydown", function (ev) {
     if (ev.ctrlKey || ev.metaKey || ev.altKey || typing(ev)) return;
     const key = ev.key.toLowerCase();
-    if (key === "s") { document.getElementById("skip-form").submit(); return; }
+    const skipForm = document.getElementById("skip-form");  // absent while editing an earlier label
+    if (key === "s" && skipForm) { skipForm.submit(); return; }
     if (key === "u" && undoForm) { undoForm.submit(); return; }
     if (task === "pairwise") {
       const button = Array.from(form.querySelectorAll("button[data-key]")).find(function (b) {
