@@ -16,7 +16,7 @@ from alignloop.stages.registry import STAGES, stage_classes
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 # an example whose stage is not its file name
-EXAMPLE_STAGE = {"rsft": "sft", "vlm-sft": "sft", "vlm-grpo": "grpo", "vlm-dpo": "dpo", "dpo-online": "dpo", "dpo-bon": "dpo", "grpo-tools": "grpo", "vlm-rm": "rm", "vlm-bon": "bon"}
+EXAMPLE_STAGE = {"rsft": "sft", "vlm-sft": "sft", "vlm-grpo": "grpo", "vlm-dpo": "dpo", "dpo-online": "dpo", "dpo-bon": "dpo", "grpo-tools": "grpo", "vlm-rm": "rm", "rm-oasst": "rm", "vlm-bon": "bon"}
 # docs/<page>: the stage each ```yaml block is for, in order (None: not a stage config, checked elsewhere)
 DOC_BLOCKS = {
     "constitutional-ai.md": ["constitution-file"],

@@ -241,3 +241,30 @@ def mcnemar_exact(gained: int, lost: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2**n
     return min(1.0, 2.0 * tail)
+
+
+def length_split_accuracy(
+    winners: Any, losers: Any, winner_lengths: Any, loser_lengths: Any
+) -> dict[str, float | int]:
+    """Pairwise accuracy split by which answer is longer: a length-controlled view of a reward model.
+
+    Each ordered pair has the score and length (tokens) of the preferred (``winners``) and the dispreferred
+    (``losers``) answer. ``accuracy_chosen_shorter`` is the share of pairs where the preferred answer is strictly
+    shorter that the model scores the right way round (a tie counts wrong); ``accuracy_chosen_longer`` the same for
+    the pairs where it is strictly longer. A model that only rewards length scores 1 on one and 0 on the other.
+    Accuracies are NaN when no pair falls in the group; ``pairs_*`` count the pairs, ``pairs_same_length`` those
+    in neither group.
+    """
+    w, l = _as_array(winners), _as_array(losers)
+    wl, ll = _as_array(winner_lengths), _as_array(loser_lengths)
+    if not (w.shape == l.shape == wl.shape == ll.shape):
+        raise ValueError(f"length_split_accuracy needs four equal-length arrays, got {w.size}, {l.size}, "
+                         f"{wl.size} and {ll.size}")
+    correct = w > l
+    out: dict[str, float | int] = {}
+    for name, group in (("chosen_shorter", wl < ll), ("chosen_longer", wl > ll)):
+        n = int(group.sum())
+        out[f"accuracy_{name}"] = float(correct[group].mean()) if n else float("nan")
+        out[f"pairs_{name}"] = n
+    out["pairs_same_length"] = int((wl == ll).sum())
+    return out

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from alignloop.eval.metrics import expected_calibration_error, length_reward_correlation
+from alignloop.eval.metrics import expected_calibration_error, length_reward_correlation, length_split_accuracy
 from alignloop.eval.report import (
     Section,
     Table,
@@ -39,6 +39,9 @@ class PreferenceScores:
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # overall score, one per unique completion
     criteria: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     uncertainty: np.ndarray | None = None  # ensemble std, one per unique completion
+    winner_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0))  # tokens, one per ordered pair
+    loser_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    length_head: np.ndarray | None = None  # ODIN's length head (dropped at use), one per unique completion
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -72,6 +75,11 @@ def report_numbers(scores: PreferenceScores, n_bins: int = 10) -> dict[str, Any]
     numbers: dict[str, Any] = dict(preference_metrics(scores.winners, scores.losers, n_bins))
     if scores.lengths.size >= 2:
         numbers["length_reward_correlation"] = length_reward_correlation(scores.lengths, scores.scores)
+        if scores.length_head is not None:
+            numbers["length_head_correlation"] = length_reward_correlation(scores.lengths, scores.length_head)
+    if scores.winner_lengths.size and scores.winner_lengths.size == scores.winners.size:
+        numbers["length_split"] = length_split_accuracy(scores.winners, scores.losers, scores.winner_lengths,
+                                                        scores.loser_lengths)
     numbers["criteria"] = {
         name: preference_metrics(a, b, n_bins) for name, (a, b) in scores.criteria.items() if len(a)
     }
@@ -81,6 +89,26 @@ def report_numbers(scores: PreferenceScores, n_bins: int = 10) -> dict[str, Any]
             "max_std": float(scores.uncertainty.max()),
         }
     return numbers
+
+
+def length_bias_summary(scores: PreferenceScores) -> dict[str, Any]:
+    """The length-bias entries of ``summary.json``: ``eval_length_correlation`` (Pearson of score and length over
+    the held-out completions) and the accuracies on pairs whose preferred answer is shorter / longer, with their
+    pair counts (an accuracy is None when no pair falls in its group)."""
+    out: dict[str, Any] = {}
+    if scores.lengths.size >= 2:
+        pearson = length_reward_correlation(scores.lengths, scores.scores)["pearson"]
+        out["eval_length_correlation"] = None if np.isnan(pearson) else pearson
+        if scores.length_head is not None:
+            head = length_reward_correlation(scores.lengths, scores.length_head)["pearson"]
+            out["eval_length_head_correlation"] = None if np.isnan(head) else head
+    if scores.winner_lengths.size and scores.winner_lengths.size == scores.winners.size:
+        split = length_split_accuracy(scores.winners, scores.losers, scores.winner_lengths, scores.loser_lengths)
+        for group in ("chosen_shorter", "chosen_longer"):
+            accuracy = split[f"accuracy_{group}"]
+            out[f"eval_accuracy_{group}"] = None if np.isnan(accuracy) else accuracy
+            out[f"eval_pairs_{group}"] = split[f"pairs_{group}"]
+    return out
 
 
 def _length_scatter(lengths: np.ndarray, rewards: np.ndarray) -> Figure:
@@ -118,6 +146,16 @@ def write_rm_report(
         rows += [
             ["length–reward Pearson r", correlation["pearson"]],
             ["length–reward Spearman ρ", correlation["spearman"]],
+        ]
+    if "length_head_correlation" in numbers:
+        rows.append(["length head (dropped at use): length Pearson r", numbers["length_head_correlation"]["pearson"]])
+    split = numbers.get("length_split")
+    if split:
+        rows += [
+            [f"accuracy, preferred answer shorter ({split['pairs_chosen_shorter']} pairs)",
+             split["accuracy_chosen_shorter"]],
+            [f"accuracy, preferred answer longer ({split['pairs_chosen_longer']} pairs)",
+             split["accuracy_chosen_longer"]],
         ]
     if "uncertainty" in numbers:
         rows += [["mean ensemble std", numbers["uncertainty"]["mean_std"]]]

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from alignloop.eval.rm_report import write_rm_report
+from alignloop.eval.rm_report import length_bias_summary, write_rm_report
 from alignloop.models.files import HEAD_META, write_json
 from alignloop.rewards.model import ENSEMBLE_FILE, RewardModel
 from alignloop.stages.rm.loss import evaluate_examples
@@ -82,10 +83,13 @@ def train_ensemble(cfg: RMConfig, run_dir: RunDir) -> dict[str, Any]:
         micro = cfg.train.micro_batch_size or cfg.train.batch_size
         batches = [collate_for(cfg, model.tokenizer.pad_token_id, evals[i : i + micro], image_token_id)
                    for i in range(0, len(evals), micro)]
-        metrics, scores = evaluate_examples(batches, model.score_packed, loss_settings(cfg.rm), cfg.rm.calibration_bins)
+        # saved members hold no ODIN length head: they are scored as plain reward models
+        settings = replace(loss_settings(cfg.rm), length_debias="none")
+        metrics, scores = evaluate_examples(batches, model.score_packed, settings, cfg.rm.calibration_bins)
         summary.update(metrics)
         summary.update(eval_accuracy=metrics["eval/accuracy"], eval_ece=metrics["eval/ece"],
                        eval_margin=metrics["eval/margin"])
+        summary.update(length_bias_summary(scores))
         member_rows = {f"member {i} eval accuracy": s.get("eval_accuracy") for i, s in enumerate(summaries)}
         write_rm_report(
             out_dir, scores, title=f"Reward-model ensemble ({size} members)",

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from alignloop.config import DataConfig, Section, StageConfig, TrainConfig
 from alignloop.errors import ConfigError, ModelError
-from alignloop.eval.rm_report import preference_metrics, write_rm_report
+from alignloop.eval.rm_report import length_bias_summary, preference_metrics, write_rm_report
 from alignloop.models import (
     ScalarHeadModel,
     enable_gradient_checkpointing,
@@ -38,6 +38,7 @@ from alignloop.stages.rm.data import (
     collate_preferences,
     load_rm_examples,
 )
+from alignloop.stages.rm.debias import LENGTH_HEAD, add_length_head, orthogonality_term, quality_heads_only
 from alignloop.stages.rm.loss import LossSettings, evaluate_examples, preference_loss
 from alignloop.train.batches import EpochBatchSource, PromptGroupedBatchSource
 from alignloop.train.stage import Stage, StepOutput
@@ -94,6 +95,16 @@ class RMOptions(Section):
         0.0, ge=0, description="A smaller drop of the eval loss does not count as an improvement."
     )
     calibration_bins: int = Field(10, ge=2, description="Bins of the expected calibration error.")
+    length_debias: Literal["none", "odin"] = Field(
+        "none", description="`odin`: train a length head beside the reward head (ODIN, Chen et al. 2024) and drop "
+        "it when saving, so the saved reward is decorrelated from response length."
+    )
+    odin_length_coef: float = Field(
+        1.0, ge=0, description="ODIN's length term weight: (1 − ρ(length head, len)) + abs(ρ(reward, len)) per batch."
+    )
+    odin_ortho_coef: float = Field(
+        1.0, ge=0, description="ODIN's orthogonality weight: abs(cos) of the reward and length heads' weight vectors."
+    )
     ensemble: EnsembleOptions = Field(default_factory=EnsembleOptions)
 
 
@@ -116,30 +127,38 @@ def resolve_init(name: str) -> str:
 
 
 def output_names(options: RMOptions) -> list[str]:
+    """The heads the saved model has: the overall score and one per criterion (ODIN's length head is not saved)."""
     names = [OVERALL, *options.criteria]
     if len(set(names)) != len(names):
         raise ConfigError(f"rm.criteria: names must be unique and not {OVERALL!r} (got {options.criteria})")
+    if options.length_debias == "odin" and LENGTH_HEAD in names:
+        raise ConfigError(f"rm.criteria: {LENGTH_HEAD!r} is the name of ODIN's length head (rm.length_debias: odin)")
     return names
 
 
 def loss_settings(options: RMOptions) -> LossSettings:
-    return LossSettings(options.ranking_loss, options.use_margin, options.center_coef, list(options.criteria))
+    return LossSettings(options.ranking_loss, options.use_margin, options.center_coef, list(options.criteria),
+                        options.length_debias, options.odin_length_coef)
 
 
 def load_scalar_model(cfg: RMConfig, names: list[str]) -> ScalarHeadModel:
-    """A fresh head on the backbone, or (for an RM directory) the saved reward model to train further."""
+    """A fresh head on the backbone, or (for an RM directory) the saved reward model to train further.
+
+    ``names``: the saved heads; with ODIN a length head is added last (a saved model never has one)."""
     init = resolve_init(cfg.model)
     source = resolve_model(init)
+    odin = cfg.rm.length_debias == "odin"
     if isinstance(source, Path) and is_scalar_head_dir(source):
         model = ScalarHeadModel.from_pretrained(source)
         if model.output_names != names:
             raise ModelError(f"model {init}: its heads {model.output_names} differ from the configured {names}")
         if cfg.lora is not None and not model.is_lora:
             raise ConfigError("lora: cannot add a LoRA adapter to a saved full reward model; drop `lora`")
-        return model
+        return add_length_head(model) if odin else model
     # an SFT LoRA run is merged into plain weights first: the head sits on base + SFT adapter
     causal_lm = load_causal_lm(init, merge=True)
-    return ScalarHeadModel.from_causal_lm(causal_lm, len(names), lora=cfg.lora, output_names=names)
+    heads = [*names, *([LENGTH_HEAD] if odin else [])]
+    return ScalarHeadModel.from_causal_lm(causal_lm, len(heads), lora=cfg.lora, output_names=heads)
 
 
 def collate_for(
@@ -225,6 +244,9 @@ class RMStage(Stage):
         packed = batch.packed.to(self.run.device)
         scores = score_groups(self.models["rm"], packed).float()
         loss, metrics = preference_loss(scores, batch, self.settings)
+        if self.settings.odin and self.config.rm.odin_ortho_coef:
+            ortho = orthogonality_term(self.unwrap("rm"))
+            loss = loss + self.config.rm.odin_ortho_coef * ortho * len(batch.examples)
         return StepOutput(loss=loss, units=len(batch.examples), n_tokens=packed.n_tokens, metrics=metrics)
 
     # --- evaluation -----------------------------------------------------------------------
@@ -283,6 +305,7 @@ class RMStage(Stage):
             held_out = preference_metrics(self.last_scores.winners, self.last_scores.losers,
                                           self.config.rm.calibration_bins)
             out.update(eval_accuracy=held_out["accuracy"], eval_ece=held_out["ece"], eval_margin=held_out["margin"])
+            out.update(length_bias_summary(self.last_scores))
         if self._stop:
             out["early_stopped"] = True
         return out
@@ -290,7 +313,8 @@ class RMStage(Stage):
     def save(self, out_dir: Path) -> None:
         out_dir = Path(out_dir)
         model_dir = out_dir / "model"
-        self.unwrap("rm").save_pretrained(model_dir, tokenizer=self.processor or self.tokenizer)
+        with quality_heads_only(self.unwrap("rm")) as model:  # ODIN's length head is dropped here
+            model.save_pretrained(model_dir, tokenizer=self.processor or self.tokenizer)
         write_json(model_dir / RM_SETTINGS_FILE, scoring_settings(self.config))
         if self.last_scores is not None:
             write_rm_report(
@@ -307,4 +331,5 @@ def scoring_settings(cfg: RMConfig) -> dict[str, Any]:
         "share_prompt": cfg.rm.share_prompt,
         "pack_length": cfg.rm.pack_length or 2 * cfg.data.max_length,
         "criteria": list(cfg.rm.criteria),
+        "length_debias": cfg.rm.length_debias,  # a record of how it was trained; scoring needs nothing else
     }
