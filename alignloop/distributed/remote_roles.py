@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from alignloop.distributed.rollouts import concat_rollouts, split_evenly
-from alignloop.distributed.weights import trainable_tensors, weights_checksum
+from alignloop.distributed.weights import tensors_checksum, trainable_tensors, weights_checksum
 from alignloop.errors import AlignloopError, ConfigError
 from alignloop.models import load_tokenizer
 from alignloop.rollout import Rollout
@@ -34,7 +34,9 @@ class RemoteSampler:
     """The ``Sampler`` protocol over rollout-worker actors: prompts are split into contiguous chunks.
 
     It holds no weights of its own: ``sync_weights`` (called by ``RLStage`` at setup and after the last update
-    of a rollout) broadcasts the learner's trainable tensors and checks the checksums the workers report.
+    of a rollout) broadcasts the learner's trainable tensors and checks the checksums the workers report. With
+    ``async_rollouts`` the stage's sampling thread calls ``sync_tensors`` instead, before each rollout, with the
+    snapshot that rollout is pinned to (stages/rl/async_rollouts.py), while the learner trains the previous one.
     """
 
     def __init__(self, workers: list, pad_id: int):
@@ -63,12 +65,18 @@ class RemoteSampler:
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         """Broadcast the trainable tensors; every worker must report the learner's checksum."""
+        self.sync_tensors(trainable_tensors(policy), weights_checksum(policy))
+
+    def sync_tensors(self, tensors: dict[str, torch.Tensor], expected: str | None = None) -> None:
+        """Broadcast trainable tensors by name (a learner snapshot: ``async_rollouts`` pins each rollout to one);
+        every worker must report their checksum."""
         ray = import_ray()
         started = time.perf_counter()
-        ref = ray.put(trainable_tensors(policy))  # stored once in the object store, read by every worker
+        tensors = {n: t.detach().to("cpu") for n, t in tensors.items()}
+        ref = ray.put(tensors)  # stored once in the object store, read by every worker
         self.weights_version += 1
         sums = ray.get([w.load_weights.remote(ref, self.weights_version) for w in self.workers])
-        expected = weights_checksum(policy)
+        expected = expected or tensors_checksum(tensors)
         if any(s != expected for s in sums):
             raise AlignloopError(
                 f"ray: weight sync {self.weights_version} failed: a rollout worker holds other weights"

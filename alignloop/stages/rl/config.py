@@ -74,6 +74,18 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
         "truncate", description="truncate: weight min(ρ, C) (TIS); mask: weight ρ, or 0 where ρ > C (masked IS).")
     tis_level: Literal["token", "sequence"] = Field(
         "token", description="token: one ratio per token; sequence: the response's ratio exp(Σ_t Δ_t) on each token.")
+    async_rollouts: bool = Field(
+        False, description="Sample the next rollout(s) in a background thread, on a copy of the policy, while this "
+        "one trains (one-step-off-policy; docs/grpo.md). Sets reuse_sampler_logprobs: false and tis: 2.0 unless set.",
+    )
+    max_staleness: int = Field(
+        1, ge=0, description="async_rollouts: rollout k is sampled with the weights after rollout k − max_staleness "
+        "(exactly, so runs are reproducible). 0: no overlap (the synchronous results through the async path).",
+    )
+    rollout_threads: int | None = Field(
+        None, gt=0, description="async_rollouts: torch intra-op threads of the sampling thread (null: as the "
+        "process). The training thread keeps its own (OMP_NUM_THREADS / torch.set_num_threads).",
+    )
     gold: str | None = Field(
         None, description="Gold scorer logged next to the proxy reward ('vader' or module:function)."
     )
@@ -85,7 +97,13 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
     @model_validator(mode="before")
     @classmethod
     def _tis_needs_trainer_logprobs(cls, data: Any) -> Any:
-        """``tis`` compares the trainer's old log-probs with the sampler's: both must be computed."""
+        """``tis`` compares the trainer's old log-probs with the sampler's: both must be computed. Async rollouts
+        were sampled by older weights: their log-probs are not π_old, and TIS (2.0 unless set) corrects the gap."""
+        if isinstance(data, dict) and data.get("async_rollouts") is True:
+            if data.get("reuse_sampler_logprobs") is True:
+                raise ValueError("async_rollouts: the sampler's log-probs are those of older weights; the trainer "
+                                 "computes π_old itself (leave reuse_sampler_logprobs unset or false)")
+            data = {**data, "reuse_sampler_logprobs": False, "tis": data.get("tis", 2.0)}
         if not isinstance(data, dict) or data.get("tis") is None:
             return data
         if data.get("reuse_sampler_logprobs") is True:

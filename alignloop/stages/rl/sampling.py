@@ -11,6 +11,9 @@ default, and absent from PPO's) change it (Yu et al. 2025, "DAPO", arXiv 2503.14
   rollout holds as many informative groups as it has prompts, at most ``dynamic_sampling_max_rounds`` extra
   rounds. A rollout still short after that is topped up with dropped groups (advantage 0 in GRPO), so its shape,
   and with it the step count, never changes.
+
+With ``async_rollouts`` the responses come from ``stage.ahead`` (async_rollouts.py: sampled in a background thread
+on an older copy of the weights) and are scored here as usual.
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ def _sample_round(stage: RLStage, records: list[dict], seed: int) -> tuple[Rollo
         temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k, stop=opts.stop, seed=seed, **with_records,
     )
     stage.generation_seconds += time.perf_counter() - started
+    return rollout, _score(stage, records, rollout)
+
+
+def _score(stage: RLStage, records: list[dict], rollout: Rollout) -> ScoredRollout:
+    opts = stage.opts
     group = rollout.group_index.cpu().tolist()
     keys = sorted({k for r in records for k in r if k != "prompt"})
     fields = {k: [records[g].get(k) for g in group] for k in keys}
@@ -67,7 +75,7 @@ def _sample_round(stage: RLStage, records: list[dict], seed: int) -> tuple[Rollo
         penalty = soft_overlong_penalty(lengths, opts.max_new_tokens, buffer, opts.overlong_penalty)
         scored = ScoredRollout(scores=scored.scores + penalty, components={**scored.components, "overlong": penalty},
                                uncertainty=scored.uncertainty)
-    return rollout, scored
+    return scored
 
 
 def _select(rollout: Rollout, scored: ScoredRollout, groups: list[int]) -> tuple[Rollout, ScoredRollout]:
@@ -91,6 +99,9 @@ def _concat_scored(parts: list[ScoredRollout]) -> ScoredRollout:
 def sample_and_score(stage: RLStage, records: list[dict], index: int) -> tuple[Rollout, ScoredRollout, dict[str, Any]]:
     """Rollout ``index``'s responses to ``records``, scored, and the dynamic-sampling stats (empty when off)."""
     opts = stage.opts
+    if getattr(stage, "ahead", None) is not None:  # async_rollouts: sampled ahead in a background thread
+        rollout, stats = stage.ahead.rollout(index, records)
+        return rollout, _score(stage, records, rollout), stats
     seed = rollout_seed(stage.config.train.seed, index, stage.run.rank)
     rollout, scored = _sample_round(stage, records, seed)
     if not getattr(opts, "dynamic_sampling", False):

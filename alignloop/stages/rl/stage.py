@@ -24,6 +24,7 @@ from alignloop.models import load_trainable_lm, save_model
 from alignloop.models.shared_prompt import takes_4d_mask
 from alignloop.rewards import HasDenseRewards, HasMetrics, HasOnlineState, has_uncertainty, reward_members
 from alignloop.rollout import forward_logprobs
+from alignloop.stages.rl.async_rollouts import AsyncRollouts
 from alignloop.stages.rl.config import steps_per_rollout
 from alignloop.stages.rl.env_rollouts import with_environment
 from alignloop.stages.rl.experience import Experience, RolloutData, loss_sum_factor
@@ -96,6 +97,7 @@ class RLStage(Stage):
         self.early_stops = 0
         self.generation_seconds = 0.0
         self.algorithm.setup(run)
+        self.ahead = AsyncRollouts(self) if opts.async_rollouts else None  # sampling ahead in a thread
         if isinstance(self.sampler, SyncsWeights):
             if run.world_size > 1:
                 raise ConfigError("ray: the learner is one process here; launch it without torchrun/accelerate")
@@ -275,7 +277,7 @@ class RLStage(Stage):
             self.source.skip_rest_of_rollout()
         if isinstance(self.sampler, HasMetrics):  # remote samplers: weight syncs so far
             metrics.update(self.sampler.metrics())
-        if isinstance(self.sampler, SyncsWeights):
+        if isinstance(self.sampler, SyncsWeights) and self.ahead is None:  # async: the sampling thread syncs
             # the next micro-batch needs a new rollout (or training ends): remote samplers need the new weights
             if self.source.exhausted or step >= self.config.train.max_steps or self.should_stop():
                 self.sampler.sync_weights(self.unwrap("policy"))
@@ -310,6 +312,7 @@ class RLStage(Stage):
             "experience": self.source.experience_state(), "eval_before": self.eval_before,
             "early_stops": self.early_stops, "rollout_stats": self.rollout_stats,
             "reward": self.reward.state_dict() if online else None,
+            "async": self.ahead.state_dict() if self.ahead is not None else None,  # weights queued rollouts need
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -322,6 +325,8 @@ class RLStage(Stage):
         if state.get("reward") is not None and isinstance(self.reward, HasOnlineState):
             self.reward.load_state_dict(state["reward"])
         self.source.load_experience_state(state["experience"])
+        if self.ahead is not None:
+            self.ahead.load_state_dict(state.get("async"))
         self.samples.truncate_from(self.source.rollouts_done)
 
     def summary(self) -> dict[str, Any]:
