@@ -7,13 +7,14 @@ dropped from the batch and its cache right away, so later steps only pay for row
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
-from alignloop.models.images import multimodal_inputs
-from alignloop.rollout.base import position_ids_from_mask
+from alignloop.rollout.kv_cache import make_decode_cache
 from alignloop.rollout.logprobs import cache_argument, output_cache
+from alignloop.rollout.prefill import prefill
 from alignloop.rollout.sampling import SamplingSettings, sample_next
 from alignloop.rollout.stops import StopChecker
 
@@ -27,6 +28,8 @@ class BatchOutput:
     lengths: torch.Tensor  # [b] generated tokens, the final EOS / stop token included
     ended_with_eos: torch.Tensor  # [b] bool
     ended_with_stop: torch.Tensor  # [b] bool
+    prefill_seconds: float = 0.0  # wall time of the prompt forward (diagnostics: HFSampler.last_stats)
+    decode_seconds: float = 0.0  # wall time of the token-by-token loop
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class DecodeOptions:
     eos_ids: torch.Tensor  # [E] long
     pad_id: int
     logits_to_keep: bool  # the model accepts ``logits_to_keep`` (skip the LM head on prompt positions)
+    static_cache: bool = True  # preallocated KV buffers written in place (``kv_cache.PreallocatedLayer``)
+    share_prefix: bool = True  # the batch's common prompt prefix prefilled once (``prefill.py``)
 
 
 def decode_batch(
@@ -50,28 +55,24 @@ def decode_batch(
 ) -> BatchOutput:
     """Sample ``repeats[i]`` continuations of prompt row ``i``; output rows are in repeat-interleaved order.
 
-    Each distinct prompt is prefilled once (its images encoded once, ``images[i]`` per prompt row); its cache
-    is then copied to its samples.
+    Each distinct prompt is prefilled once (its images encoded once, ``images[i]`` per prompt row), the prefix
+    that all prompts share once for the whole batch (``prefill.py``); the cache is then copied to the samples.
     """
     device = prompt_ids.device
+    started = time.perf_counter()
     extra = {"logits_to_keep": 1} if options.logits_to_keep else {}
-    positions = position_ids_from_mask(prompt_mask)
-    prefill = multimodal_inputs(model, {"input_ids": prompt_ids, "images": images, "attention_mask": prompt_mask,
-                                        "position_ids": positions})
-    out = model(**prefill, use_cache=True, **extra)
-    # M-RoPE models (Qwen2-VL) get [3, B, P] positions: the text after the prompt continues from the last one
-    last = prefill["position_ids"][0] if prefill["position_ids"].dim() == 3 else prefill["position_ids"]
-    cache = output_cache(out)
     cache_kwarg = cache_argument(model)
-    logits = out.logits[:, -1, :]
+    cache = make_decode_cache(model, prompt_ids.shape[1] + options.max_new_tokens, options.static_cache)
+    done = prefill(model, prompt_ids, prompt_mask, images, cache, cache_kwarg, extra, options.share_prefix)
+    cache, logits = done.cache, done.logits
 
     expand = torch.arange(prompt_ids.shape[0], device=device).repeat_interleave(repeats.to(device))
     if expand.numel() != prompt_ids.shape[0]:
         cache.reorder_cache(expand)
         logits = logits[expand]
     prompt_ids, prompt_mask = prompt_ids[expand], prompt_mask[expand]
-    next_position = last[expand, -1] + 1
-    attention = prompt_mask
+    next_position = done.next_position[expand]
+    attention = done.attention[expand]
 
     rows, max_new = prompt_ids.shape[0], options.max_new_tokens
     tokens = torch.full((rows, max_new), options.pad_id, dtype=torch.long, device=device)
@@ -82,6 +83,7 @@ def decode_batch(
     running = torch.arange(rows, device=device)  # output row of each row still in the batch
     eos_ids = options.eos_ids.to(device)
     steps = 0
+    decode_started = time.perf_counter()
 
     for step in range(max_new):
         token, token_logprob = sample_next(logits.float(), options.sampling, generator)
@@ -124,4 +126,6 @@ def decode_batch(
         lengths=lengths,
         ended_with_eos=ended_with_eos,
         ended_with_stop=ended_with_stop,
+        prefill_seconds=decode_started - started,
+        decode_seconds=time.perf_counter() - decode_started,
     )

@@ -120,6 +120,8 @@ class HFSampler:
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = "auto",
         merge_lora: bool = True,
+        static_cache: bool = True,
+        share_prefix: bool = True,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
@@ -127,6 +129,9 @@ class HFSampler:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.merge_lora = merge_lora
+        self.static_cache = static_cache
+        self.share_prefix = share_prefix
+        self.last_stats: dict[str, float] = {}  # wall seconds of the last call's prefill and decode phases
         self.device = torch.device(device) if device is not None else model_device(model)
         self.autocast_dtype = resolve_autocast_dtype(dtype, model, self.device)
         generation_config = getattr(model, "generation_config", None)
@@ -202,6 +207,8 @@ class HFSampler:
             eos_ids=self.eos_ids.to(self.device),
             pad_id=self.pad_id,
             logits_to_keep=accepts_logits_to_keep(self.model),
+            static_cache=self.static_cache,
+            share_prefix=self.share_prefix,
         )
         token_lists, shown = encode_prompts(self.tokenizer, prompts)
         images = [p.images if isinstance(p, TokenizedPrompt) else () for p in prompts]
@@ -220,6 +227,8 @@ class HFSampler:
                 repeats = torch.tensor([piece.count for piece in batch], dtype=torch.long)
                 rows_images = [images[piece.prompt] for piece in batch] if images is not None else None
                 outputs.append(decode_batch(self.model, ids, mask, repeats, options, generator, checker, rows_images))
+        self.last_stats = {"prefill_seconds": sum(out.prefill_seconds for out in outputs),
+                           "decode_seconds": sum(out.decode_seconds for out in outputs)}
         # Assembled outside inference mode, so training code can use the tensors with autograd.
         rollout = self._assemble(outputs, batches, shown, n, stops)
         if images is not None:

@@ -1,0 +1,121 @@
+"""The decode loop's speed levers give the eager path's results: the preallocated KV cache (identical samples under a
+seed), the shared-prefix prefill (same greedy tokens, log-probs within 1e-4 in fp32), on tiny random Llamas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.cache_utils import DynamicLayer
+
+from alignloop.rollout import HFSampler
+from alignloop.rollout.kv_cache import PreallocatedLayer, make_decode_cache
+from alignloop.rollout.prefill import MIN_SHARED_PREFIX, shared_prefix_length
+from alignloop.rollout.hf import left_pad
+from alignloop.rollout.prompts import encode_prompts
+from tests.conftest import tiny_llama as shared_tiny_llama
+
+EOS = 2
+# Chat prompts: the template's system message is a prefix every row shares.
+PROMPTS = ["hi", "tell me a long story about dragons and bread", "what is two plus two?", "name three colours"]
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    return shared_tiny_llama(seed, bos_token_id=1, eos_token_id=EOS, pad_token_id=EOS, **overrides)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama()
+
+
+@pytest.fixture(scope="module")
+def eos_model():
+    """EOS comes up at random steps, so rows leave the batch (and the cache) at different times."""
+    model = tiny_llama(tie_word_embeddings=False)
+    direction = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model.lm_head.weight[EOS] = 6 * direction / direction.norm()
+    return model
+
+
+def sample(model, tokenizer, prompts, dtype="fp32", **levers):
+    settings = dict(n=3, max_new_tokens=40, seed=11)
+    return HFSampler(model, tokenizer, batch_size=6, dtype=dtype, **levers).generate(prompts, **settings)
+
+
+def assert_identical(a, b):
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.response_mask, b.response_mask)
+    assert torch.equal(a.logprobs, b.logprobs) and a.responses == b.responses
+    assert torch.equal(a.ended_with_eos, b.ended_with_eos)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_static_cache_samples_identical_to_dynamic_cache(eos_model, tokenizer, dtype):
+    static = sample(eos_model, tokenizer, PROMPTS, dtype, static_cache=True, share_prefix=False)
+    dynamic = sample(eos_model, tokenizer, PROMPTS, dtype, static_cache=False, share_prefix=False)
+    assert static.ended_with_eos.any() and not static.ended_with_eos.all()  # rows really left mid-batch
+    assert_identical(static, dynamic)
+
+
+def test_static_cache_is_used_and_grows_past_its_capacity(model):
+    cache = make_decode_cache(model, capacity=3, preallocate=True)
+    assert cache is not None and all(type(layer) is PreallocatedLayer for layer in cache.layers)
+    assert make_decode_cache(model, capacity=3, preallocate=False) is None
+    layer, plain = PreallocatedLayer(capacity=3), DynamicLayer()
+    for step in range(5):  # 2 + 1 + 1 + 1 + 1 tokens: past the capacity of 3
+        keys, values = torch.randn(2, 2, 2 if step == 0 else 1, 4), torch.randn(2, 2, 2 if step == 0 else 1, 4)
+        got, expected = layer.update(keys, values), plain.update(keys, values)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert layer.get_seq_length() == plain.get_seq_length() == 6
+    layer.reorder_cache(torch.tensor([1, 1, 0]))  # a batch of 3 from rows 1, 1, 0
+    plain.reorder_cache(torch.tensor([1, 1, 0]))
+    keys, values = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+    got, expected = layer.update(keys, values), plain.update(keys, values)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_sliding_window_models_keep_the_dynamic_cache():
+    model = tiny_llama()
+    model.config.sliding_window = 4  # a cache layer type the preallocated one does not replace
+    model.config.layer_types = ["sliding_attention"] * model.config.num_hidden_layers
+    assert make_decode_cache(model, capacity=16, preallocate=True) is None
+
+
+def test_shared_prefix_found_and_same_results_as_plain_prefill(model, tokenizer):
+    encoded, _ = encode_prompts(tokenizer, PROMPTS)
+    ids, mask = left_pad(encoded, EOS, torch.device("cpu"))
+    shared = shared_prefix_length(ids, mask)
+    common = next(j for j in range(min(map(len, encoded))) if len({row[j] for row in encoded}) > 1)
+    assert shared == common >= MIN_SHARED_PREFIX  # the chat template's system message
+    assert shared_prefix_length(ids[:1], mask[:1]) == 0  # one row: nothing to share
+
+    greedy = {flag: HFSampler(model, tokenizer, dtype="fp32", share_prefix=flag).generate(
+        PROMPTS, max_new_tokens=12, temperature=0) for flag in (True, False)}
+    assert torch.equal(greedy[True].response_ids, greedy[False].response_ids)
+    torch.testing.assert_close(greedy[True].logprobs, greedy[False].logprobs, atol=1e-4, rtol=0)
+    sampled = {flag: sample(model, tokenizer, PROMPTS, share_prefix=flag) for flag in (True, False)}
+    assert torch.equal(sampled[True].response_ids, sampled[False].response_ids)
+    torch.testing.assert_close(sampled[True].logprobs, sampled[False].logprobs, atol=1e-4, rtol=0)
+    # The rollout's prompt tensors are the usual left-padded layout either way.
+    assert torch.equal(sampled[True].prompt_ids, sampled[False].prompt_ids)
+    assert torch.equal(sampled[True].prompt_mask, sampled[False].prompt_mask)
+
+
+def test_shared_prefix_with_a_prompt_that_is_all_prefix(model, tokenizer):
+    """A row whose prompt is the shared prefix plus one token: its suffix is a single token."""
+    encoded, _ = encode_prompts(tokenizer, PROMPTS[:2])
+    shared = shared_prefix_length(*left_pad(encoded, EOS, torch.device("cpu")))
+    prompts = [encoded[0][: shared + 1], encoded[1]]
+    runs = [HFSampler(model, tokenizer, dtype="fp32", share_prefix=flag).generate(prompts, max_new_tokens=6,
+                                                                                 temperature=0)
+            for flag in (True, False)]
+    assert torch.equal(runs[0].response_ids, runs[1].response_ids)
+    torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-4, rtol=0)
