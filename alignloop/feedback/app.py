@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from anyio import to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -26,6 +27,7 @@ from alignloop.feedback.security import Signer, get_or_create_secret
 from alignloop.feedback.store import Conflict, Forbidden, NotFound
 from alignloop.feedback.web import STATIC_DIR, AppState, LoginRequired, PasswordChangeRequired, render
 
+REQUEST_THREADS = 128  # threads for sync routes (see lifespan)
 SECURITY_HEADERS = {
     # No inline script anywhere: even if escaping failed, injected script would not run.
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -57,6 +59,10 @@ def create_app(db_url: str, data_dir: str | Path | None = None, run_migrations: 
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
+        # Sync routes run in anyio's thread pool (40 threads by default). Writers waiting for the SQLite
+        # writer lock hold their threads, so with 40+ busy annotators reads would queue behind them.
+        limiter = to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, REQUEST_THREADS)
         resume_jobs(st)
         yield
         engine.dispose()

@@ -1,15 +1,18 @@
 """Password checks done right: rate limited before the hash, hashed outside every database lock, and
 the same work for a known and an unknown user. Shared by the pages and the JSON API.
 
-Argon2 is slow on purpose (tens of milliseconds of CPU and 64 MiB a check). Every check and every new hash
-runs in one small pool of ``HASH_WORKERS`` threads, half the CPU cores (at least one): a burst of logins then
-queues there instead of taking every core and every request thread of the server, so other users' requests
-(``/api/me``, labels) keep their latency. A login waits in that queue without holding a request thread."""
+Argon2 is slow on purpose (about 0.2 s of CPU and 64 MiB a check at its default cost). Every check and every
+new hash runs in one small pool of ``HASH_WORKERS`` threads, half the CPU cores (at least one), at a lower CPU
+priority (nice +``HASH_NICE`` for those threads only, on Linux): a burst of logins then queues there instead of
+taking every core and every request thread of the server, and other users' requests (``/api/me``, labels) are
+scheduled first, so they keep their latency. A login waits in that queue without holding a request thread."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +31,20 @@ from alignloop.feedback.store import check_new_user, create_user
 from alignloop.feedback.web import AppState, session_id
 
 HASH_WORKERS = max(1, (os.cpu_count() or 1) // 2)
-_hash_pool = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="alignloop-argon2")
+HASH_NICE = 10  # argon2's own lane threads inherit it
+
+
+def _lower_priority() -> None:
+    """Runs in each hash-pool thread: on Linux, nice applies to the calling thread alone."""
+    if sys.platform == "linux":
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICE)
+        except OSError:  # not allowed here: hash at normal priority
+            pass
+
+
+_hash_pool = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="alignloop-argon2",
+                                initializer=_lower_priority)
 T = TypeVar("T")
 
 

@@ -58,7 +58,8 @@ class ExportFileIn(BaseModel):
 
 
 @router.get("/me")
-def me(user: User = Depends(api_user)) -> dict:
+async def me(user: User = Depends(api_user)) -> dict:
+    """Async: the user was read by the dependency, so this answers without a second trip to a thread."""
     return {"id": user.id, "username": user.username, "role": user.role,
             "must_change_password": user.must_change_password}
 
