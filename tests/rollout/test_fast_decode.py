@@ -12,6 +12,8 @@ from alignloop.rollout.kv_cache import PreallocatedLayer, make_decode_cache
 from alignloop.rollout.prefill import MIN_SHARED_PREFIX, shared_prefix_length
 from alignloop.rollout.hf import left_pad
 from alignloop.rollout.prompts import encode_prompts
+from alignloop.stages.rl.config import RolloutSettings
+from alignloop.stages.rl.roles import RLRoles, local_roles
 from tests.conftest import tiny_llama as shared_tiny_llama
 
 EOS = 2
@@ -119,3 +121,10 @@ def test_shared_prefix_with_a_prompt_that_is_all_prefix(model, tokenizer):
             for flag in (True, False)]
     assert torch.equal(runs[0].response_ids, runs[1].response_ids)
     torch.testing.assert_close(runs[0].logprobs, runs[1].logprobs, atol=1e-4, rtol=0)
+
+
+def test_rollout_switches_reach_the_rl_sampler(model, tokenizer):
+    assert RolloutSettings().sampler_options() == {"static_cache": True, "share_prefix": True}
+    off = RolloutSettings(static_cache=False, share_prefix=False).sampler_options()
+    roles = local_roles(RLRoles(reward=object()), model, tokenizer, None, False, 4, "fp32", None, off)
+    assert not roles.sampler.static_cache and not roles.sampler.share_prefix

@@ -129,6 +129,18 @@ class RolloutSettings(Section):
     vllm: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM engine options (gpu_memory_utilization, max_model_len, ...)."
     )
+    static_cache: bool = Field(
+        True, description="hf backend: preallocated KV cache written in place instead of grown by concatenation "
+        "(identical samples; docs/rollout.md)."
+    )
+    share_prefix: bool = Field(
+        True, description="hf backend: the prompt prefix all rows of a decode batch share (the chat template's "
+        "system text) is prefilled once (same results up to float rounding; docs/rollout.md)."
+    )
+
+    def sampler_options(self) -> dict[str, bool]:
+        """Keyword arguments of ``HFSampler`` these settings give."""
+        return {"static_cache": self.static_cache, "share_prefix": self.share_prefix}
 
 
 def steps_per_rollout(opts: RLOptions, batch_size: int) -> int:

@@ -60,12 +60,15 @@ class RLRoles:
 
 
 def local_roles(given: RLRoles, policy: nn.Module, tokenizer: Any, reward_spec: Any, needs_reference: bool,
-                generation_batch_size: int, precision: str, forward: Callable[..., torch.Tensor]) -> RLRoles:
-    """``given`` with every missing role built here. The reference is taken now, before any update."""
+                generation_batch_size: int, precision: str, forward: Callable[..., torch.Tensor],
+                sampler_options: dict[str, Any] | None = None) -> RLRoles:
+    """``given`` with every missing role built here. The reference is taken now, before any update.
+    ``sampler_options`` go to ``HFSampler`` (``rollout.static_cache``, ``rollout.share_prefix``)."""
     sampler = given.sampler
     if sampler is None:
         dtype = "auto" if precision == "bf16" else "fp32"
-        sampler = HFSampler(policy, tokenizer, batch_size=generation_batch_size, dtype=dtype)
+        sampler = HFSampler(policy, tokenizer, batch_size=generation_batch_size, dtype=dtype,
+                            **(sampler_options or {}))
     reward = given.reward if given.reward is not None else build_reward(reward_spec)
     reference = given.reference
     if reference is None and needs_reference:
