@@ -8,9 +8,9 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from alignloop.rollout import HFSampler
+from alignloop.rollout.hf import left_pad
 from alignloop.rollout.kv_cache import PreallocatedLayer, make_decode_cache
 from alignloop.rollout.prefill import MIN_SHARED_PREFIX, shared_prefix_length
-from alignloop.rollout.hf import left_pad
 from alignloop.rollout.prompts import encode_prompts
 from alignloop.stages.rl.config import RolloutSettings
 from alignloop.stages.rl.roles import RLRoles, local_roles
