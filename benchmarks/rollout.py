@@ -7,7 +7,7 @@ Workload: ``B`` chat prompts (the 8 below, cycled) × ``--new-tokens`` new token
 no top-k / top-p), one batch of ``B`` rows, for each batch size. ``hf_generate`` is ``model.generate`` at the same
 settings (under the same bf16 autocast with ``--precision bf16``); ``hfsampler`` is alignloop's sampler at its
 defaults. With ``--levers`` the sampler also runs with each speed lever switched off (``static_cache=False``,
-``share_prefix=False``, both), so every lever is measured against the defaults in the same run. Tokens count up to and
+``share_prefix=False``, ``fused_sampling=False``), so every lever is measured against the defaults in the same run. Tokens count up to and
 including each row's first EOS. ``--runs N`` repeats everything N times, alternating the order of the contenders,
 and reports the median and the [min, max] spread of tokens/s (wall and per CPU-second of this process) and of
 the per-run ratios to ``hf_generate``.
@@ -162,15 +162,16 @@ def timed(fn) -> dict:
 
 def contenders(model, tokenizer, prompts: list[str], args) -> dict:
     rows = len(prompts)
-    made = {"hf_generate": lambda seed: hf_generate(model, tokenizer, prompts, args.new_tokens, seed, args.precision)}
+    made = {"hf_generate": lambda seed, new=args.new_tokens: hf_generate(model, tokenizer, prompts, new, seed,
+                                                                          args.precision)}
     variants = {"hfsampler": {}}
     if args.levers:
         variants.update({"hfsampler/dynamic_cache": {"static_cache": False},
                          "hfsampler/no_shared_prefix": {"share_prefix": False},
-                         "hfsampler/neither": {"static_cache": False, "share_prefix": False}})
+                         "hfsampler/plain_sampling": {"fused_sampling": False}})
     for name, kwargs in variants.items():
         sampler = HFSampler(model, tokenizer, batch_size=rows, dtype=args.precision, **kwargs)
-        made[name] = lambda seed, s=sampler: sampler_run(s, prompts, args.new_tokens, seed)
+        made[name] = lambda seed, s=sampler, new=args.new_tokens: sampler_run(s, prompts, new, seed)
     return made
 
 
@@ -217,8 +218,8 @@ def main() -> None:
     for size in sizes:
         prompts = (PROMPTS * (size // len(PROMPTS) + 1))[:size]
         made = contenders(model, tokenizer, prompts, args)
-        for fn in made.values():  # warm-up: allocations, lazy init, compilation
-            fn(0)
+        for fn in made.values():  # warm-up: allocations, lazy init
+            fn(0, new=2)
         runs: dict[str, list[dict]] = {name: [] for name in made}
         bound: dict[str, list[float]] = {"bound_tokens_per_second": [], "floor_tokens_per_second": []}
         for run in range(args.runs):

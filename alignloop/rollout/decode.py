@@ -15,7 +15,7 @@ import torch
 from alignloop.rollout.kv_cache import make_decode_cache
 from alignloop.rollout.logprobs import cache_argument, output_cache
 from alignloop.rollout.prefill import prefill
-from alignloop.rollout.sampling import SamplingSettings, sample_next
+from alignloop.rollout.sampling import SamplingSettings, Scratch, sample_next
 from alignloop.rollout.stops import StopChecker
 
 
@@ -41,6 +41,7 @@ class DecodeOptions:
     logits_to_keep: bool  # the model accepts ``logits_to_keep`` (skip the LM head on prompt positions)
     static_cache: bool = True  # preallocated KV buffers written in place (``kv_cache.PreallocatedLayer``)
     share_prefix: bool = True  # the batch's common prompt prefix prefilled once (``prefill.py``)
+    fused_sampling: bool = True  # plain sampling in place in a reused buffer (``sampling._fused_plain_sample``)
 
 
 def decode_batch(
@@ -83,10 +84,11 @@ def decode_batch(
     running = torch.arange(rows, device=device)  # output row of each row still in the batch
     eos_ids = options.eos_ids.to(device)
     steps = 0
+    scratch = Scratch() if options.fused_sampling else None
     decode_started = time.perf_counter()
 
     for step in range(max_new):
-        token, token_logprob = sample_next(logits.float(), options.sampling, generator)
+        token, token_logprob = sample_next(logits, options.sampling, generator, scratch)
         tokens[running, step] = token
         logprobs[running, step] = token_logprob
         steps = step + 1

@@ -122,6 +122,7 @@ class HFSampler:
         merge_lora: bool = True,
         static_cache: bool = True,
         share_prefix: bool = True,
+        fused_sampling: bool = True,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
@@ -131,6 +132,7 @@ class HFSampler:
         self.merge_lora = merge_lora
         self.static_cache = static_cache
         self.share_prefix = share_prefix
+        self.fused_sampling = fused_sampling
         self.last_stats: dict[str, float] = {}  # wall seconds of the last call's prefill and decode phases
         self.device = torch.device(device) if device is not None else model_device(model)
         self.autocast_dtype = resolve_autocast_dtype(dtype, model, self.device)
@@ -209,6 +211,7 @@ class HFSampler:
             logits_to_keep=accepts_logits_to_keep(self.model),
             static_cache=self.static_cache,
             share_prefix=self.share_prefix,
+            fused_sampling=self.fused_sampling,
         )
         token_lists, shown = encode_prompts(self.tokenizer, prompts)
         images = [p.images if isinstance(p, TokenizedPrompt) else () for p in prompts]

@@ -50,15 +50,77 @@ def _inverse_cdf_sample(weights: torch.Tensor, generator: torch.Generator | None
     return index.squeeze(-1).clamp(max=weights.shape[-1] - 1)
 
 
-def sample_next(
-    logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None
+BLOCK = 1024  # vocabulary entries per block of the two-level inverse-CDF search
+
+
+class Scratch:
+    """One ``[B, V]`` float32 buffer reused by every step of a decode batch. A fresh 12 MB tensor per step (batch 64,
+    49k vocabulary) is above glibc's mmap threshold and page-faults in on every use."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, int], device: torch.device) -> torch.Tensor:
+        numel = shape[0] * shape[1]
+        if self.buffer is None or self.buffer.numel() < numel or self.buffer.device != device:
+            self.buffer = torch.empty(numel, dtype=torch.float32, device=device)
+        return self.buffer[:numel].view(shape)
+
+
+def _fused_plain_sample(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None, scratch: Scratch
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row of ``logits [B, V]`` (float32).
+    """``sample_next`` without top-k / top-p, in place in one scratch buffer, with a two-level search.
+
+    The same distribution and the same uniform per row as the plain path: the tempered logits are cast into the
+    buffer, ``exp(x - max)`` overwrites them, and the token is found first among blocks of ``BLOCK`` entries (their
+    float64 sums) and then inside its block (a float64 running sum of ``BLOCK`` entries), instead of a float64
+    running sum over the whole vocabulary. Only the summation order differs, so a token can differ from the plain
+    path's only when the uniform falls within float64 rounding of a boundary; log-probs agree to float32 rounding.
+    """
+    rows, vocab = logits.shape
+    x = scratch.take((rows, vocab), logits.device).copy_(logits)  # float32, as the plain path computes
+    if temperature != 1.0:
+        x.div_(temperature)
+    peak = x.amax(dim=-1, keepdim=True)
+    weights = x.sub_(peak).exp_()  # exp(x - max), in place
+    full = vocab // BLOCK * BLOCK
+    sums = weights[:, :full].view(rows, -1, BLOCK).sum(dim=-1, dtype=torch.float64)
+    if full < vocab:
+        sums = torch.cat([sums, weights[:, full:].sum(dim=-1, keepdim=True, dtype=torch.float64)], dim=1)
+    cdf = sums.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    uniform = torch.rand((rows, 1), dtype=torch.float64, device=logits.device, generator=generator)
+    # strictly below the total, so the search lands in a block (and on an entry) with positive weight
+    target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+    block = torch.searchsorted(cdf, target, right=True)
+    before = torch.where(block > 0, cdf.gather(1, (block - 1).clamp(min=0)), torch.zeros_like(target))
+    index = block * BLOCK + torch.arange(BLOCK, device=logits.device)
+    inside = index < vocab
+    local = weights.gather(1, index.clamp(max=vocab - 1)).double().masked_fill_(~inside, 0.0).cumsum_(dim=-1)
+    rest = torch.minimum(target - before, torch.nextafter(local[:, -1:], torch.zeros_like(target)))
+    tokens = (block * BLOCK + torch.searchsorted(local, rest, right=True).clamp(max=BLOCK - 1)).squeeze(-1)
+    log_normalizer = peak + total.log().float()  # log sum exp(x), from the float64 block sums
+    chosen = logits.gather(-1, tokens.unsqueeze(-1)).float()
+    chosen = chosen / temperature if temperature != 1.0 else chosen
+    return tokens, (chosen - log_normalizer).squeeze(-1)
+
+
+def sample_next(
+    logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None,
+    scratch: Scratch | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row of ``logits [B, V]`` (float32, or the model's dtype when ``scratch`` is given).
 
     Returns ``(tokens [B], logprobs [B])``. The log-prob is under ``softmax(logits / T)`` over
     the full vocabulary (see ``alignloop.rollout.logprobs``), also when top-k / top-p restricted
-    the choice; greedy reports it at ``T = 1``.
+    the choice; greedy reports it at ``T = 1``. With a ``scratch`` buffer, plain sampling (no top-k / top-p)
+    takes the fused in-place path (``_fused_plain_sample``).
     """
+    plain = not settings.greedy and not 0 < settings.top_k < logits.shape[-1] and settings.top_p >= 1.0
+    if scratch is not None and plain:
+        return _fused_plain_sample(logits, settings.temperature, generator, scratch)
+    logits = logits.float()
     if settings.greedy:
         scaled = logits
         log_normalizer = scaled.logsumexp(dim=-1, keepdim=True)

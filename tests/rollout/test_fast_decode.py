@@ -12,6 +12,7 @@ from alignloop.rollout.hf import left_pad
 from alignloop.rollout.kv_cache import PreallocatedLayer, make_decode_cache
 from alignloop.rollout.prefill import MIN_SHARED_PREFIX, shared_prefix_length
 from alignloop.rollout.prompts import encode_prompts
+from alignloop.rollout.sampling import SamplingSettings, Scratch, sample_next
 from alignloop.stages.rl.config import RolloutSettings
 from alignloop.stages.rl.roles import RLRoles, local_roles
 from tests.conftest import tiny_llama as shared_tiny_llama
@@ -128,3 +129,37 @@ def test_rollout_switches_reach_the_rl_sampler(model, tokenizer):
     off = RolloutSettings(static_cache=False, share_prefix=False).sampler_options()
     roles = local_roles(RLRoles(reward=object()), model, tokenizer, None, False, 4, "fp32", None, off)
     assert not roles.sampler.static_cache and not roles.sampler.share_prefix
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_sampling_matches_the_plain_path(temperature):
+    """Same uniforms, same distribution: the same tokens (the summation order differs only inside float64 rounding)
+    and log-probs within 1e-5; a vocabulary that is not a multiple of the block and tokens with zero weight too."""
+    settings = SamplingSettings(temperature=temperature)
+    logits = torch.randn(64, 3000, generator=torch.Generator().manual_seed(0)) * 4
+    logits[:, 2500:] = float("-inf")  # never sampled
+    for dtype in (torch.float32, torch.bfloat16):
+        low = logits.to(dtype)
+        plain = sample_next(low, settings, torch.Generator().manual_seed(3))
+        fused = sample_next(low, settings, torch.Generator().manual_seed(3), Scratch())
+        assert torch.equal(plain[0], fused[0]) and (fused[0] < 2500).all()
+        torch.testing.assert_close(fused[1], plain[1], atol=1e-5, rtol=0)
+
+
+def test_fused_sampling_follows_the_distribution():
+    weights = torch.tensor([1.0, 0.0, 3.0] + [0.0] * 2100)  # entries across more than two blocks
+    weights[2050] = 4.0
+    logits = weights.log().expand(8000, -1).contiguous()
+    picks, _ = sample_next(logits, SamplingSettings(), torch.Generator().manual_seed(0), Scratch())
+    counts = torch.bincount(picks, minlength=weights.numel()).double() / 8000
+    assert set(picks.unique().tolist()) == {0, 2, 2050}
+    # expected 1/8, 3/8, 4/8; binomial std <= 0.0056, so 0.025 is > 4 std
+    torch.testing.assert_close(counts[[0, 2, 2050]], torch.tensor([0.125, 0.375, 0.5], dtype=torch.float64),
+                               atol=0.025, rtol=0)
+
+
+def test_fused_sampling_in_the_sampler_gives_the_same_rollout(eos_model, tokenizer):
+    fused = sample(eos_model, tokenizer, PROMPTS, fused_sampling=True)
+    plain = sample(eos_model, tokenizer, PROMPTS, fused_sampling=False)
+    assert torch.equal(fused.response_ids, plain.response_ids)
+    torch.testing.assert_close(fused.logprobs, plain.logprobs, atol=1e-5, rtol=0)
