@@ -5,7 +5,10 @@ Argon2 is slow on purpose (about 0.2 s of CPU and 64 MiB a check at its default 
 new hash runs in one small pool of ``HASH_WORKERS`` threads, half the CPU cores (at least one), at a lower CPU
 priority (nice +``HASH_NICE`` for those threads only, on Linux): a burst of logins then queues there instead of
 taking every core and every request thread of the server, and other users' requests (``/api/me``, labels) are
-scheduled first, so they keep their latency. A login waits in that queue without holding a request thread."""
+scheduled first, so they keep their latency. A login waits in that queue without holding a request thread.
+Its database steps (the throttle's reservation and outcome, reading the hash) run in a second small pool of
+``LOGIN_WORKERS`` threads at normal priority (they take the SQLite writer lock, which must never wait for a
+low-priority thread), so a storm of thousands of logins keeps at most a handful of threads busy."""
 
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ from typing import TypeVar
 
 from fastapi import HTTPException, Request
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from alignloop.errors import AlignloopError
 from alignloop.feedback import access, security
@@ -45,6 +47,8 @@ def _lower_priority() -> None:
 
 _hash_pool = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="alignloop-argon2",
                                 initializer=_lower_priority)
+LOGIN_WORKERS = 2
+_login_pool = ThreadPoolExecutor(max_workers=LOGIN_WORKERS, thread_name_prefix="alignloop-login")
 T = TypeVar("T")
 
 
@@ -56,6 +60,10 @@ def hashed(fn: Callable[..., T], *args) -> T:  # type: ignore[no-untyped-def]
 async def hashed_async(fn: Callable[..., T], *args) -> T:  # type: ignore[no-untyped-def]
     """The same from the event loop: the caller waits without holding a request thread."""
     return await asyncio.get_running_loop().run_in_executor(_hash_pool, fn, *args)
+
+
+async def _login_step(fn: Callable[..., T], *args) -> T:  # type: ignore[no-untyped-def]
+    return await asyncio.get_running_loop().run_in_executor(_login_pool, fn, *args)
 
 
 @dataclass
@@ -78,12 +86,12 @@ async def login(st: AppState, request: Request, username: str, password: str) ->
     pool with no transaction open (a dummy hash for unknown or inactive users), and only then open the
     session in a short write."""
     username = username.strip()
-    attempt = await run_in_threadpool(_throttled, st, request, username)
+    attempt = await _login_step(_throttled, st, request, username)
     if not isinstance(attempt, Attempt):
         return LoginResult(retry_after=int(attempt))
     ok = False
     try:
-        row = await run_in_threadpool(st.read, lambda s: s.execute(
+        row = await _login_step(st.read, lambda s: s.execute(
             select(User.id, User.password_hash, User.active).where(User.username == username)).first())
         known_hash = row.password_hash if row is not None and row.active else None
         ok = await hashed_async(security.check_login_password, known_hash, password)
@@ -96,11 +104,11 @@ async def login(st: AppState, request: Request, username: str, password: str) ->
                 return None  # deactivated or re-keyed while we were hashing
             return open_session(s, user, client_address(request))
 
-        sid = await run_in_threadpool(st.tx, start)
+        sid = await _login_step(st.tx, start)
         ok = sid is not None
         return LoginResult(session_id=sid)
     finally:  # if the client went away and this is cancelled, the reservation later counts as a failure
-        await run_in_threadpool(st.limiter.finish, attempt, ok)
+        await _login_step(st.limiter.finish, attempt, ok)
 
 
 def change_own_password(st: AppState, request: Request, user: User, current: str, new: str) -> None:
