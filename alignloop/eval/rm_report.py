@@ -188,7 +188,9 @@ def write_rm_report(
             Section(
                 "Length and reward",
                 [
-                    "A strong positive correlation means the model mostly rewards length: a reward-hacking risk.",
+                    "A strong positive correlation means the model mostly rewards length: a reward-hacking risk. "
+                    "The accuracy on pairs whose preferred answer is the shorter one (table above) is what it knows "
+                    "beyond length.",
                     _length_scatter(scores.lengths, scores.scores),
                 ],
             )
