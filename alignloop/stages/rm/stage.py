@@ -13,12 +13,10 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
-from alignloop.config import DataConfig, Section, StageConfig, TrainConfig
 from alignloop.errors import ConfigError, ModelError
 from alignloop.eval.rm_report import length_bias_summary, preference_metrics, write_rm_report
 from alignloop.models import (
@@ -32,6 +30,7 @@ from alignloop.models.files import is_scalar_head_dir, write_json
 from alignloop.models.loading import load_vision_processor
 from alignloop.models.scalar_head import score_groups
 from alignloop.models.vision_tokenizer import VisionTokenizer
+from alignloop.stages.rm.config import DEFAULT_INIT, FALLBACK_INIT, EnsembleOptions, RMConfig, RMOptions
 from alignloop.stages.rm.data import (
     PreferenceBatch,
     PreferenceExample,
@@ -40,6 +39,7 @@ from alignloop.stages.rm.data import (
 )
 from alignloop.stages.rm.debias import LENGTH_HEAD, add_length_head, orthogonality_term, quality_heads_only
 from alignloop.stages.rm.loss import LossSettings, evaluate_examples, preference_loss
+from alignloop.stages.rm.probe import FeatureCache, freeze_backbone, head_l2_penalty
 from alignloop.train.batches import EpochBatchSource, PromptGroupedBatchSource
 from alignloop.train.stage import Stage, StepOutput
 
@@ -49,75 +49,6 @@ log = logging.getLogger("alignloop")
 
 RM_SETTINGS_FILE = "alignloop_rm.json"  # beside the model: how to tokenise and pack for scoring
 OVERALL = "score"  # name of head 0, trained on the chosen/rejected (or ranking) label
-DEFAULT_INIT = "runs/sft"
-FALLBACK_INIT = "smollm2-135m-instruct"
-
-
-class EnsembleOptions(Section):
-    size: int = Field(1, ge=1, description="Reward models to train (k > 1: an ensemble; its std is the uncertainty).")
-    bootstrap: bool = Field(False, description="Each member trains on a bootstrap resample of the data (bagging).")
-    member: int | None = Field(
-        None, ge=0, description="Set by the ensemble runner: which member this run is (seed and data order offset)."
-    )
-
-
-class RMOptions(Section):
-    ranking_loss: Literal["pairwise", "plackett_luce"] = Field(
-        "pairwise", description="Rankings: mean over all K(K−1)/2 ordered pairs (InstructGPT) or Plackett–Luce."
-    )
-    use_margin: bool = Field(True, description="Use a pair's `margin` field: −log σ(r_c − r_r − margin).")
-    center_coef: float = Field(0.0, ge=0, description="Reward-centering weight: coef·(r_c + r_r)² keeps scores near 0.")
-    criteria: list[str] = Field(
-        default_factory=list, description="Per-criterion heads (e.g. [helpful, harmless]) "
-        "trained from `criteria` labels."
-    )
-    more_train: list[str] = Field(
-        default_factory=list, description="More training files (pairs or rankings) added to data.train."
-    )
-    max_prompt_length: int | None = Field(
-        None, gt=0, description="Prompt tokens kept (cut from the left); default: half of data.max_length."
-    )
-    share_prompt: bool = Field(
-        True, description="Encode each prompt once for all its completions (same scores, fewer tokens)."
-    )
-    group_by_prompt: bool = Field(
-        False, description="Keep a prompt's pairs in the same batch (InstructGPT): its completions are encoded once "
-        "(fewer tokens per pair), but batches are less diverse (on the tiny-model test, worse calibration)."
-    )
-    pack_length: int | None = Field(
-        None, gt=8, description="Most tokens in one prompt+completions block; default: 2 × data.max_length."
-    )
-    eval_each_epoch: bool = Field(True, description="Evaluate on the held-out set at every epoch end.")
-    early_stopping_patience: int = Field(
-        0, ge=0, description="Stop after this many evaluations without a lower eval loss (0: never)."
-    )
-    early_stopping_min_delta: float = Field(
-        0.0, ge=0, description="A smaller drop of the eval loss does not count as an improvement."
-    )
-    calibration_bins: int = Field(10, ge=2, description="Bins of the expected calibration error.")
-    length_debias: Literal["none", "odin"] = Field(
-        "none", description="`odin`: train a length head beside the reward head (ODIN, Chen et al. 2024) and drop "
-        "it when saving, so the saved reward is decorrelated from response length."
-    )
-    odin_length_coef: float = Field(
-        1.0, ge=0, description="ODIN's length term weight: (1 − ρ(length head, len)) + abs(ρ(reward, len)) per batch."
-    )
-    odin_ortho_coef: float = Field(
-        1.0, ge=0, description="ODIN's orthogonality weight: abs(cos) of the reward and length heads' weight vectors."
-    )
-    ensemble: EnsembleOptions = Field(default_factory=EnsembleOptions)
-
-
-class RMConfig(StageConfig):
-    stage: Literal["rm"] = "rm"
-    model: str = Field(
-        DEFAULT_INIT, description="Initial backbone: an SFT run dir, a causal LM name/dir, or an RM dir."
-    )
-    data: DataConfig = Field(default_factory=lambda: DataConfig(eval_fraction=0.1, max_length=512))
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=-1, epochs=1.0, lr=1e-5, batch_size=8))
-    rm: RMOptions = Field(default_factory=RMOptions)
-
-
 def resolve_init(name: str) -> str:
     """``runs/sft`` (the default) falls back to the bundled model when no SFT run exists yet."""
     if name == DEFAULT_INIT and not Path(name).is_dir():
@@ -184,6 +115,8 @@ class RMStage(Stage):
         self._last_epoch = 0
         self._total_steps = 0
         self.counts: dict[str, int] = {}
+        self.features: FeatureCache | None = None  # rm.head_only: the frozen backbone's cached features
+        self.feature_std: torch.Tensor | None = None
 
     # --- setup ----------------------------------------------------------------------------
     def setup(self, run) -> None:
@@ -212,7 +145,23 @@ class RMStage(Stage):
             train = [train[i] for i in torch.randint(len(train), (len(train),), generator=g).tolist()]
         self.train_examples, self.eval_examples = train, evals
         self.eval_batches = self._batches_of(evals)
+        if opts.head_only:
+            self._cache_features(run, model)
         log.info("rm: %d train, %d eval records; heads %s", len(train), len(evals), names)
+
+    def _cache_features(self, run, model: ScalarHeadModel) -> None:
+        if self.config.lora is not None or run.world_size > 1:
+            raise ConfigError("rm.head_only trains the head alone on one process: drop `lora` and run one process")
+        freeze_backbone(model)
+        self.features = FeatureCache(model, run.device, run.autocast)
+        self.features.encode(self._batches_of(self.train_examples), "rm: encoding train")
+        self.features.encode(self.eval_batches, "rm: encoding held-out")
+        self.feature_std = self.features.feature_std(self.train_examples)
+
+    def _scores(self, model, packed_batch: PreferenceBatch) -> torch.Tensor:
+        if self.features is not None:
+            return self.features.scores(self.unwrap("rm").head, packed_batch)
+        return score_groups(model, packed_batch.packed.to(self.run.device)).float()
 
     def _collate(self, examples: list[PreferenceExample]) -> PreferenceBatch:
         return collate_for(self.config, self.tokenizer.pad_token_id, examples, self.image_token_id)
@@ -241,9 +190,13 @@ class RMStage(Stage):
         return float(len(batch.examples))
 
     def step(self, batch: PreferenceBatch) -> StepOutput:
-        packed = batch.packed.to(self.run.device)
-        scores = score_groups(self.models["rm"], packed).float()
+        packed = batch.packed
+        scores = self._scores(self.models["rm"], batch)
         loss, metrics = preference_loss(scores, batch, self.settings)
+        if self.config.rm.head_l2:
+            std = self.feature_std if self.feature_std is not None else torch.ones(())  # plain L2 without features
+            penalty = head_l2_penalty(self.unwrap("rm").head.weight, std)
+            loss = loss + self.config.rm.head_l2 * penalty * len(batch.examples)
         if self.settings.odin and self.config.rm.odin_ortho_coef:
             ortho = orthogonality_term(self.unwrap("rm"))
             loss = loss + self.config.rm.odin_ortho_coef * ortho * len(batch.examples)
@@ -254,10 +207,11 @@ class RMStage(Stage):
         if not self.eval_batches:
             return {}
         model = self.models["rm"]
+        by_packed = {id(b.packed): b for b in self.eval_batches}
         with self.eval_mode():
             metrics, self.last_scores = evaluate_examples(
                 self.eval_batches,
-                lambda packed: (score_groups(model, packed.to(self.run.device)).float().cpu(), None),
+                lambda packed: (self._scores(model, by_packed[id(packed)]).cpu(), None),
                 self.settings,
                 self.config.rm.calibration_bins,
             )
