@@ -8,6 +8,7 @@ answer_format), lr 1e-4, β 0.04, one optimizer step per rollout (batch 32, micr
   sync_tis     synchronous, the trainer's own old log-probs + TIS 2.0 (the forwards async does, no overlap)
   async        grpo.async_rollouts (max_staleness 1, TIS 2.0); both threads use the process's torch threads
   async_split  async with the training thread on 1 torch thread and the sampling thread on 1 (rollout_threads)
+  async_notis  async without the TIS correction (tis: null); async2: max_staleness 2 (for --modes)
 
 Seconds per update = wall time from the end of update 1 to the end of update N, / (N − 1) (update 1 includes
 the first rollout, which no mode can overlap). Each run is its own process (benchmarks/common.py); with
@@ -40,6 +41,8 @@ MODE_KEYS = {
     "sync_tis": ["grpo.tis=2.0"],
     "async": ["grpo.async_rollouts=true"],
     "async_split": ["grpo.async_rollouts=true", "grpo.rollout_threads=1"],
+    "async_notis": ["grpo.async_rollouts=true", "grpo.tis=null"],  # stale and uncorrected (for comparison)
+    "async2": ["grpo.async_rollouts=true", "grpo.max_staleness=2"],
 }
 
 
@@ -65,8 +68,10 @@ def _overrides(workload: str, rollouts: int, workdir: str, seed: int) -> list[st
     ]
 
 
-def one_run(mode: str, workload: str, rollouts: int, workdir: str, seed: int = 0) -> dict:
+def one_run(mode: str, workload: str, rollouts: int, workdir: str, seed: int = 0, run: int = 0) -> dict:
     """In the child process: one GRPO run in ``mode``; per-update times and the metrics rows."""
+    import os
+
     import torch
 
     from alignloop.config import load_config
@@ -83,14 +88,16 @@ def one_run(mode: str, workload: str, rollouts: int, workdir: str, seed: int = 0
             super().on_step_end(step, metrics)
             clock.tick()
 
-    out = Path(workdir) / f"{mode}-{seed}"
+    out = Path(workdir) / f"{mode}-{seed}-{run}"  # a fresh run directory each time (an old one would resume)
     cfg = load_config(GRPOConfig, None, _overrides(workload, rollouts, workdir, seed) + MODE_KEYS[mode])
+    load_before = os.getloadavg()[0]
     summary = train(Timed(cfg), out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "reward" in r]
     steps = clock.step_seconds()
     return {
         "mode": mode, "seed": seed, "threads_main": torch.get_num_threads(),
+        "load_average": [load_before, os.getloadavg()[0]],  # 1-min load of the machine: others' jobs show here
         "seconds_per_update": sum(steps) / len(steps), "update_seconds": steps,
         "generation_seconds": summary["generation_seconds"],
         "reward": [r["reward"] for r in rows],
@@ -121,10 +128,12 @@ def main(argv=None) -> dict:
         for run in range(args.runs):
             seed = run if args.workload == "word" else 0
             for mode in modes:
-                kwargs = {"mode": mode, "workload": args.workload, "rollouts": rollouts, "workdir": work, "seed": seed}
+                kwargs = {"mode": mode, "workload": args.workload, "rollouts": rollouts, "workdir": work, "seed": seed,
+                          "run": run}
                 result = run_isolated(f"{__file__}:one_run", kwargs, threads=args.threads, echo=False)
                 results[mode].append(result)
-                print(json.dumps({k: result[k] for k in ("mode", "seed", "seconds_per_update", "reward")}), flush=True)
+                shown = ("mode", "seed", "seconds_per_update", "load_average", "reward")
+                print(json.dumps({k: result[k] for k in shown}), flush=True)
     payload: dict = {"workload": args.workload, "rollouts": rollouts, "runs": args.runs, "threads": args.threads}
     for mode, runs in results.items():
         rewards = [r["reward"] for r in runs]
@@ -134,6 +143,7 @@ def main(argv=None) -> dict:
             "reward_per_step_mean": [statistics.mean(col) for col in zip(*rewards)],
             "reward_mean": _spread([statistics.mean(r) for r in rewards]),
             "generation_seconds": _spread([r["generation_seconds"] for r in runs]),
+            "load_average": _spread([x for r in runs for x in r["load_average"]]),
         }
         waits = [w for r in runs for w in r["wait_seconds"][1:] if w is not None]
         if waits:

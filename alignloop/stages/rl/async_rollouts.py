@@ -188,6 +188,3 @@ class AsyncRollouts:
                         "are sampled with other weights than an uninterrupted run's", state["max_staleness"],
                         self.staleness)
         self.snapshots = {int(v): t for v, t in state["snapshots"].items()}
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
