@@ -13,6 +13,9 @@ layer on raw features (a feature's mean cancels in every chosen − rejected dif
 
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 from torch import nn
 
@@ -22,6 +25,8 @@ from alignloop.stages.evaluate.progress import SampleProgress
 from alignloop.stages.rm.data import PreferenceBatch, PreferenceExample
 
 __all__ = ["FeatureCache", "freeze_backbone", "head_l2_penalty"]
+
+log = logging.getLogger("alignloop")
 
 
 def freeze_backbone(model: ScalarHeadModel) -> None:
@@ -45,6 +50,7 @@ class FeatureCache:
         captured: list[torch.Tensor] = []
         hook = self.model.head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
         total = sum(len(b.examples) for b in batches)
+        started, tokens = time.perf_counter(), 0
         try:
             with torch.no_grad(), self.autocast(), SampleProgress(total, title) as progress:
                 for batch in batches:
@@ -55,8 +61,10 @@ class FeatureCache:
                     for example, rows in zip(batch.examples, packed.index):
                         self._by_example[id(example)] = hidden[rows]
                     progress.advance(len(batch.examples))
+                    tokens += packed.n_tokens
         finally:
             hook.remove()
+        log.info("%s: %d records, %d tokens in %.1f s", title, total, tokens, time.perf_counter() - started)
 
     def rows(self, batch: PreferenceBatch) -> torch.Tensor:
         """``[U, hidden]`` in the order of ``batch.packed``'s unique completions (what ``score_groups`` scores)."""
