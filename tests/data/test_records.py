@@ -287,8 +287,9 @@ def test_rankings_to_pairs_skips_ties():
 
 
 def test_rankings_to_pairs_on_real_oasst_data():
-    records = load_records("bundled:oasst-rankings-train.jsonl", "ranking")
-    # The data's README: 212 ranked groups that make 754 pairs.
+    records = [*load_records("bundled:oasst-rankings-train.jsonl", "ranking"),
+               *load_records("bundled:oasst-rankings-heldout.jsonl", "ranking")]
+    # HUMAN_PREFERENCES.md: 212 ranked groups (152 train + 60 held out) that make 754 pairs.
     assert (len(records), sum(len(rankings_to_pairs(r)) for r in records)) == (212, 754)
 
 
