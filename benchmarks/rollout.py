@@ -3,14 +3,14 @@
     python benchmarks/rollout.py [--batch-sizes 8,16,32,64] [--new-tokens 48] [--precision bf16|fp32]
                                  [--threads N] [--runs 3] [--levers] [--model DIR_OR_NAME]
 
-Workload: ``B`` chat prompts (the 8 below, cycled) × ``--new-tokens`` new tokens, plain sampling (temperature 1,
-no top-k / top-p), one batch of ``B`` rows, for each batch size. ``hf_generate`` is ``model.generate`` at the same
+Workload: ``B`` chat prompts (the 8 below, cycled) × ``--new-tokens`` new tokens, plain sampling (temperature 1, no
+top-k / top-p), one batch of ``B`` rows, for each batch size. ``hf_generate`` is ``model.generate`` at the same
 settings (under the same bf16 autocast with ``--precision bf16``); ``hfsampler`` is alignloop's sampler at its
 defaults. With ``--levers`` the sampler also runs with each speed lever switched off (``static_cache=False``,
-``share_prefix=False``, ``fused_sampling=False``), so every lever is measured against the defaults in the same run. Tokens count up to and
-including each row's first EOS. ``--runs N`` repeats everything N times, alternating the order of the contenders,
-and reports the median and the [min, max] spread of tokens/s (wall and per CPU-second of this process) and of
-the per-run ratios to ``hf_generate``.
+``share_prefix=False``, ``fused_sampling=False``), so every lever is measured against the defaults in the same run.
+Tokens count up to and including each row's first EOS. ``--runs N`` repeats everything N times, alternating the
+order of the contenders, and reports the median and the [min, max] spread of tokens/s (wall and per CPU-second of
+this process) and of the per-run ratios to ``hf_generate``.
 
 The bound. A memory copy benchmark in the same process measures the bandwidth (``copy``: bytes read + bytes
 written per second, STREAM's convention, 512 MB buffers, far above the L3 cache). One decode step must at least
