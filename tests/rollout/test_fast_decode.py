@@ -15,38 +15,10 @@ from alignloop.rollout.prompts import encode_prompts
 from alignloop.rollout.sampling import SamplingSettings, Scratch, sample_next
 from alignloop.stages.rl.config import RolloutSettings
 from alignloop.stages.rl.roles import RLRoles, local_roles
-from tests.conftest import tiny_llama as shared_tiny_llama
+from tests.rollout.conftest import EOS, tiny_llama
 
-EOS = 2
 # Chat prompts: the template's system message is a prefix every row shares.
 PROMPTS = ["hi", "tell me a long story about dragons and bread", "what is two plus two?", "name three colours"]
-
-
-def tiny_llama(seed: int = 0, **overrides):
-    return shared_tiny_llama(seed, bos_token_id=1, eos_token_id=EOS, pad_token_id=EOS, **overrides)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_llama()
-
-
-@pytest.fixture(scope="module")
-def eos_model():
-    """EOS comes up at random steps, so rows leave the batch (and the cache) at different times."""
-    model = tiny_llama(tie_word_embeddings=False)
-    direction = torch.randn(64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        model.lm_head.weight[EOS] = 6 * direction / direction.norm()
-    return model
 
 
 def sample(model, tokenizer, prompts, dtype="fp32", **levers):

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
 
 from alignloop.errors import ConfigError, DataError
 from alignloop.rollout import (
@@ -22,39 +21,9 @@ from alignloop.rollout import (
 )
 from alignloop.rollout.hf import plan_batches
 from alignloop.rollout.prompts import encode_prompts
-from tests.conftest import tiny_llama as shared_tiny_llama
+from tests.rollout.conftest import EOS, tiny_llama
 
-EOS = 2  # <|im_end|>, also the pad token
 PROMPTS = ["hi", "tell me a long story about dragons and bread", "what is two plus two?"]
-
-
-def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
-    """conftest's untied tiny Llama with the bundled tokenizer's special ids (EOS is also the pad token)."""
-    return shared_tiny_llama(seed, bos_token_id=1, eos_token_id=EOS, pad_token_id=EOS, **overrides)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On the shared 2-core CPU, two OpenMP threads fighting other processes made these tests ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_llama()
-
-
-@pytest.fixture(scope="module")
-def eos_model():
-    """EOS logit = 6 * (h . u) for a fixed unit vector u: EOS comes up at random steps."""
-    model = tiny_llama(tie_word_embeddings=False)
-    direction = torch.randn(64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        model.lm_head.weight[EOS] = 6 * direction / direction.norm()
-    return model
 
 
 def fp32_sampler(model, tokenizer, **kwargs) -> HFSampler:
