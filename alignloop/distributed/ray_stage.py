@@ -28,6 +28,7 @@ from alignloop.config import load_config
 from alignloop.distributed.ray_roles import actor_classes
 from alignloop.distributed.remote_roles import import_ray
 from alignloop.errors import ConfigError
+from alignloop.stages.rl.config import check_sampler_logprobs
 from alignloop.stages.registry import resolve_out_dir, stage_classes
 
 log = logging.getLogger("alignloop")
@@ -61,6 +62,10 @@ def run_configured(stage: str, cfg: Any, out: str | Path, threads_per_actor: int
         raise ConfigError(f"ray: stage {stage!r} is not an RL stage (it has no rollouts to distribute)")
     if rc.workers < 1:
         raise ConfigError("rollout.workers: the Ray path needs at least one rollout worker")
+    try:  # run_with_ray sets the rollout section after the config was validated
+        check_sampler_logprobs(rc, opts, stage)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     out_dir = Path(out).resolve()
     if not ray.is_initialized():
         ray.init(address=rc.address, include_dashboard=False, log_to_driver=False)

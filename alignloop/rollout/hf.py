@@ -110,6 +110,8 @@ class HFSampler:
     ``merge_lora`` decodes a LoRA model in fp32 with its adapters folded into temporary weights
     (``models.lora.lora_merged_view``): the same function up to fp32 rounding, fewer module calls per
     token. Not under bf16/fp16 autocast, where rounding ``W + ΔW`` to ``W``'s ulp loses small adapters.
+    ``logprobs``: ``"full"`` reports each token's log-prob under ``softmax(logits / T)`` over the whole vocabulary,
+    ``"sampled"`` under the top-k / top-p candidates it was drawn from, renormalised (``rollout.sampling``).
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class HFSampler:
         static_cache: bool = True,
         share_prefix: bool = True,
         fused_sampling: bool = True,
+        logprobs: str = "full",
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
@@ -133,6 +136,8 @@ class HFSampler:
         self.static_cache = static_cache
         self.share_prefix = share_prefix
         self.fused_sampling = fused_sampling
+        self.logprobs = logprobs
+        SamplingSettings(logprobs=logprobs)  # a bad value fails here, not at the first generate
         self.last_stats: dict[str, float] = {}  # wall seconds of the last call's prefill and decode phases
         self.device = torch.device(device) if device is not None else model_device(model)
         self.autocast_dtype = resolve_autocast_dtype(dtype, model, self.device)
@@ -205,7 +210,7 @@ class HFSampler:
             raise ConfigError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
         options = DecodeOptions(
             max_new_tokens=max_new_tokens,
-            sampling=SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p),
+            sampling=SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, logprobs=self.logprobs),
             eos_ids=self.eos_ids.to(self.device),
             pad_id=self.pad_id,
             logits_to_keep=accepts_logits_to_keep(self.model),

@@ -1,8 +1,19 @@
-"""Choosing the next token from last-position logits: temperature, top-k, top-p, greedy."""
+"""Choosing the next token from last-position logits: temperature, top-k, top-p, greedy.
+
+Which log-prob is reported with each token (``SamplingSettings.logprobs``):
+
+* ``full`` (default): ``log softmax(logits / T)[token]`` over the whole vocabulary, also when top-k / top-p cut
+  the choice: the policy's own log-prob, which the trainer recomputes from the logits alone (so it can stand in
+  for π_old, ``reuse_sampler_logprobs``);
+* ``sampled``: the log-prob under the distribution the token was really drawn from, the top-k / top-p candidates
+  renormalised at temperature T (greedy: 0, a point mass). Truncated importance sampling needs it: under ``full``
+  the truncation is invisible to the ratio π_old / π_sampler. Without top-k / top-p both are the same numbers.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -14,8 +25,11 @@ class SamplingSettings:
     temperature: float = 1.0  # 0 means greedy
     top_k: int = 0  # 0 means no top-k cut
     top_p: float = 1.0  # 1 means no nucleus cut
+    logprobs: Literal["full", "sampled"] = "full"  # which distribution the reported log-probs are under
 
     def __post_init__(self) -> None:
+        if self.logprobs not in ("full", "sampled"):
+            raise ConfigError(f"logprobs: expected 'full' or 'sampled', got {self.logprobs!r}")
         if self.temperature < 0:
             raise ConfigError(f"temperature: must be >= 0 (0 means greedy), got {self.temperature}")
         if self.top_k < 0:
@@ -112,19 +126,22 @@ def sample_next(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row of ``logits [B, V]`` (float32, or the model's dtype when ``scratch`` is given).
 
-    Returns ``(tokens [B], logprobs [B])``. The log-prob is under ``softmax(logits / T)`` over
-    the full vocabulary (see ``alignloop.rollout.logprobs``), also when top-k / top-p restricted
-    the choice; greedy reports it at ``T = 1``. With a ``scratch`` buffer, plain sampling (no top-k / top-p)
-    takes the fused in-place path (``_fused_plain_sample``).
+    Returns ``(tokens [B], logprobs [B])``. With ``settings.logprobs == "full"`` the log-prob is under
+    ``softmax(logits / T)`` over the full vocabulary (see ``alignloop.rollout.logprobs``), also when top-k / top-p
+    restricted the choice; greedy reports it at ``T = 1``. With ``"sampled"`` it is under the renormalised
+    candidates the token was drawn from (greedy: 0). With a ``scratch`` buffer, plain sampling (no top-k / top-p,
+    where both conventions agree) takes the fused in-place path (``_fused_plain_sample``).
     """
     plain = not settings.greedy and not 0 < settings.top_k < logits.shape[-1] and settings.top_p >= 1.0
     if scratch is not None and plain:
         return _fused_plain_sample(logits, settings.temperature, generator, scratch)
     logits = logits.float()
     if settings.greedy:
+        tokens = logits.argmax(dim=-1)
+        if settings.logprobs == "sampled":  # a point mass on the argmax
+            return tokens, torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
         scaled = logits
         log_normalizer = scaled.logsumexp(dim=-1, keepdim=True)
-        tokens = logits.argmax(dim=-1)
     else:
         scaled = logits / settings.temperature if settings.temperature != 1.0 else logits
         log_normalizer = scaled.logsumexp(dim=-1, keepdim=True)
@@ -140,6 +157,9 @@ def sample_next(
                 candidates = _nucleus_cut(candidates, settings.top_p)
             choice = _inverse_cdf_sample(torch.exp(candidates - candidates[:, :1]), generator)
             tokens = candidate_ids.gather(-1, choice.unsqueeze(-1)).squeeze(-1)
+            if settings.logprobs == "sampled":  # renormalised over the candidates (cut ones are -inf)
+                picked = candidates.gather(-1, choice.unsqueeze(-1))
+                return tokens, (picked - candidates.logsumexp(dim=-1, keepdim=True)).squeeze(-1)
         else:
             tokens = _inverse_cdf_sample(torch.exp(scaled - log_normalizer), generator)
     chosen = scaled.gather(-1, tokens.unsqueeze(-1))

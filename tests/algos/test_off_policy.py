@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from alignloop.algos import POLICY_LOSSES, aggregate_loss, logprob_gap_stats, tis_weights, vanilla_policy_loss
+from alignloop.rollout.sampling import SamplingSettings, sample_next
 
 LN2, LN3, LN4 = math.log(2), math.log(3), math.log(4)
 # Δ = old − sampler: row 0 (ln 2, −ln 2, ln 4) → ρ = (2, ½, 4); row 1 (ln 3, 0, pad) → ρ = (3, 1, ·)
@@ -97,12 +98,14 @@ def token_logp(logits):
     return torch.log_softmax(logits, -1).gather(-1, SEQS.unsqueeze(-1)).squeeze(-1)  # [16, H]
 
 
+def truncated_logits(logits, top_k):
+    kth = logits.topk(top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))  # the sampler never draws the rest
+
+
 def sampler_logp(theta, temperature=1.0, top_k=0):
     logits = token_logits(theta) / temperature
-    if top_k:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))  # the sampler never draws the rest
-    return token_logp(logits)
+    return token_logp(truncated_logits(logits, top_k) if top_k else logits)
 
 
 def flat_grad(value, theta):
@@ -181,3 +184,28 @@ def test_top_k_truncation_leaves_exactly_the_undrawn_sequences_as_bias():
     assert float(torch.exp(old.sum(-1) - mu.sum(-1))[drawn].max()) <= 1.0 + 1e-6
     capped = estimator_gradient(theta, reward, mu, tis_weights(old, mu, ones, 2.0, level="sequence"))
     assert torch.allclose(capped, corrected, atol=1e-6)
+
+
+def test_sampled_logprobs_give_the_on_policy_gradient_over_what_top_k_can_draw():
+    """μ above is what the sampler reports with ``logprobs="sampled"``; with it the sequence weights give exactly
+    Σ_{y top-k can draw} π(y) R(y) ∇logπ(y). With the full-vocabulary log-probs (``"full"``, the old report) the
+    weights are 1 and the estimator stays the uncorrected E_μ[R ∇logπ]."""
+    theta, reward = leaf_theta()
+    with torch.no_grad():
+        logits = token_logits(theta)
+        old, mu = token_logp(logits), sampler_logp(theta, top_k=2)
+    # the sampler's own report at every toy position equals the hand-truncated μ of the token it drew
+    flat = logits.reshape(-1, V)
+    drawn_tokens, reported = sample_next(flat, SamplingSettings(top_k=2, logprobs="sampled"),
+                                         torch.Generator().manual_seed(0))
+    by_hand = torch.log_softmax(truncated_logits(flat, 2), -1).gather(-1, drawn_tokens.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(reported, by_hand, atol=1e-6)
+    ones = torch.ones_like(old)
+    drawn = (mu.sum(-1) > float("-inf")).unsqueeze(1)
+    restricted = estimator_gradient(theta, reward, old.masked_fill(~drawn, float("-inf")), ones)
+    sampled = estimator_gradient(theta, reward, mu, tis_weights(old, mu, ones, float("inf"), level="sequence"))
+    assert torch.allclose(sampled, restricted, atol=1e-5)
+    full = old.masked_fill(~drawn, float("-inf"))  # what "full" reports for the tokens the sampler draws: π's own
+    as_full = estimator_gradient(theta, reward, mu, tis_weights(old, full, ones, float("inf"), level="sequence"))
+    assert torch.allclose(as_full, estimator_gradient(theta, reward, mu, ones), atol=1e-6)
+    assert (as_full - restricted).norm() > 0.1 * restricted.norm()

@@ -97,10 +97,10 @@ def test_shared_prefix_with_a_prompt_that_is_all_prefix(model, tokenizer):
 
 
 def test_rollout_switches_reach_the_rl_sampler(model, tokenizer):
-    assert RolloutSettings().sampler_options() == {"static_cache": True, "share_prefix": True}
-    off = RolloutSettings(static_cache=False, share_prefix=False).sampler_options()
+    assert RolloutSettings().sampler_options() == {"static_cache": True, "share_prefix": True, "logprobs": "full"}
+    off = RolloutSettings(static_cache=False, share_prefix=False, sampler_logprobs="sampled").sampler_options()
     roles = local_roles(RLRoles(reward=object()), model, tokenizer, None, False, 4, "fp32", None, off)
-    assert not roles.sampler.static_cache and not roles.sampler.share_prefix
+    assert not roles.sampler.static_cache and not roles.sampler.share_prefix and roles.sampler.logprobs == "sampled"
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -119,8 +119,10 @@ class AsyncRollouts:
         self.model = sampler_copy(stage.unwrap("policy"))
         dtype = "auto" if stage.config.train.precision == "bf16" else "fp32"
         # its own tokenizer: a fast tokenizer used by two threads at once can fail ("Already borrowed")
+        rollout = getattr(stage.config, "rollout", None)  # the same sampler options as the synchronous path's
+        options = rollout.sampler_options(stage.opts) if rollout is not None else {}
         self.sampler = HFSampler(self.model, copy.deepcopy(stage.tokenizer),
-                                 batch_size=stage.opts.generation_batch_size, dtype=dtype)
+                                 batch_size=stage.opts.generation_batch_size, dtype=dtype, **options)
 
     def rollout(self, index: int, records: list[dict]) -> tuple[Rollout, dict[str, float]]:
         """Rollout ``index`` (for ``records``), sampled ahead when the pipeline is full; queues the next ones."""

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 from alignloop.algos import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from alignloop.config import SamplingSettings, Section, StageConfig
 
-__all__ = ["RLOptions", "RolloutSettings", "check_rollout_shape", "steps_per_rollout"]
+__all__ = ["RLOptions", "RolloutSettings", "check_rollout_shape", "check_sampler_logprobs", "steps_per_rollout"]
 
 
 class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
@@ -68,7 +68,8 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
     tis: float | None = Field(
         None, gt=0, description="Truncated importance sampling cap C (e.g. 2.0): weight each token's policy-gradient "
         "loss by min(π_old/π_sampler, C) (docs/grpo.md). Needs the trainer's own old log-probs, so it sets "
-        "reuse_sampler_logprobs: false. null: off.",
+        "reuse_sampler_logprobs: false; π_sampler is under the top-k/top-p distribution the token was drawn from "
+        "(rollout.sampler_logprobs: auto). null: off.",
     )
     tis_mode: Literal["truncate", "mask"] = Field(
         "truncate", description="truncate: weight min(ρ, C) (TIS); mask: weight ρ, or 0 where ρ > C (masked IS).")
@@ -137,10 +138,24 @@ class RolloutSettings(Section):
         True, description="hf backend: the prompt prefix all rows of a decode batch share (the chat template's "
         "system text) is prefilled once (same results up to float rounding; docs/rollout.md)."
     )
+    sampler_logprobs: Literal["auto", "full", "sampled"] = Field(
+        "auto", description="hf backend in the learner process: the log-probs the sampler reports. full: softmax("
+        "logits/T) over the whole vocabulary (what the trainer computes: needed by reuse_sampler_logprobs); sampled: "
+        "under the distribution each token was really drawn from (the top-k/top-p candidates renormalised), so tis "
+        "sees the truncation; auto: sampled when tis is set (async_rollouts sets it), full otherwise.",
+    )
 
-    def sampler_options(self) -> dict[str, bool]:
-        """Keyword arguments of ``HFSampler`` these settings give."""
-        return {"static_cache": self.static_cache, "share_prefix": self.share_prefix}
+    def logprobs_for(self, opts: Any) -> Literal["full", "sampled"]:
+        """``sampler_logprobs`` with ``auto`` resolved for the stage options ``opts`` (``tis`` already resolved). Only
+        the in-process HF sampler can report either; Ray workers report full-vocabulary log-probs."""
+        if self.sampler_logprobs != "auto":
+            return self.sampler_logprobs
+        return "sampled" if getattr(opts, "tis", None) is not None and self.workers == 0 else "full"
+
+    def sampler_options(self, opts: Any = None) -> dict[str, Any]:
+        """Keyword arguments of ``HFSampler`` these settings give (for the stage options ``opts``)."""
+        return {"static_cache": self.static_cache, "share_prefix": self.share_prefix,
+                "logprobs": self.logprobs_for(opts)}
 
 
 def steps_per_rollout(opts: RLOptions, batch_size: int) -> int:
@@ -163,5 +178,20 @@ def check_rollout_shape(cfg: StageConfig, opts: RLOptions, section: str) -> None
     rollout = getattr(cfg, "rollout", None)
     if rollout is not None and rollout.backend == "vllm" and rollout.workers < 1:
         raise ValueError("rollout.backend: 'vllm' runs in Ray rollout workers; set rollout.workers ≥ 1")
+    if rollout is not None:
+        check_sampler_logprobs(rollout, opts, section)
     if opts.loss_agg not in AGGREGATIONS or opts.kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"{section}: unknown loss_agg or kl_estimator")
+
+
+def check_sampler_logprobs(rollout: RolloutSettings, opts: RLOptions, section: str) -> None:
+    """Raise ValueError when ``rollout.sampler_logprobs: sampled`` cannot be honoured or would be misused."""
+    if rollout.sampler_logprobs != "sampled":
+        return
+    if opts.reuse_sampler_logprobs:
+        # π_old must be the policy's full-vocabulary log-prob, the one the trainer's new log-probs are compared with
+        raise ValueError(f"rollout.sampler_logprobs: 'sampled' log-probs are not the policy's own, so they cannot be "
+                         f"π_old: set {section}.reuse_sampler_logprobs: false (or {section}.tis)")
+    if rollout.workers > 0:
+        raise ValueError("rollout.sampler_logprobs: 'sampled' needs the hf sampler in the learner process "
+                         "(rollout.workers: 0); for vLLM pass rollout.vllm: {logprobs_mode: processed_logprobs}")

@@ -63,7 +63,8 @@ def local_roles(given: RLRoles, policy: nn.Module, tokenizer: Any, reward_spec: 
                 generation_batch_size: int, precision: str, forward: Callable[..., torch.Tensor],
                 sampler_options: dict[str, Any] | None = None) -> RLRoles:
     """``given`` with every missing role built here. The reference is taken now, before any update.
-    ``sampler_options`` go to ``HFSampler`` (``rollout.static_cache``, ``rollout.share_prefix``)."""
+    ``sampler_options`` go to ``HFSampler`` (``rollout.static_cache``, ``share_prefix``,
+    ``sampler_logprobs``)."""
     sampler = given.sampler
     if sampler is None:
         dtype = "auto" if precision == "bf16" else "fp32"

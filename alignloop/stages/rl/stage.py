@@ -79,7 +79,7 @@ class RLStage(Stage):
         roles = local_roles(
             self.given_roles, policy, self.tokenizer, opts.reward, self.algorithm.needs_reference,
             opts.generation_batch_size, cfg.train.precision, self._reference_forward,
-            cfg.rollout.sampler_options() if getattr(cfg, "rollout", None) is not None else None,
+            cfg.rollout.sampler_options(opts) if getattr(cfg, "rollout", None) is not None else None,
         )
         self.sampler, self.reward, self.reference = roles.sampler, roles.reward, roles.reference
         self.sampler = with_environment(self.sampler, opts, self.tokenizer, self.section, self.prompts.vision)

@@ -126,3 +126,49 @@ def test_bf16_sampler_against_fp32_trainer_logs_a_gap(tmp_path, toy):
     for row in rows(tmp_path):
         assert 0 < row["rollout/logprob_diff_mean"] < 0.05, row["rollout/logprob_diff_mean"]
         assert row["rollout/tis_clipfrac"] == 0.0  # a precision gap stays far below C = 2
+
+
+def test_sampler_logprobs_config(toy):
+    def resolve(*overrides: str) -> str:
+        cfg = config(toy, *overrides)
+        return cfg.rollout.logprobs_for(cfg.grpo)
+
+    assert resolve() == "full" and resolve("grpo.reuse_sampler_logprobs=false") == "full"  # TIS off: as before
+    assert resolve("grpo.tis=2.0") == "sampled" and resolve("grpo.async_rollouts=true") == "sampled"  # auto
+    assert resolve("grpo.tis=2.0", "rollout.sampler_logprobs=full") == "full"  # an explicit choice wins
+    assert resolve("grpo.tis=2.0", "rollout.workers=1") == "full"  # Ray workers report full log-probs
+    with pytest.raises(ConfigError, match="cannot be π_old"):
+        config(toy, "rollout.sampler_logprobs=sampled")  # reuse_sampler_logprobs is on by default
+    with pytest.raises(ConfigError, match="rollout.workers: 0"):
+        config(toy, "rollout.sampler_logprobs=sampled", "grpo.tis=2.0", "rollout.workers=1")
+
+
+TOP_K = 3  # of the toy's 16 words: the sampler draws from ~3/16 of a near-uniform distribution
+
+
+@pytest.mark.parametrize("logprobs", ["full", "sampled"])
+def test_top_k_truncation_is_visible_with_sampled_logprobs(tmp_path, toy, logprobs):
+    """The sampler is the trainer's own (fp32, same weights): the only gap left is the top-k cut, which the sampled
+    log-probs show (ρ_t = the kept mass Σ_top-k π ≤ 1 on every token) and the full ones hide."""
+    torch.manual_seed(0)
+    train(GRPOStage(config(toy, "grpo.reuse_sampler_logprobs=false", f"grpo.top_k={TOP_K}",
+                           f"rollout.sampler_logprobs={logprobs}")), tmp_path)
+    for row in rows(tmp_path):
+        if logprobs == "full":
+            assert row["rollout/logprob_diff_max"] < 1e-3
+            assert row["rollout/tis_ratio_mean"] == pytest.approx(1, abs=1e-3)
+        else:
+            assert row["rollout/logprob_diff_mean"] > 0.5, row  # log(16/3) ≈ 1.7 for a uniform policy
+            assert row["rollout/tis_ratio_max"] <= 1 + 1e-4 and row["rollout/tis_ratio_mean"] < 0.6
+
+
+@pytest.mark.parametrize("tis", ["grpo.tis=2.0", "grpo.async_rollouts=true"])
+def test_tis_uses_the_sampled_logprobs_under_top_k(tmp_path, toy, tis):
+    """``tis`` (set, or by async_rollouts; sampler_logprobs auto): the weights are the kept masses, below 1, never
+    clipped at C; the async path's own sampler copy reports the sampled log-probs too."""
+    torch.manual_seed(0)
+    train(GRPOStage(config(toy, tis, f"grpo.top_k={TOP_K}")), tmp_path)
+    for row in rows(tmp_path):
+        assert row["rollout/logprob_diff_mean"] > 0.5 and row["rollout/tis_clipfrac"] == 0.0
+        assert row["rollout/tis_weight_mean"] == pytest.approx(row["rollout/tis_ratio_mean"], rel=1e-5)
+        assert row["rollout/tis_weight_mean"] < 0.6
