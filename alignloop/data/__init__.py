@@ -16,6 +16,7 @@ from alignloop.data.records import (
     load_records,
     rankings_to_pairs,
     resolve_data_path,
+    split_data_path,
     split_records,
     truncate_pair,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "render_chat",
     "resolve_data_path",
     "sequence_ids",
+    "split_data_path",
     "split_records",
     "tokenize_conversation",
     "tokenize_prompt",

@@ -17,7 +17,7 @@ from typing import Any
 
 from alignloop.data.images import check_images
 from alignloop.data.schema import KINDS, validate_record
-from alignloop.data.selection import split_selection
+from alignloop.data.selection import Selection, split_selection
 from alignloop.errors import DataError
 from alignloop.utils.lazy import LazyModule
 
@@ -50,6 +50,11 @@ def _names_a_file(text: str) -> bool:
     if text.startswith(BUNDLED_PREFIX):
         return (_bundled_root() / text[len(BUNDLED_PREFIX) :]).is_file()
     return Path(text).expanduser().exists()
+
+
+def split_data_path(path: str | Path) -> tuple[str, Selection | None]:
+    """``(file, record selection or None)`` of a data path such as ``data.jsonl[0:100]`` (data/selection.py)."""
+    return split_selection(str(path), _names_a_file)
 
 
 def resolve_data_path(path: str | Path) -> Path:

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 
 from alignloop.config import DataConfig, SamplingSettings, StageConfig
-from alignloop.data import load_records, resolve_data_path, validate_record
+from alignloop.data import load_records, resolve_data_path, split_data_path, validate_record
 from alignloop.errors import DataError
 from alignloop.eval.gold import get_gold_scorer
 from alignloop.models import load_causal_lm, load_tokenizer
@@ -125,22 +125,29 @@ def _first_record(path: str) -> dict:
 
 
 def _load_unranked(path: str) -> list[dict]:
-    """Prompt + completions records, validated as rankings with a placeholder order."""
-    records, problems = [], []
-    with resolve_data_path(path).open(encoding="utf-8") as handle:
+    """Prompt + completions records, validated as rankings with a placeholder order; a record selection
+    (``FILE[0:100]``, ``FILE[1/2]``) keeps only those records, as for every other kind."""
+    file_label, selection = split_data_path(path)
+    items = []
+    with resolve_data_path(file_label).open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as err:
-                problems.append(f"{path}:{number}: invalid JSON: {err.msg} (column {err.colno})")
-                continue
-            n = len(raw.get("completions") or []) if isinstance(raw, dict) else 0
-            record, found = validate_record({**raw, "ranking": list(range(n))} if n else raw, "ranking")
-            problems += [f"{path}:{number}: {p}" for p in found]
-            if record is not None:
-                records.append(record)
+            if line.strip():
+                try:
+                    items.append((number, json.loads(line), None))
+                except json.JSONDecodeError as err:
+                    items.append((number, None, f"invalid JSON: {err.msg} (column {err.colno})"))
+    if selection is not None:
+        items = selection.apply(items, lambda item: item[1], file_label)
+    records, problems = [], []
+    for number, raw, parse_error in items:
+        if parse_error:
+            problems.append(f"{file_label}:{number}: {parse_error}")
+            continue
+        n = len(raw.get("completions") or []) if isinstance(raw, dict) else 0
+        record, found = validate_record({**raw, "ranking": list(range(n))} if n else raw, "ranking")
+        problems += [f"{file_label}:{number}: {p}" for p in found]
+        if record is not None:
+            records.append(record)
     if problems:
         raise DataError(problems[:20], len(problems))
     return records
