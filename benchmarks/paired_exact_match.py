@@ -30,15 +30,17 @@ from alignloop.stages.rl.prompts import RLPrompts
 
 
 def greedy_correct(model_name: str, records: list[dict], max_new_tokens: int, env: str | None = None,
-                   max_turns: int = 4) -> tuple[list[bool], float]:
+                   max_turns: int = 4, temperature: float = 0.0, seed: int = 0) -> tuple[list[bool], float]:
+    """Per-record exact match of one answer each: greedy, or one sample at ``temperature`` (seeded)."""
     model = load_causal_lm(model_name, trainable=False)
     model.eval()
     prompts = RLPrompts(model_name, max_length=4096)  # vision-language models: prompts with their images
     sampler = HFSampler(model, prompts.tokenizer, batch_size=50)
     if env is not None:
         sampler = MultiTurnSampler(sampler, prompts.tokenizer, ENVIRONMENTS[env], max_turns=max_turns)
-    torch.manual_seed(0)
-    rollout = sampler.generate(prompts.for_sampler(records), n=1, max_new_tokens=max_new_tokens, temperature=0.0)
+    torch.manual_seed(seed)
+    rollout = sampler.generate(prompts.for_sampler(records), n=1, max_new_tokens=max_new_tokens,
+                               temperature=temperature, seed=seed)
     scores = exact_match(rollout.prompts, rollout.responses, answer=[r["answer"] for r in records])
     return [s > 0 for s in scores], float(rollout.response_lengths().float().mean())
 
@@ -53,14 +55,20 @@ def main() -> None:
     parser.add_argument("--env-a", choices=sorted(ENVIRONMENTS), help="model A answers with this tool environment")
     parser.add_argument("--env-b", choices=sorted(ENVIRONMENTS), help="model B answers with this tool environment")
     parser.add_argument("--max-turns", type=int, default=4, help="assistant turns per episode with --env-*")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 (default): greedy; > 0: ONE sample per prompt at this temperature (the policy's own "
+                             "distribution, which RL optimises), so the McNemar pairs stay one per prompt")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed with --temperature")
     args = parser.parse_args()
     records = list(load_records(args.data, "prompt"))[: args.prompts]
-    a, len_a = greedy_correct(args.model_a, records, args.max_new_tokens, args.env_a, args.max_turns)
-    b, len_b = greedy_correct(args.model_b, records, args.max_new_tokens, args.env_b, args.max_turns)
+    sampling = dict(temperature=args.temperature, seed=args.seed)
+    a, len_a = greedy_correct(args.model_a, records, args.max_new_tokens, args.env_a, args.max_turns, **sampling)
+    b, len_b = greedy_correct(args.model_b, records, args.max_new_tokens, args.env_b, args.max_turns, **sampling)
     gained = sum(1 for x, y in zip(a, b) if y and not x)
     lost = sum(1 for x, y in zip(a, b) if x and not y)
     result = {
-        "prompts": len(records), "accuracy_a": sum(a) / len(a), "accuracy_b": sum(b) / len(b),
+        "prompts": len(records), "temperature": args.temperature,
+        "accuracy_a": sum(a) / len(a), "accuracy_b": sum(b) / len(b),
         "both_right": sum(1 for x, y in zip(a, b) if x and y), "gained": gained, "lost": lost,
         "mcnemar_p": round(mcnemar_exact(gained, lost), 5),
         "mean_length_a": round(len_a, 2), "mean_length_b": round(len_b, 2),

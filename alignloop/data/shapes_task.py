@@ -153,33 +153,42 @@ def _prompt_record(ex: dict) -> dict:
             "answer": ex["answer"], "task": ex["kind"]}
 
 
-def generate_shapes_task(out_dir: Path, n_train: int = 600, n_heldout: int = 200, seed: int = 0) -> dict[str, int]:
-    """Write ``images/*.png`` and ``sft.jsonl``, ``prompts.jsonl``, ``pairs.jsonl`` (train images) and
-    ``heldout.jsonl`` (held-out images) into ``out_dir``; image paths are relative to ``out_dir``. Earlier
-    ``train-*``/``heldout-*`` PNGs there are removed first. Returns the number of records per file. The same
-    arguments give byte-identical files."""
+def _pair_record(ex: dict) -> dict:
+    return {"prompt": [{"role": "user", "content": IMAGE_TOKEN + ex["question"]}],
+            "chosen": [{"role": "assistant", "content": ex["answer"]}],
+            "rejected": [{"role": "assistant", "content": ex["wrong"]}],
+            "images": [ex["image"]], "task": ex["kind"]}
+
+
+def generate_shapes_task(out_dir: Path, n_train: int = 600, n_heldout: int = 200, n_rl: int = 1200,
+                        seed: int = 0) -> dict[str, int]:
+    """Write ``images/*.png`` and ``sft.jsonl``, ``prompts.jsonl``, ``pairs.jsonl`` (train images),
+    ``heldout.jsonl`` (held-out images) and ``rl-prompts.jsonl``, ``rl-pairs.jsonl`` (``n_rl`` further images that
+    neither SFT nor the held-out set has: the RL and preference stages' own data) into ``out_dir``; image paths are
+    relative to ``out_dir``. Earlier ``train-*``/``heldout-*``/``rl-*`` PNGs there are removed first. Returns the
+    number of records per file. The same arguments give byte-identical files."""
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*image_dir.glob("train-*.png"), *image_dir.glob("heldout-*.png")]:
+    for stale in [*image_dir.glob("train-*.png"), *image_dir.glob("heldout-*.png"), *image_dir.glob("rl-*.png")]:
         stale.unlink()  # a previous, larger generation's images would otherwise linger
     master = random.Random(seed)
-    train_rng, heldout_rng = random.Random(master.getrandbits(64)), random.Random(master.getrandbits(64))
+    # the rl split's generator is drawn last, so adding it left the train and held-out files as they were
+    train_rng, heldout_rng, rl_rng = (random.Random(master.getrandbits(64)) for _ in range(3))
     seen: set[bytes] = set()
     train = _split("train", n_train, train_rng, image_dir, seen)
     heldout = _split("heldout", n_heldout, heldout_rng, image_dir, seen)
+    rl = _split("rl", n_rl, rl_rng, image_dir, seen)
     sft = [{"messages": [{"role": "user", "content": IMAGE_TOKEN + ex["question"]},
                          {"role": "assistant", "content": ex["answer"]}],
             "images": [ex["image"]], "task": ex["kind"]} for ex in train]
-    pairs = [{"prompt": [{"role": "user", "content": IMAGE_TOKEN + ex["question"]}],
-              "chosen": [{"role": "assistant", "content": ex["answer"]}],
-              "rejected": [{"role": "assistant", "content": ex["wrong"]}],
-              "images": [ex["image"]], "task": ex["kind"]} for ex in train]
     return {
         "sft.jsonl": _write_jsonl(out_dir / "sft.jsonl", sft),
         "prompts.jsonl": _write_jsonl(out_dir / "prompts.jsonl", [_prompt_record(ex) for ex in train]),
-        "pairs.jsonl": _write_jsonl(out_dir / "pairs.jsonl", pairs),
+        "pairs.jsonl": _write_jsonl(out_dir / "pairs.jsonl", [_pair_record(ex) for ex in train]),
         "heldout.jsonl": _write_jsonl(out_dir / "heldout.jsonl", [_prompt_record(ex) for ex in heldout]),
+        "rl-prompts.jsonl": _write_jsonl(out_dir / "rl-prompts.jsonl", [_prompt_record(ex) for ex in rl]),
+        "rl-pairs.jsonl": _write_jsonl(out_dir / "rl-pairs.jsonl", [_pair_record(ex) for ex in rl]),
     }
 
 
@@ -197,9 +206,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--train", type=int, default=600, help="train examples (sft, prompts, pairs)")
     parser.add_argument("--heldout", type=int, default=200, help="held-out examples")
+    parser.add_argument("--rl", type=int, default=1200, help="further examples for RL prompts and preference pairs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    counts = generate_shapes_task(args.out, n_train=args.train, n_heldout=args.heldout, seed=args.seed)
+    counts = generate_shapes_task(args.out, n_train=args.train, n_heldout=args.heldout, n_rl=args.rl,
+                                  seed=args.seed)
     print(json.dumps(counts))
     return 0
 

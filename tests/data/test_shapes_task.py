@@ -14,7 +14,7 @@ from PIL import Image
 from alignloop.data.shapes_task import COLOURS, chance_accuracy, draw_example, generate_shapes_task, main
 
 BUNDLED = Path(__file__).resolve().parents[2] / "alignloop" / "resources" / "data" / "vlm_shapes"
-FILES = ("sft.jsonl", "prompts.jsonl", "pairs.jsonl", "heldout.jsonl")
+FILES = ("sft.jsonl", "prompts.jsonl", "pairs.jsonl", "heldout.jsonl", "rl-prompts.jsonl", "rl-pairs.jsonl")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -92,8 +92,9 @@ def check_answer_on_pixels(record: dict, folder: Path) -> None:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")
-    assert generate_shapes_task(out, n_train=12, n_heldout=6, seed=3) == {
-        "sft.jsonl": 12, "prompts.jsonl": 12, "pairs.jsonl": 12, "heldout.jsonl": 6}
+    assert generate_shapes_task(out, n_train=12, n_heldout=6, n_rl=9, seed=3) == {
+        "sft.jsonl": 12, "prompts.jsonl": 12, "pairs.jsonl": 12, "heldout.jsonl": 6,
+        "rl-prompts.jsonl": 9, "rl-pairs.jsonl": 9}
     return out
 
 
@@ -102,19 +103,24 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_regeneration_is_byte_identical(small, tmp_path):
-    generate_shapes_task(tmp_path, n_train=12, n_heldout=6, seed=3)
+    generate_shapes_task(tmp_path, n_train=12, n_heldout=6, n_rl=9, seed=3)
     assert snapshot(tmp_path) == snapshot(small)
-    assert len(list((tmp_path / "images").glob("*.png"))) == 18
+    assert len(list((tmp_path / "images").glob("*.png"))) == 27
     other = tmp_path / "other"
-    generate_shapes_task(other, n_train=12, n_heldout=6, seed=4)
+    generate_shapes_task(other, n_train=12, n_heldout=6, n_rl=9, seed=4)
     assert (other / "prompts.jsonl").read_bytes() != (small / "prompts.jsonl").read_bytes()
 
 
 def test_record_formats_and_answer_spaces(small):
-    sft, prompts, pairs, heldout = (read_jsonl(small / name) for name in FILES)
+    sft, prompts, pairs, heldout, rl_prompts, rl_pairs = (read_jsonl(small / name) for name in FILES)
     assert [list(r) for r in sft[:1]] == [["messages", "images", "task"]]
-    assert {tuple(r) for r in prompts + heldout} == {("prompt", "images", "answer", "task")}
-    assert {tuple(r) for r in pairs} == {("prompt", "chosen", "rejected", "images", "task")}
+    assert {tuple(r) for r in prompts + heldout + rl_prompts} == {("prompt", "images", "answer", "task")}
+    assert {tuple(r) for r in pairs + rl_pairs} == {("prompt", "chosen", "rejected", "images", "task")}
+    assert [r["task"] for r in rl_prompts] == ["count", "colour", "compare"] * 3
+    for p, q in zip(rl_prompts, rl_pairs):
+        assert p["images"] == q["images"] == [f"images/rl-{rl_prompts.index(p):05d}.png"]
+        assert q["chosen"][0] == {"role": "assistant", "content": p["answer"]} and q["prompt"] == p["prompt"]
+        assert q["rejected"][0]["content"] != p["answer"] and q["rejected"][0]["content"] in answer_space(p)
     assert [r["task"] for r in prompts] == ["count", "colour", "compare"] * 4
     assert [r["task"] for r in heldout] == ["count", "colour", "compare"] * 2
     for s, p, q in zip(sft, prompts, pairs):
@@ -123,7 +129,7 @@ def test_record_formats_and_answer_spaces(small):
         assert s["messages"][1] == q["chosen"][0] == {"role": "assistant", "content": p["answer"]}
         assert q["rejected"][0]["role"] == "assistant" and q["rejected"][0]["content"] != p["answer"]
         assert q["rejected"][0]["content"] in answer_space(p)
-    for record in prompts + heldout:
+    for record in prompts + heldout + rl_prompts:
         space = answer_space(record)
         assert record["answer"] in space
         assert len(space) == {"count": 4, "colour": 6, "compare": 2}[record["task"]]
@@ -131,15 +137,22 @@ def test_record_formats_and_answer_spaces(small):
 
 
 def test_answers_hold_on_the_pixels(small):
-    for name in ("prompts.jsonl", "heldout.jsonl"):
+    for name in ("prompts.jsonl", "heldout.jsonl", "rl-prompts.jsonl"):
         for record in read_jsonl(small / name):
             check_answer_on_pixels(record, small)
 
 
-def test_heldout_images_differ_from_train(small):
-    train = {load_rgb(small / r["images"][0]).tobytes() for r in read_jsonl(small / "prompts.jsonl")}
-    heldout = {load_rgb(small / r["images"][0]).tobytes() for r in read_jsonl(small / "heldout.jsonl")}
-    assert len(train) == 12 and len(heldout) == 6 and not train & heldout
+def test_heldout_images_differ_from_train_and_rl(small):
+    train, heldout, rl = ({load_rgb(small / r["images"][0]).tobytes() for r in read_jsonl(small / name)}
+                          for name in ("prompts.jsonl", "heldout.jsonl", "rl-prompts.jsonl"))
+    assert len(train) == 12 and len(heldout) == 6 and len(rl) == 9
+    assert not train & heldout and not rl & heldout and not rl & train
+
+
+def test_adding_the_rl_split_left_train_and_heldout_unchanged(small, tmp_path):
+    generate_shapes_task(tmp_path, n_train=12, n_heldout=6, n_rl=0, seed=3)
+    for name in ("sft.jsonl", "prompts.jsonl", "pairs.jsonl", "heldout.jsonl"):
+        assert (tmp_path / name).read_bytes() == (small / name).read_bytes(), name
 
 
 def test_draw_example_kinds():
@@ -159,22 +172,22 @@ def test_chance_accuracy():
 
 
 def test_main_writes_the_files(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--train", "3", "--heldout", "3", "--seed", "1"]) == 0
+    assert main(["--out", str(tmp_path), "--train", "3", "--heldout", "3", "--rl", "3", "--seed", "1"]) == 0
     assert json.loads(capsys.readouterr().out) == {"sft.jsonl": 3, "prompts.jsonl": 3, "pairs.jsonl": 3,
-                                                   "heldout.jsonl": 3}
+                                                   "heldout.jsonl": 3, "rl-prompts.jsonl": 3, "rl-pairs.jsonl": 3}
     assert all((tmp_path / name).is_file() for name in FILES)
 
 
 def test_bundled_copy_matches_a_fresh_generation(tmp_path):
     """JSONL byte-identical; images compared decoded, since PNG bytes may change with Pillow's zlib build."""
     assert generate_shapes_task(tmp_path) == {"sft.jsonl": 600, "prompts.jsonl": 600, "pairs.jsonl": 600,
-                                              "heldout.jsonl": 200}
+                                              "heldout.jsonl": 200, "rl-prompts.jsonl": 1200, "rl-pairs.jsonl": 1200}
     for name in FILES:
         assert (BUNDLED / name).read_bytes() == (tmp_path / name).read_bytes(), name
     fresh = sorted(p.name for p in (tmp_path / "images").iterdir())
     assert sorted(p.name for p in (BUNDLED / "images").iterdir()) == fresh
     for name in fresh:
         assert np.array_equal(load_rgb(BUNDLED / "images" / name), load_rgb(tmp_path / "images" / name)), name
-    for name in ("prompts.jsonl", "heldout.jsonl"):
+    for name in ("prompts.jsonl", "heldout.jsonl", "rl-prompts.jsonl"):
         for record in read_jsonl(BUNDLED / name):
             check_answer_on_pixels(record, BUNDLED)
