@@ -187,5 +187,5 @@ def test_a_vlm_lora_run_folder_is_a_vlm_and_a_text_model_refuses_images(tmp_path
 
 def test_vlm_dpo_example_config_is_valid():
     cfg = load_config(DPOConfig, ROOT / "examples" / "vlm-dpo.yaml")
-    assert cfg.model == "runs/vlm-sft" and cfg.data.train == "bundled:vlm_shapes/pairs.jsonl"
+    assert cfg.model == "runs/vlm-sft" and cfg.data.train == "bundled:vlm_shapes/rl-pairs.jsonl"
     assert cfg.lora is not None and cfg.dpo.loss_type == "sigmoid"
