@@ -255,3 +255,13 @@ def tiny_tokenizer():
 def tokenizer(tiny_tokenizer):
     """The name most tests use for ``tiny_tokenizer``; a module's own ``tokenizer`` fixture overrides it."""
     return tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on the shared 2-core CPU, two OpenMP threads fighting other processes made
+    small-model tests ~5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,12 +13,7 @@ from tests.conftest import tiny_llama
 EOS = 2  # <|im_end|>
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ScriptedSampler:

@@ -17,12 +17,8 @@ def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On the shared 2-core CPU, two OpenMP threads fighting other processes made these tests ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(one_torch_thread):
+    """Every rollout test module runs on one torch thread (tests/conftest.py says why)."""
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,7 @@ from alignloop.train.loop import train
 CALL = format_tool_call("calculator", {"expression": "(13 + 16) * 5"})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ForcedFirstCall:
