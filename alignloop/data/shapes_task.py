@@ -161,24 +161,27 @@ def _pair_record(ex: dict) -> dict:
 
 
 def generate_shapes_task(out_dir: Path, n_train: int = 600, n_heldout: int = 200, n_rl: int = 1200,
-                        seed: int = 0) -> dict[str, int]:
+                        n_test: int = 800, seed: int = 0) -> dict[str, int]:
     """Write ``images/*.png`` and ``sft.jsonl``, ``prompts.jsonl``, ``pairs.jsonl`` (train images),
     ``heldout.jsonl`` (held-out images) and ``rl-prompts.jsonl``, ``rl-pairs.jsonl`` (``n_rl`` further images that
-    neither SFT nor the held-out set has: the RL and preference stages' own data) into ``out_dir``; image paths are
-    relative to ``out_dir``. Earlier ``train-*``/``heldout-*``/``rl-*`` PNGs there are removed first. Returns the
+    neither SFT nor the held-out set has: the RL and preference stages' own data) and ``test.jsonl`` (``n_test``
+    images in no other split: a larger second held-out set, for paired tests with enough power) into ``out_dir``;
+    image paths are relative to ``out_dir``. Earlier PNGs of these splits are removed first. Returns the
     number of records per file. The same arguments give byte-identical files."""
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*image_dir.glob("train-*.png"), *image_dir.glob("heldout-*.png"), *image_dir.glob("rl-*.png")]:
+    for stale in [*image_dir.glob("train-*.png"), *image_dir.glob("heldout-*.png"), *image_dir.glob("rl-*.png"),
+                  *image_dir.glob("test-*.png")]:
         stale.unlink()  # a previous, larger generation's images would otherwise linger
     master = random.Random(seed)
-    # the rl split's generator is drawn last, so adding it left the train and held-out files as they were
-    train_rng, heldout_rng, rl_rng = (random.Random(master.getrandbits(64)) for _ in range(3))
+    # later splits' generators are drawn after earlier ones, so adding a split left the earlier files as they were
+    train_rng, heldout_rng, rl_rng, test_rng = (random.Random(master.getrandbits(64)) for _ in range(4))
     seen: set[bytes] = set()
     train = _split("train", n_train, train_rng, image_dir, seen)
     heldout = _split("heldout", n_heldout, heldout_rng, image_dir, seen)
     rl = _split("rl", n_rl, rl_rng, image_dir, seen)
+    test = _split("test", n_test, test_rng, image_dir, seen)
     sft = [{"messages": [{"role": "user", "content": IMAGE_TOKEN + ex["question"]},
                          {"role": "assistant", "content": ex["answer"]}],
             "images": [ex["image"]], "task": ex["kind"]} for ex in train]
@@ -189,6 +192,7 @@ def generate_shapes_task(out_dir: Path, n_train: int = 600, n_heldout: int = 200
         "heldout.jsonl": _write_jsonl(out_dir / "heldout.jsonl", [_prompt_record(ex) for ex in heldout]),
         "rl-prompts.jsonl": _write_jsonl(out_dir / "rl-prompts.jsonl", [_prompt_record(ex) for ex in rl]),
         "rl-pairs.jsonl": _write_jsonl(out_dir / "rl-pairs.jsonl", [_pair_record(ex) for ex in rl]),
+        "test.jsonl": _write_jsonl(out_dir / "test.jsonl", [_prompt_record(ex) for ex in test]),
     }
 
 
@@ -207,10 +211,11 @@ def main(argv=None) -> int:
     parser.add_argument("--train", type=int, default=600, help="train examples (sft, prompts, pairs)")
     parser.add_argument("--heldout", type=int, default=200, help="held-out examples")
     parser.add_argument("--rl", type=int, default=1200, help="further examples for RL prompts and preference pairs")
+    parser.add_argument("--test", type=int, default=800, help="a second, larger held-out set (test.jsonl)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     counts = generate_shapes_task(args.out, n_train=args.train, n_heldout=args.heldout, n_rl=args.rl,
-                                  seed=args.seed)
+                                  n_test=args.test, seed=args.seed)
     print(json.dumps(counts))
     return 0
 

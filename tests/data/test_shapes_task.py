@@ -14,7 +14,9 @@ from PIL import Image
 from alignloop.data.shapes_task import COLOURS, chance_accuracy, draw_example, generate_shapes_task, main
 
 BUNDLED = Path(__file__).resolve().parents[2] / "alignloop" / "resources" / "data" / "vlm_shapes"
-FILES = ("sft.jsonl", "prompts.jsonl", "pairs.jsonl", "heldout.jsonl", "rl-prompts.jsonl", "rl-pairs.jsonl")
+FILES = ("sft.jsonl", "prompts.jsonl", "pairs.jsonl", "heldout.jsonl", "rl-prompts.jsonl", "rl-pairs.jsonl",
+         "test.jsonl")
+PROMPT_FILES = ("prompts.jsonl", "heldout.jsonl", "rl-prompts.jsonl", "test.jsonl")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -92,9 +94,9 @@ def check_answer_on_pixels(record: dict, folder: Path) -> None:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")
-    assert generate_shapes_task(out, n_train=12, n_heldout=6, n_rl=9, seed=3) == {
+    assert generate_shapes_task(out, n_train=12, n_heldout=6, n_rl=9, n_test=15, seed=3) == {
         "sft.jsonl": 12, "prompts.jsonl": 12, "pairs.jsonl": 12, "heldout.jsonl": 6,
-        "rl-prompts.jsonl": 9, "rl-pairs.jsonl": 9}
+        "rl-prompts.jsonl": 9, "rl-pairs.jsonl": 9, "test.jsonl": 15}
     return out
 
 
@@ -103,18 +105,20 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_regeneration_is_byte_identical(small, tmp_path):
-    generate_shapes_task(tmp_path, n_train=12, n_heldout=6, n_rl=9, seed=3)
+    generate_shapes_task(tmp_path, n_train=12, n_heldout=6, n_rl=9, n_test=15, seed=3)
     assert snapshot(tmp_path) == snapshot(small)
-    assert len(list((tmp_path / "images").glob("*.png"))) == 27
+    assert len(list((tmp_path / "images").glob("*.png"))) == 42
     other = tmp_path / "other"
-    generate_shapes_task(other, n_train=12, n_heldout=6, n_rl=9, seed=4)
+    generate_shapes_task(other, n_train=12, n_heldout=6, n_rl=9, n_test=15, seed=4)
     assert (other / "prompts.jsonl").read_bytes() != (small / "prompts.jsonl").read_bytes()
 
 
 def test_record_formats_and_answer_spaces(small):
-    sft, prompts, pairs, heldout, rl_prompts, rl_pairs = (read_jsonl(small / name) for name in FILES)
+    sft, prompts, pairs, heldout, rl_prompts, rl_pairs, test = (read_jsonl(small / name) for name in FILES)
     assert [list(r) for r in sft[:1]] == [["messages", "images", "task"]]
-    assert {tuple(r) for r in prompts + heldout + rl_prompts} == {("prompt", "images", "answer", "task")}
+    assert {tuple(r) for r in prompts + heldout + rl_prompts + test} == {("prompt", "images", "answer", "task")}
+    assert [r["task"] for r in test] == ["count", "colour", "compare"] * 5
+    assert [r["images"] for r in test] == [[f"images/test-{i:05d}.png"] for i in range(15)]
     assert {tuple(r) for r in pairs + rl_pairs} == {("prompt", "chosen", "rejected", "images", "task")}
     assert [r["task"] for r in rl_prompts] == ["count", "colour", "compare"] * 3
     for p, q in zip(rl_prompts, rl_pairs):
@@ -129,7 +133,7 @@ def test_record_formats_and_answer_spaces(small):
         assert s["messages"][1] == q["chosen"][0] == {"role": "assistant", "content": p["answer"]}
         assert q["rejected"][0]["role"] == "assistant" and q["rejected"][0]["content"] != p["answer"]
         assert q["rejected"][0]["content"] in answer_space(p)
-    for record in prompts + heldout + rl_prompts:
+    for record in prompts + heldout + rl_prompts + test:
         space = answer_space(record)
         assert record["answer"] in space
         assert len(space) == {"count": 4, "colour": 6, "compare": 2}[record["task"]]
@@ -137,21 +141,25 @@ def test_record_formats_and_answer_spaces(small):
 
 
 def test_answers_hold_on_the_pixels(small):
-    for name in ("prompts.jsonl", "heldout.jsonl", "rl-prompts.jsonl"):
+    for name in PROMPT_FILES:
         for record in read_jsonl(small / name):
             check_answer_on_pixels(record, small)
 
 
-def test_heldout_images_differ_from_train_and_rl(small):
-    train, heldout, rl = ({load_rgb(small / r["images"][0]).tobytes() for r in read_jsonl(small / name)}
-                          for name in ("prompts.jsonl", "heldout.jsonl", "rl-prompts.jsonl"))
-    assert len(train) == 12 and len(heldout) == 6 and len(rl) == 9
-    assert not train & heldout and not rl & heldout and not rl & train
+def test_no_image_is_in_two_splits(small):
+    train, heldout, rl, test = ({load_rgb(small / r["images"][0]).tobytes() for r in read_jsonl(small / name)}
+                                for name in PROMPT_FILES)
+    assert len(train) == 12 and len(heldout) == 6 and len(rl) == 9 and len(test) == 15
+    splits = [train, heldout, rl, test]
+    assert all(not a & b for i, a in enumerate(splits) for b in splits[i + 1:])
 
 
-def test_adding_the_rl_split_left_train_and_heldout_unchanged(small, tmp_path):
-    generate_shapes_task(tmp_path, n_train=12, n_heldout=6, n_rl=0, seed=3)
+def test_adding_later_splits_left_earlier_files_unchanged(small, tmp_path):
+    generate_shapes_task(tmp_path, n_train=12, n_heldout=6, n_rl=0, n_test=0, seed=3)
     for name in ("sft.jsonl", "prompts.jsonl", "pairs.jsonl", "heldout.jsonl"):
+        assert (tmp_path / name).read_bytes() == (small / name).read_bytes(), name
+    generate_shapes_task(tmp_path, n_train=12, n_heldout=6, n_rl=9, n_test=0, seed=3)
+    for name in ("rl-prompts.jsonl", "rl-pairs.jsonl"):
         assert (tmp_path / name).read_bytes() == (small / name).read_bytes(), name
 
 
@@ -172,22 +180,25 @@ def test_chance_accuracy():
 
 
 def test_main_writes_the_files(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--train", "3", "--heldout", "3", "--rl", "3", "--seed", "1"]) == 0
+    assert main(["--out", str(tmp_path), "--train", "3", "--heldout", "3", "--rl", "3", "--test", "6",
+                 "--seed", "1"]) == 0
     assert json.loads(capsys.readouterr().out) == {"sft.jsonl": 3, "prompts.jsonl": 3, "pairs.jsonl": 3,
-                                                   "heldout.jsonl": 3, "rl-prompts.jsonl": 3, "rl-pairs.jsonl": 3}
+                                                   "heldout.jsonl": 3, "rl-prompts.jsonl": 3, "rl-pairs.jsonl": 3,
+                                                   "test.jsonl": 6}
     assert all((tmp_path / name).is_file() for name in FILES)
 
 
 def test_bundled_copy_matches_a_fresh_generation(tmp_path):
     """JSONL byte-identical; images compared decoded, since PNG bytes may change with Pillow's zlib build."""
     assert generate_shapes_task(tmp_path) == {"sft.jsonl": 600, "prompts.jsonl": 600, "pairs.jsonl": 600,
-                                              "heldout.jsonl": 200, "rl-prompts.jsonl": 1200, "rl-pairs.jsonl": 1200}
+                                              "heldout.jsonl": 200, "rl-prompts.jsonl": 1200, "rl-pairs.jsonl": 1200,
+                                              "test.jsonl": 800}
     for name in FILES:
         assert (BUNDLED / name).read_bytes() == (tmp_path / name).read_bytes(), name
     fresh = sorted(p.name for p in (tmp_path / "images").iterdir())
     assert sorted(p.name for p in (BUNDLED / "images").iterdir()) == fresh
     for name in fresh:
         assert np.array_equal(load_rgb(BUNDLED / "images" / name), load_rgb(tmp_path / "images" / name)), name
-    for name in ("prompts.jsonl", "heldout.jsonl", "rl-prompts.jsonl"):
+    for name in PROMPT_FILES:
         for record in read_jsonl(BUNDLED / name):
             check_answer_on_pixels(record, BUNDLED)
