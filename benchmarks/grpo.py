@@ -5,12 +5,15 @@ autocast (both tools' default; ``--precision fp32`` for full precision), gradien
 8 arithmetic prompts (bundled:arith_train.jsonl) × 4 generations × up to 48 new tokens at temperature 1,
 reward ``exact_match`` against the record's answer, β = 0.04 (k3 KL in the loss, reference = adapter off),
 one optimizer step on all 32 completions per generation round, token-level loss aggregation.
+``--loss gspo``: GSPO's sequence-level importance ratio on both sides (alignloop ``grpo.loss: gspo``; TRL
+``importance_sampling_level="sequence"``, ``loss_type="grpo"``), clip range 3e-4 / 4e-4 (the paper's).
 
 Throughput = updates per second over updates 2..N (update 1 is warm-up); one update = one rollout of 32
 completions + one optimizer step on both sides. Each side runs in its own process.
 
     python benchmarks/grpo.py [--updates 4] [--precision bf16|fp32]  # last line: the JSON summary
     python benchmarks/grpo.py --runs 3                                # median and min-max spread of 3 run pairs
+    python benchmarks/grpo.py --loss gspo --runs 3                    # the GSPO row
 
 Common flags (``benchmarks/common.py``): ``--trl-venv`` (default .bench/trl19-venv in the clone, created on first
 use with ``trl==1.9.0 --no-deps`` over the system site-packages), ``--threads``, ``--precision``, ``--runs N``.
@@ -43,7 +46,7 @@ TRL_REQUIREMENT = ["trl==1.9.0", "--no-deps"]
 PROMPTS, GENERATIONS, NEW_TOKENS, LR, BETA = 8, 4, 48, 1e-5, 0.04
 
 
-def alignloop_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
+def alignloop_side(updates: int, workdir: str, precision: str = "bf16", loss: str = "grpo") -> dict:
     import torch
 
     from alignloop.config import load_config
@@ -63,11 +66,11 @@ def alignloop_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
         f"grpo.prompts_per_rollout={PROMPTS}", f"grpo.num_generations={GENERATIONS}",
         f"grpo.max_new_tokens={NEW_TOKENS}", f"grpo.kl_coef={BETA}", "grpo.eval_prompts=0", "grpo.samples_every=0",
         f"train.batch_size={PROMPTS * GENERATIONS}", f"train.lr={LR}", f"train.precision={precision}",
-        "train.save_every=0", "data.eval=null",
+        "train.save_every=0", "data.eval=null", *(["grpo.loss=gspo"] if loss == "gspo" else []),
     ])
     train(Timed(cfg), Path(workdir) / "run")
     return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates,
-            "precision": precision}
+            "precision": precision, "loss": loss}
 
 
 def _exact_match(prompts, completions, answer, **kwargs):
@@ -77,7 +80,7 @@ def _exact_match(prompts, completions, answer, **kwargs):
     return BUILTIN_RULES["exact_match"]()(prompts, texts, answer=answer)
 
 
-def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
+def trl_side(updates: int, workdir: str, precision: str = "bf16", loss: str = "grpo") -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -96,12 +99,13 @@ def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             clock.tick()
 
+    gspo = dict(importance_sampling_level="sequence", loss_type="grpo", epsilon=3e-4, epsilon_high=4e-4)
     args = GRPOConfig(
         output_dir=str(Path(workdir) / "trl"), per_device_train_batch_size=PROMPTS * GENERATIONS,
         gradient_accumulation_steps=1, num_generations=GENERATIONS, max_completion_length=NEW_TOKENS,
-        temperature=1.0, beta=BETA, learning_rate=LR, max_steps=updates, num_iterations=1, loss_type="dapo",
-        report_to=[], save_strategy="no", bf16=precision == "bf16", use_cpu=True, seed=0, logging_steps=1,
-        shuffle_dataset=False,
+        temperature=1.0, beta=BETA, learning_rate=LR, max_steps=updates, num_iterations=1, report_to=[],
+        save_strategy="no", bf16=precision == "bf16", use_cpu=True, seed=0, logging_steps=1, shuffle_dataset=False,
+        **(gspo if loss == "gspo" else {"loss_type": "dapo"}),
     )
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(str(resolve_model(MODEL)), dtype=torch.float32),
@@ -111,12 +115,14 @@ def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
     )
     trainer.train()
     return {"throughput": clock.throughput(1.0), "cpu_throughput": clock.cpu_throughput(1.0), "updates": updates,
-            "precision": precision, "version": __import__("trl").__version__}
+            "precision": precision, "loss": loss, "version": __import__("trl").__version__}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--updates", type=int, default=4)
+    p.add_argument("--loss", choices=("grpo", "gspo"), default="grpo",
+                   help="grpo: token-level ratios (default); gspo: sequence-level ratios on both sides")
     add_common_flags(p, trl_venv=TRL19_VENV, precision="bf16",
                      precision_help="both sides: bf16 autocast (both tools' default) or fp32")
     args = p.parse_args(argv)
@@ -126,16 +132,17 @@ def main(argv=None) -> dict:
         def kwargs(i: int) -> dict:
             run_dir = Path(work) / f"run-{i}"
             run_dir.mkdir(exist_ok=True)
-            return {"updates": args.updates, "workdir": str(run_dir), "precision": args.precision}
+            return {"updates": args.updates, "workdir": str(run_dir), "precision": args.precision,
+                    "loss": args.loss}
 
         pairs = paired_runs(
             args.runs,
             lambda i: run_isolated(f"{__file__}:alignloop_side", kwargs(i), threads=args.threads),
             lambda i: run_isolated(f"{__file__}:trl_side", kwargs(i), python=trl_python, threads=args.threads),
         )
-    workload = f"{PROMPTS} prompts × {GENERATIONS} generations × {NEW_TOKENS} tokens, LoRA, β={BETA}"
+    workload = f"{PROMPTS} prompts × {GENERATIONS} generations × {NEW_TOKENS} tokens, LoRA, β={BETA}, {args.loss}"
     print(json.dumps({"workload": workload}))
-    payload = paired_comparison("grpo", pairs, unit="updates/s", workload=workload, threads=args.threads)
+    payload = paired_comparison(args.loss, pairs, unit="updates/s", workload=workload, threads=args.threads)
     print_spread(payload)
     final_json_line(payload)
     return payload
