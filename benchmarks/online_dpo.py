@@ -4,9 +4,10 @@ Workload (both sides): the bundled SmolLM2-135M-Instruct with LoRA (r 16, α 32,
 autocast (``--precision fp32`` for full precision), 8 open-ended prompts (bundled:prompts_train.jsonl) per update,
 two samples each from the current policy at temperature 1, up to 48 new tokens; reward = warm words (the rule of
 examples/dpo-online.yaml) + 0.5 × a length penalty past 40 characters (so nearly every answer gets a continuous
-score and ties are rare), the higher-scored sample chosen; one sigmoid-DPO step (β 0.1, lr 1e-5) against the frozen reference (the
-adapter switched off on both sides). TRL breaks a tie by taking the first sample; alignloop skips tied pairs and
-reports how many (``tie_fraction`` below): fewer pairs in a step would flatter alignloop, so read the ratio with it.
+score and ties are rare), the higher-scored sample chosen; one sigmoid-DPO step (β 0.1, lr 1e-5) against the
+frozen reference (the adapter switched off on both sides). TRL breaks a tie by taking the first sample;
+alignloop skips tied pairs and reports how many (``tie_fraction``): fewer pairs in a step would flatter
+alignloop, so read the ratio with it.
 
 Throughput = updates per second over updates 2..N (update 1 is warm-up); one update = sampling 16 responses,
 scoring them and one optimizer step. Each side runs in its own process.
@@ -100,7 +101,8 @@ def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
 
     torch.manual_seed(0)
     records = list(load_records(DATA, "prompt"))[: PROMPTS * updates]
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in records])
+    tokenizer = load_tokenizer(MODEL, padding_side="left")
+    data = Dataset.from_list([{"prompt": r["prompt"]} for r in records])  # the user turn, as messages
     clock = StepClock()
 
     class Tick(TrainerCallback):
@@ -116,7 +118,7 @@ def trl_side(updates: int, workdir: str, precision: str = "bf16") -> dict:
     trainer = OnlineDPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(str(resolve_model(MODEL)), dtype=torch.float32),
         reward_funcs=_reward, args=args, train_dataset=data,
-        processing_class=load_tokenizer(MODEL, padding_side="left"), callbacks=[Tick()],
+        processing_class=tokenizer, callbacks=[Tick()],
         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     trainer.train()
