@@ -42,11 +42,12 @@ class RolloutWorker:
     """Samples rollouts from its copy of the policy; ``backend`` is ``hf`` or ``vllm``."""
 
     def __init__(self, model: str, lora: dict | None = None, backend: str = "hf", generation_batch_size: int = 32,
-                 dtype: str = "auto", threads: int | None = 1, vllm_options: dict | None = None):
+                 dtype: str = "auto", threads: int | None = 1, vllm_options: dict | None = None,
+                 sampler_options: dict | None = None):
         _limit_threads(threads)
 
         self.sampler = build_sampler(backend, model, lora=_lora_settings(lora), batch_size=generation_batch_size,
-                                     dtype=dtype, vllm_options=vllm_options)
+                                     dtype=dtype, vllm_options=vllm_options, sampler_options=sampler_options)
         self.version = -1
         self.rows_generated = 0
 

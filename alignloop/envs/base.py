@@ -53,11 +53,13 @@ class Environment(Protocol):
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A parsed ``<tool_call>`` block; ``error`` says why it could not be parsed (the name is then "")."""
+    """A parsed ``<tool_call>`` block; ``error`` says why it could not be parsed (the name is then ""); ``raw`` is
+    the text between the tags, for tools that can read a call that is not quite JSON (``CalculatorEnv``)."""
 
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    raw: str = ""
 
 
 def parse_tool_call(text: str) -> ToolCall | None:
@@ -65,21 +67,22 @@ def parse_tool_call(text: str) -> ToolCall | None:
     match = _TOOL_CALL.search(text)
     if match is None:
         return None
+    raw = match.group(1).strip()
     try:
-        payload = json.loads(match.group(1).strip())
+        payload = json.loads(raw)
     except json.JSONDecodeError as exc:
-        return ToolCall("", error=f"the tool call is not JSON ({exc.msg})")
+        return ToolCall("", error=f"the tool call is not JSON ({exc.msg})", raw=raw)
     if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
-        return ToolCall("", error='the tool call needs {"name": ..., "arguments": {...}}')
+        return ToolCall("", error='the tool call needs {"name": ..., "arguments": {...}}', raw=raw)
     arguments = payload.get("arguments", {})
     if isinstance(arguments, str):  # some models write the arguments as a JSON string
         try:
             arguments = json.loads(arguments)
         except json.JSONDecodeError:
-            return ToolCall(payload["name"], error="the arguments are not a JSON object")
+            return ToolCall(payload["name"], error="the arguments are not a JSON object", raw=raw)
     if not isinstance(arguments, dict):
-        return ToolCall(payload["name"], error="the arguments are not a JSON object")
-    return ToolCall(payload["name"], arguments)
+        return ToolCall(payload["name"], error="the arguments are not a JSON object", raw=raw)
+    return ToolCall(payload["name"], arguments, raw=raw)
 
 
 def format_tool_call(name: str, arguments: dict[str, Any]) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from fractions import Fraction
 from typing import Any
 
 from alignloop.envs.base import Message, format_tool_call, parse_tool_call, tool_system_prompt
 from alignloop.rewards.rules import exact_match
 
-__all__ = ["CalculatorEnv", "CalculatorError", "format_number", "safe_eval"]
+__all__ = ["CalculatorEnv", "CalculatorError", "format_number", "loose_expression", "safe_eval"]
 
 MAX_EXPRESSION_CHARS = 200
 MAX_MAGNITUDE = 10**15
@@ -27,6 +28,21 @@ DEMONSTRATIONS = (
     ("What is 12 * 3 + 4? End your answer with '#### <number>'.", "12 * 3 + 4", "40"),
     ("What is (7 + 8) * 6? End your answer with '#### <number>'.", "(7 + 8) * 6", "90"),
 )
+
+
+# a call that names the calculator but is not JSON, most often because the expression lost a quote:
+# {"name": "calculator", "arguments": {"expression": 2 * 9}}  (a third of the bundled model's calls at T = 0.7)
+_NAMES_CALCULATOR = re.compile(r'"name"\s*:\s*"calculator"')
+_LOOSE_EXPRESSION = re.compile(r'"expression"\s*:\s*"?([^"{}]*?)"?\s*\}+\s*$', re.DOTALL)
+
+
+def loose_expression(raw: str) -> str | None:
+    """The expression of a calculator call that is not valid JSON only because of its quotes or closing braces
+    (``{"expression": 2 * 9}``, ``{"expression": 6 + 2"}}``, ``... "9 * 7"}}}``); None for anything else."""
+    if not _NAMES_CALCULATOR.search(raw):
+        return None
+    match = _LOOSE_EXPRESSION.search(raw)
+    return match.group(1).strip() if match and match.group(1).strip() else None
 
 
 class CalculatorError(ValueError):
@@ -78,14 +94,18 @@ class CalculatorEnv:
     ``tool`` message (or ``error: ...``; counted in ``tool_errors``), or answers without a tool call: the episode
     ends and the step's reward is the ``exact_match`` rule on that final answer against the record's ``answer``
     (0 when the record has none). The sampler ends an episode after ``max_turns`` assistant turns.
+
+    ``lenient`` (default) also runs a call whose only fault is JSON quoting or braces around the expression
+    (``loose_expression``) and a number given as a JSON number; ``lenient=False`` answers those with an error.
     """
 
     name = "calculator"
     description = ('It is a calculator: "expression" is arithmetic with + - * / and parentheses, '
                    'e.g. "(13 + 16) * 5".')
 
-    def __init__(self, demonstrations: int = len(DEMONSTRATIONS)) -> None:
+    def __init__(self, demonstrations: int = len(DEMONSTRATIONS), lenient: bool = True) -> None:
         self.demonstrations = DEMONSTRATIONS[:demonstrations]
+        self.lenient = lenient
         self.record: dict[str, Any] = {}
         self.tool_calls = 0
         self.tool_errors = 0
@@ -122,6 +142,8 @@ class CalculatorEnv:
         return [{"role": "tool", "content": self._run(call)}], 0.0, False
 
     def _run(self, call) -> str:
+        if self.lenient:
+            call = self._repaired(call)
         if call.error is None and call.name != self.name:
             call = type(call)(call.name, error=f"unknown tool {call.name!r} (the tool is {self.name!r})")
         if call.error is None and not isinstance(call.arguments.get("expression"), str):
@@ -134,3 +156,10 @@ class CalculatorEnv:
         except CalculatorError as exc:
             self.tool_errors += 1
             return f"error: {exc}"
+
+    def _repaired(self, call):
+        expression = call.arguments.get("expression")
+        if call.error is None and isinstance(expression, (int, float)) and not isinstance(expression, bool):
+            return type(call)(call.name, {"expression": str(expression)}, raw=call.raw)
+        loose = loose_expression(call.raw) if call.error is not None else None
+        return call if loose is None else type(call)(self.name, {"expression": loose}, raw=call.raw)

@@ -131,3 +131,29 @@ def test_weight_sync_gives_identical_checksums():
 
     assert worker.load_weights(trainable_tensors(learner), version=1) == weights_checksum(learner)
     assert worker.stats()["version"] == 1
+
+
+def test_rollout_worker_reports_the_log_probs_the_rollout_section_asks_for():
+    # same seed, same tokens; under top-k the sampled log-prob is the full one minus log(kept mass) >= 0
+    kwargs = dict(n=2, max_new_tokens=6, temperature=1.0, top_k=3, seed=5)
+    plain = RolloutWorker("tiny-llama", dtype="fp32", threads=None)
+    full = plain.generate(["Hi there"], kwargs)
+    sampled = RolloutWorker("tiny-llama", dtype="fp32", threads=None,
+                            sampler_options={"logprobs": "sampled"}).generate(["Hi there"], kwargs)
+    assert torch.equal(full.response_ids, sampled.response_ids)
+    mask = full.response_mask.bool()
+    gap = (sampled.logprobs - full.logprobs)[mask]
+    # the 3 most likely of V tokens keep a mass in [3 / V, 1): the gap -log(mass) is in (0, log(V / 3)]
+    vocab = plain.sampler.sampler.model.config.vocab_size
+    assert (gap > 0).all() and (gap <= math.log(vocab / 3) + 1e-4).all()
+
+
+@pytest.mark.slow
+def test_tis_on_ray_workers_sees_the_top_k_cut(tmp_path, local_ray):
+    # hf workers now report sampled log-probs (rollout.sampler_logprobs: auto with tis): the TIS ratio is the kept
+    # mass of the top-k candidates, below 1 on every token, where full-vocabulary log-probs would give ratios ~1
+    extra = ["rollout.workers=2", "grpo.tis=2.0", "grpo.top_k=3"]
+    run_stage("grpo", None, overrides("grpo") + extra, tmp_path / "ray")
+    steps = [r for r in rows(tmp_path / "ray", "metrics.jsonl") if "rollout/tis_ratio_mean" in r]
+    assert steps and all(r["rollout/tis_ratio_mean"] < 0.9 for r in steps), steps
+    assert all(r["rollout/tis_ratio_max"] <= 1.0 + 1e-3 for r in steps)

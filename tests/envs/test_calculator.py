@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 
 from alignloop.envs import CalculatorEnv, CalculatorError, format_tool_call, parse_tool_call, safe_eval
-from alignloop.envs.calculator import format_number
+from alignloop.envs.calculator import format_number, loose_expression
 
 
 @pytest.mark.parametrize("expression, value", [
@@ -75,3 +75,29 @@ def test_calculator_episode_returns_tool_results_then_the_exact_match_reward():
     assert env.step("The answer is #### 145") == ([], 1.0, True)
     env.reset({"prompt": "What is 2 + 2?", "answer": "4"})
     assert env.step("#### 5") == ([], 0.0, True) and env.tool_calls == 0
+
+
+def test_loose_expression_reads_calculator_calls_that_only_lost_their_quotes_or_braces():
+    call = '{{"name": "calculator", "arguments": {{"expression": {}}}'
+    assert loose_expression(call.format("2 * 9}")) == "2 * 9"          # no quotes
+    assert loose_expression(call.format("6 + 2\"}")) == "6 + 2"        # the opening quote lost
+    assert loose_expression(call.format("(16 + 11) * 4}}")) == "(16 + 11) * 4"  # an extra brace
+    assert loose_expression(call.format("\"9 * 7\"}}")) == "9 * 7"    # valid but for the extra brace
+    assert loose_expression('{"name": "search", "arguments": {"expression": 2 * 9}}') is None  # another tool
+    assert loose_expression('{"name": "calculator", "arguments": {"operation": "add", "number": 9}}') is None
+    assert loose_expression('{"name": "calculator", "arguments": {"expression": }}') is None
+
+
+def test_lenient_calculator_runs_near_json_calls_and_strict_one_refuses_them():
+    unquoted = '<tool_call>{"name": "calculator", "arguments": {"expression": 2 * 9}}</tool_call>'
+    number = format_tool_call("calculator", {"expression": 18})
+    lenient = CalculatorEnv()
+    lenient.reset({"prompt": "What is 2 * 9?", "answer": "18"})
+    assert lenient.step(unquoted) == ([{"role": "tool", "content": "18"}], 0.0, False)
+    assert lenient.step(number) == ([{"role": "tool", "content": "18"}], 0.0, False)
+    assert lenient.tool_calls == 2 and lenient.tool_errors == 0
+    strict = CalculatorEnv(lenient=False)
+    strict.reset({"prompt": "What is 2 * 9?", "answer": "18"})
+    assert strict.step(unquoted)[0][0]["content"].startswith("error: the tool call is not JSON")
+    assert strict.step(number)[0][0]["content"] == 'error: the calculator needs {"expression": "<arithmetic>"}'
+    assert strict.tool_calls == 2 and strict.tool_errors == 2

@@ -139,18 +139,20 @@ class RolloutSettings(Section):
         "system text) is prefilled once (same results up to float rounding; docs/rollout.md)."
     )
     sampler_logprobs: Literal["auto", "full", "sampled"] = Field(
-        "auto", description="hf backend in the learner process: the log-probs the sampler reports. full: softmax("
-        "logits/T) over the whole vocabulary (what the trainer computes: needed by reuse_sampler_logprobs); sampled: "
+        "auto", description="hf backend (in the learner or in Ray rollout workers): the log-probs the sampler "
+        "reports. full: softmax(logits/T) over the whole vocabulary (what the trainer computes: needed by "
+        "reuse_sampler_logprobs); sampled: "
         "under the distribution each token was really drawn from (the top-k/top-p candidates renormalised), so tis "
         "sees the truncation; auto: sampled when tis is set (async_rollouts sets it), full otherwise.",
     )
 
     def logprobs_for(self, opts: Any) -> Literal["full", "sampled"]:
-        """``sampler_logprobs`` with ``auto`` resolved for the stage options ``opts`` (``tis`` already resolved). Only
-        the in-process HF sampler can report either; Ray workers report full-vocabulary log-probs."""
+        """``sampler_logprobs`` with ``auto`` resolved for the stage options ``opts`` (``tis`` already resolved). The HF
+        sampler (in the learner or in Ray workers) can report either; vLLM reports what ``rollout.vllm``'s
+        ``logprobs_mode`` asks for, so ``auto`` means ``full`` there."""
         if self.sampler_logprobs != "auto":
             return self.sampler_logprobs
-        return "sampled" if getattr(opts, "tis", None) is not None and self.workers == 0 else "full"
+        return "sampled" if getattr(opts, "tis", None) is not None and self.backend == "hf" else "full"
 
     def sampler_options(self, opts: Any = None) -> dict[str, Any]:
         """Keyword arguments of ``HFSampler`` these settings give (for the stage options ``opts``)."""
@@ -192,6 +194,6 @@ def check_sampler_logprobs(rollout: RolloutSettings, opts: RLOptions, section: s
         # π_old must be the policy's full-vocabulary log-prob, the one the trainer's new log-probs are compared with
         raise ValueError(f"rollout.sampler_logprobs: 'sampled' log-probs are not the policy's own, so they cannot be "
                          f"π_old: set {section}.reuse_sampler_logprobs: false (or {section}.tis)")
-    if rollout.workers > 0:
-        raise ValueError("rollout.sampler_logprobs: 'sampled' needs the hf sampler in the learner process "
-                         "(rollout.workers: 0); for vLLM pass rollout.vllm: {logprobs_mode: processed_logprobs}")
+    if rollout.backend != "hf":
+        raise ValueError("rollout.sampler_logprobs: 'sampled' is an hf-backend setting; for vLLM pass "
+                         "rollout.vllm: {logprobs_mode: processed_logprobs}")

@@ -136,11 +136,13 @@ def test_sampler_logprobs_config(toy):
     assert resolve() == "full" and resolve("grpo.reuse_sampler_logprobs=false") == "full"  # TIS off: as before
     assert resolve("grpo.tis=2.0") == "sampled" and resolve("grpo.async_rollouts=true") == "sampled"  # auto
     assert resolve("grpo.tis=2.0", "rollout.sampler_logprobs=full") == "full"  # an explicit choice wins
-    assert resolve("grpo.tis=2.0", "rollout.workers=1") == "full"  # Ray workers report full log-probs
+    assert resolve("grpo.tis=2.0", "rollout.workers=1") == "sampled"  # hf Ray workers report them too
+    assert resolve("grpo.tis=2.0", "rollout.workers=1", "rollout.backend=vllm") == "full"  # vLLM: its logprobs_mode
     with pytest.raises(ConfigError, match="cannot be π_old"):
         config(toy, "rollout.sampler_logprobs=sampled")  # reuse_sampler_logprobs is on by default
-    with pytest.raises(ConfigError, match="rollout.workers: 0"):
-        config(toy, "rollout.sampler_logprobs=sampled", "grpo.tis=2.0", "rollout.workers=1")
+    assert config(toy, "rollout.sampler_logprobs=sampled", "grpo.tis=2.0", "rollout.workers=1").rollout.workers == 1
+    with pytest.raises(ConfigError, match="logprobs_mode: processed_logprobs"):
+        config(toy, "rollout.sampler_logprobs=sampled", "grpo.tis=2.0", "rollout.workers=1", "rollout.backend=vllm")
 
 
 TOP_K = 3  # of the toy's 16 words: the sampler draws from ~3/16 of a near-uniform distribution
