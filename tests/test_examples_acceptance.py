@@ -1,9 +1,10 @@
-"""The GRPO and PPO examples on the bundled model raise their score (issues 4 and 5's acceptance runs), and the VLM
-examples raise greedy exact match on the bundled image task's test split (issue 18).
+"""The GRPO and PPO examples on the bundled model raise their score (issues 4 and 5's acceptance runs), the VLM
+examples raise greedy exact match on the bundled image task's test split (issue 18), and GRPO with the calculator
+tool beats GRPO without it on the held-out arithmetic prompts (issue 19).
 
 Each takes 8-30 minutes on a 2-core CPU, so all carry the ``acceptance`` marker, which ``make test``
 deselects; run them with ``pytest -m acceptance tests/test_examples_acceptance.py``. The figures they
-check are the ones docs/grpo.md, docs/ppo.md and docs/vlm.md report (the runs are deterministic on one machine).
+check are the ones docs/grpo.md, docs/ppo.md, docs/vlm.md and docs/tools.md report (the runs are deterministic on one machine).
 """
 
 from __future__ import annotations
@@ -62,3 +63,17 @@ def test_vlm_grpo_and_dpo_examples_raise_greedy_exact_match_on_the_test_split(tm
         result = paired_exact_match(sft, out / "model", "bundled:vlm_shapes/test.jsonl", 800)
         # measured: GRPO 0.674 -> 0.726 (101 / 59, p = 0.0011); DPO 0.674 -> 0.714 (79 / 47, p = 0.0055)
         assert result["accuracy_b"] > result["accuracy_a"] and result["mcnemar_p"] < 0.05, (stage, result)
+
+
+@pytest.mark.acceptance
+def test_grpo_with_the_calculator_beats_grpo_without_it(tmp_path):
+    """docs/tools.md: examples/grpo.yaml and examples/grpo-tools.yaml as shipped, greedy on the 100 held-out prompts,
+    the tool model answering with the calculator; exact McNemar on the paired answers."""
+    for name in ("grpo", "grpo-tools"):
+        subprocess.run([sys.executable, "-m", "alignloop", "grpo", f"examples/{name}.yaml", "--out", str(tmp_path / name)],
+                       cwd=ROOT, check=True)
+    cmd = [sys.executable, "benchmarks/paired_exact_match.py", str(tmp_path / "grpo" / "model"),
+           str(tmp_path / "grpo-tools" / "model"), "--env-b", "calculator", "--max-new-tokens", "128", "--max-turns", "3"]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["accuracy_b"] > result["accuracy_a"] and result["mcnemar_p"] < 0.05, result
