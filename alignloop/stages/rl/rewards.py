@@ -128,7 +128,8 @@ def token_rewards(
     scores: torch.Tensor, response_mask: torch.Tensor, kl: torch.Tensor | None, beta: torch.Tensor | None,
     dense: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-token rewards ``r_t = −β_i·KL_t`` plus the score on the last response token (the EOS when there is one).
+    """Per-token rewards ``r_t = −β_i·KL_t`` plus the score on the last response token (the EOS when there is one):
+    the last position where ``response_mask`` is 1, which need not be its count − 1 (masks with holes).
 
     ``kl`` is the per-token estimate ``[N, R]`` (None: no KL in the reward); ``beta`` is ``[N]``. With ``dense``
     (a process reward model's per-step rewards, already placed on each step's final token) those replace the
@@ -140,7 +141,9 @@ def token_rewards(
         rewards = -beta.unsqueeze(1) * kl * mask
     if dense is not None:
         return rewards + dense.to(rewards) * mask
-    last = (mask.sum(dim=1).long() - 1).clamp(min=0)
+    # the last trained position, not ``mask.sum() − 1``: a multi-turn mask has holes (tool output, docs/tools.md)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = torch.where(mask.bool(), positions, -1).amax(dim=1).clamp(min=0)
     rows = torch.arange(mask.shape[0], device=mask.device)
     rewards[rows, last] += scores.to(rewards)
     return rewards

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from alignloop.algos import aggregate_loss, value_loss, whiten_advantages
+from alignloop.algos import ADVANTAGE_ESTIMATORS, aggregate_loss, value_loss, whiten_advantages
 from alignloop.stages.rl.experience import Experience, minibatch_schedule
 from alignloop.stages.rl.monitors import pearson, rollout_monitors
 from alignloop.stages.rl.rewards import (
@@ -31,6 +31,19 @@ def test_token_rewards_hand_example_variable_lengths():
     assert torch.allclose(rewards, torch.tensor([[-0.05, -0.1, 0.85], [-1.8, 0.0, 0.0]]))
     # no KL in the reward: only the score on the last token
     assert torch.equal(token_rewards(torch.tensor([1.0, -1.0]), mask, None, None), torch.tensor([[0.0, 0, 1], [-1, 0, 0]]))
+
+
+def test_token_rewards_put_the_score_on_the_last_trained_token_of_a_mask_with_holes():
+    # a multi-turn episode: tool call (2 tokens), tool output (3 tokens, masked out), answer (2 tokens), padding;
+    # the score goes on position 6, the answer's last token (the count − 1 = 3 would land in the tool output)
+    mask = torch.tensor([[1, 1, 0, 0, 0, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0, 0]])
+    rewards = token_rewards(torch.tensor([1.0, 0.5]), mask, None, None)
+    assert torch.equal(rewards, torch.tensor([[0.0, 0, 0, 0, 0, 0, 1, 0], [0, 0, 0.5, 0, 0, 0, 0, 0]]))
+    # so the group estimator's sequence return (the masked sum) is the score, not 0
+    advantages, returns = ADVANTAGE_ESTIMATORS["grpo"](rewards, mask, group_size=2, scale_by_std=False)
+    assert torch.equal(returns, torch.tensor([[1.0], [0.5]]) * mask)
+    # mean of the group 0.75: +0.25 and −0.25 on every trained token, 0 elsewhere
+    assert torch.allclose(advantages, 0.25 * torch.tensor([[1.0, 1, 0, 0, 0, 1, 1, 0], [-1, -1, -1, 0, 0, 0, 0, 0]]))
 
 
 def test_truncation_policies():

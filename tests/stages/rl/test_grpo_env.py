@@ -15,6 +15,7 @@ from alignloop.errors import ConfigError
 from alignloop.rollout import Rollout
 from alignloop.stages.rl import env_rollouts
 from alignloop.stages.rl.grpo import GRPO, GRPOConfig, GRPOStage
+from alignloop.stages.rl.rewards import token_rewards
 from alignloop.train.loop import train
 
 CALL = format_tool_call("calculator", {"expression": "(13 + 16) * 5"})
@@ -86,6 +87,12 @@ def test_grpo_with_the_calculator_masks_tool_tokens_and_logs_env_metrics(tmp_pat
     assert (data.old_logprobs[inserted] == 0).all() and (data.ref_logprobs[inserted] == 0).all()
     assert data.loss_mask[rollout.action_mask.bool()].eq(1).all()
     assert data.attention_mask[:, data.response_start:][inserted].eq(1).all()  # ... but in the context
+    # each episode's score lands on its final answer's last generated token, so the return is the score
+    scores = torch.arange(1.0, len(rollout) + 1)
+    placed = token_rewards(scores, data.response_mask, None, None)
+    assert torch.equal((placed * data.response_mask).sum(dim=1), scores)
+    last_trained = data.response_mask.shape[1] - 1 - data.response_mask.flip(1).argmax(dim=1)
+    assert torch.equal(placed.argmax(dim=1), last_trained) and (last_trained > inserted.float().argmax(dim=1)).all()
     row = metrics(tmp_path)[-1]
     assert row["env/tool_calls_mean"] == 1.0 and row["env/turns_mean"] == 2.0 and row["env/tool_errors"] == 0.0
 
