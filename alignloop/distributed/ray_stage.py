@@ -76,7 +76,7 @@ def run_configured(stage: str, cfg: Any, out: str | Path, threads_per_actor: int
     workers = [
         roles["rollout"].options(num_cpus=cpu, num_gpus=rc.worker_gpus).remote(
             cfg.model, lora, rc.backend, opts.generation_batch_size, dtype, threads_per_actor, rc.vllm,
-            rc.sampler_options(opts) if rc.backend == "hf" else None)
+            rc.sampler_options(opts))
         for _ in range(rc.workers)
     ]
     reward = roles["reward"].options(num_cpus=0).remote(opts.reward, threads_per_actor) if rc.remote_reward else None

@@ -141,9 +141,9 @@ class RolloutSettings(Section):
     sampler_logprobs: Literal["auto", "full", "sampled"] = Field(
         "auto", description="hf backend (in the learner or in Ray rollout workers): the log-probs the sampler "
         "reports. full: softmax(logits/T) over the whole vocabulary (what the trainer computes: needed by "
-        "reuse_sampler_logprobs); sampled: "
-        "under the distribution each token was really drawn from (the top-k/top-p candidates renormalised), so tis "
-        "sees the truncation; auto: sampled when tis is set (async_rollouts sets it), full otherwise.",
+        "reuse_sampler_logprobs); sampled: under the distribution each token was really drawn from (the top-k/top-p "
+        "candidates renormalised), so tis sees the truncation; auto: sampled when tis is set (async_rollouts sets "
+        "it), full otherwise.",
     )
 
     def logprobs_for(self, opts: Any) -> Literal["full", "sampled"]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from alignloop.models import last_token_index
 from alignloop.rewards.base import has_uncertainty
 
 __all__ = ["RunningMoments", "batch_moments", "ScoredRollout", "prompt_text", "score_rollout", "apply_truncation",
@@ -141,9 +142,7 @@ def token_rewards(
         rewards = -beta.unsqueeze(1) * kl * mask
     if dense is not None:
         return rewards + dense.to(rewards) * mask
-    # the last trained position, not ``mask.sum() − 1``: a multi-turn mask has holes (tool output, docs/tools.md)
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    last = torch.where(mask.bool(), positions, -1).amax(dim=1).clamp(min=0)
+    last = last_token_index(mask)  # not ``mask.sum() − 1``: a multi-turn mask has holes (tool output, docs/tools.md)
     rows = torch.arange(mask.shape[0], device=mask.device)
     rewards[rows, last] += scores.to(rewards)
     return rewards
