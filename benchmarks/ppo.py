@@ -21,9 +21,7 @@ use with ``trl==1.9.0 --no-deps`` over the system site-packages), ``--threads``,
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,12 +31,8 @@ from common import (  # noqa: E402
     add_common_flags,
     check_common_flags,
     ensure_venv,
-    final_json_line,
-    paired_comparison,
-    paired_runs,
-    print_spread,
-    run_isolated,
 )
+from side_by_side import compare_sides  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 TRL_REQUIREMENT = ["trl==1.9.0", "--no-deps"]
@@ -129,24 +123,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     check_common_flags(p, args)
     trl_python = ensure_venv(args.trl_venv, TRL_REQUIREMENT)
-    with tempfile.TemporaryDirectory() as work:
-        def kwargs(i: int) -> dict:
-            run_dir = Path(work) / f"run-{i}"
-            run_dir.mkdir(exist_ok=True)
-            return {"updates": args.updates, "workdir": str(run_dir), "precision": args.precision}
-
-        pairs = paired_runs(
-            args.runs,
-            lambda i: run_isolated(f"{__file__}:alignloop_side", kwargs(i), threads=args.threads),
-            lambda i: run_isolated(f"{__file__}:trl_side", kwargs(i), python=trl_python, threads=args.threads,
-                                   env={"TRL_EXPERIMENTAL_SILENCE": "1"}),
-        )
     workload = f"{PROMPTS} prompts × {NEW_TOKENS} tokens, 1 PPO epoch, LoRA policy, RM + value model"
-    print(json.dumps({"workload": workload}))
-    payload = paired_comparison("ppo", pairs, unit="updates/s", workload=workload, threads=args.threads)
-    print_spread(payload)
-    final_json_line(payload)
-    return payload
+    return compare_sides(__file__, "ppo", args, trl_python, {"updates": args.updates, "precision": args.precision},
+                         workload, trl_env={"TRL_EXPERIMENTAL_SILENCE": "1"})
 
 
 if __name__ == "__main__":

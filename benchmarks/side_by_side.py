@@ -14,9 +14,11 @@ from common import final_json_line, paired_comparison, paired_runs, print_spread
 
 def compare_sides(script: str, stage: str, args: argparse.Namespace, trl_python: str, side_kwargs: dict[str, Any],
                   workload: str, *, unit: str = "updates/s",
-                  keys: Sequence[str] = ("throughput", "cpu_throughput", "peak_rss_mb")) -> dict[str, Any]:
-    """Run ``script``'s two sides ``args.runs`` times each with ``side_kwargs`` plus a fresh ``workdir`` per run;
-    print the workload, the spread and the last JSON line; return that payload."""
+                  keys: Sequence[str] = ("throughput", "cpu_throughput", "peak_rss_mb"),
+                  trl_kwargs: dict[str, Any] | None = None, trl_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``script``'s two sides ``args.runs`` times each with ``side_kwargs`` plus a fresh ``workdir`` per run
+    (``trl_kwargs`` and ``trl_env`` go to TRL's side only); print the workload, the spread and the last JSON line;
+    return that payload."""
     with tempfile.TemporaryDirectory() as work:
         def kwargs(i: int) -> dict[str, Any]:
             run_dir = Path(work) / f"run-{i}"
@@ -26,7 +28,8 @@ def compare_sides(script: str, stage: str, args: argparse.Namespace, trl_python:
         pairs = paired_runs(
             args.runs,
             lambda i: run_isolated(f"{script}:alignloop_side", kwargs(i), threads=args.threads),
-            lambda i: run_isolated(f"{script}:trl_side", kwargs(i), python=trl_python, threads=args.threads),
+            lambda i: run_isolated(f"{script}:trl_side", {**kwargs(i), **(trl_kwargs or {})}, python=trl_python,
+                                   env=trl_env, threads=args.threads),
         )
     print(json.dumps({"workload": workload}))
     payload = paired_comparison(stage, pairs, keys=keys, unit=unit, workload=workload, threads=args.threads)

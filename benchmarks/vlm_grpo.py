@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,12 +38,8 @@ from common import (  # noqa: E402
     add_common_flags,
     check_common_flags,
     ensure_venv,
-    final_json_line,
-    paired_comparison,
-    paired_runs,
-    print_spread,
-    run_isolated,
 )
+from side_by_side import compare_sides  # noqa: E402
 
 MODEL = "smolvlm-tiny"
 DATA = "bundled:vlm_shapes/prompts.jsonl"
@@ -185,26 +180,10 @@ def main(argv=None) -> dict:
     from alignloop.models.registry import resolve_model
 
     model_dir, data_file = str(resolve_model(MODEL)), str(resolve_data_path(DATA))  # built once, before timing
-    with tempfile.TemporaryDirectory() as work:
-        def common(i: int) -> dict:
-            run_dir = Path(work) / f"run-{i}"
-            run_dir.mkdir(exist_ok=True)
-            return {"updates": args.updates, "workdir": str(run_dir), "precision": args.precision}
-
-        pairs = paired_runs(
-            args.runs,
-            lambda i: run_isolated(f"{__file__}:alignloop_side", common(i), threads=args.threads),
-            lambda i: run_isolated(f"{__file__}:trl_side",
-                                   {**common(i), "model_dir": model_dir, "data_file": data_file},
-                                   python=trl_python, threads=args.threads),
-        )
     workload = (f"{MODEL}: {PROMPTS} image prompts × {GENERATIONS} generations × {NEW_TOKENS} tokens, LoRA "
                 f"(language model) + connector, β={BETA}")
-    print(json.dumps({"workload": workload}))
-    payload = paired_comparison("vlm_grpo", pairs, unit="updates/s", workload=workload, threads=args.threads)
-    print_spread(payload)
-    final_json_line(payload)
-    return payload
+    return compare_sides(__file__, "vlm_grpo", args, trl_python, {"updates": args.updates, "precision": args.precision},
+                         workload, trl_kwargs={"model_dir": model_dir, "data_file": data_file})
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ this stage or the offline ``DPOStage``.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from alignloop.algos.dpo_losses import REFERENCE_FREE_LOSSES
 from alignloop.data import load_records
 from alignloop.data.splits import load_splits
-from alignloop.errors import ConfigError, DataError
+from alignloop.errors import ConfigError
 from alignloop.eval.gold import get_gold_scorer
 from alignloop.models import load_trainable_lm, make_reference
 from alignloop.models.loading import is_vision_language_model
@@ -58,6 +59,19 @@ __all__ = ["DPOCommand", "DPOConfig", "OnlineDPOStage"]
 log = logging.getLogger("alignloop")
 
 _PAIR_KEYS = {"chosen": "preference pairs (chosen/rejected)", "completions": "rankings (completions/ranking)"}
+_ANSWER_KEYS = ("chosen", "rejected", "completions", "ranking")
+
+
+def distinct_prompts(records: list[dict]) -> list[dict]:
+    """One prompt record per distinct prompt of pair or ranking records, in first-seen order, answers dropped."""
+    seen: set[str] = set()
+    prompts = []
+    for record in records:
+        key = json.dumps(record["prompt"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prompts.append({k: v for k, v in record.items() if k not in _ANSWER_KEYS})
+    return prompts
 
 
 class OnlineDPOStage(DPOStage):
@@ -97,10 +111,11 @@ class OnlineDPOStage(DPOStage):
 
     def _load_prompts(self, path: str) -> list[dict]:
         records = list(load_records(path, "prompt", skip_invalid=self.config.data.skip_invalid))
-        for key, what in _PAIR_KEYS.items():
-            if any(key in r for r in records):
-                raise DataError(f"{path}: dpo.online: true samples its own pairs from prompt records "
-                                f'{{"prompt": ...}}, but this file holds {what}; train on it with dpo.online: false')
+        kinds = [what for key, what in _PAIR_KEYS.items() if any(key in r for r in records)]
+        if kinds:  # the prompts of preference data (HH ships as pairs only), as PPO and GRPO read them
+            records = distinct_prompts(records)
+            log.warning("%s holds %s: online DPO samples its own pairs, so it uses only their %d distinct prompts "
+                        "(dpo.online: false trains on the pairs themselves)", path, kinds[0], len(records))
         limit = self.config.data.max_length - self.config.dpo.max_new_tokens
         return self.prompts.fitting(records, path, limit, "dpo.max_new_tokens")
 

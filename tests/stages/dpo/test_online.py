@@ -4,6 +4,7 @@ reference, every loss type, resume after a kill, and the errors for pair data an
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from alignloop.config import load_config
-from alignloop.errors import ConfigError, DataError
+from alignloop.errors import ConfigError
 from alignloop.pipeline.launch import run_stage
 from alignloop.rewards import build_reward
 from alignloop.rewards.judge import LLMJudge, PairJudgement
@@ -326,14 +327,22 @@ def test_alignloop_dpo_runs_the_online_stage_when_asked(tmp_path, toy):
     assert (tmp_path / "model" / "config.json").is_file() and (tmp_path / "samples.jsonl").is_file()
 
 
-def test_pair_data_is_refused_with_a_clear_error(tmp_path, toy):
+def test_pair_data_gives_its_distinct_prompts_with_a_warning(tmp_path, toy, caplog):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(json.dumps({"prompt": "red", "chosen": TARGET, "rejected": "no"}) + "\n")
-    with pytest.raises(DataError) as err:
-        train(OnlineDPOStage(config(toy, f"data.train={pairs}")), tmp_path / "run")
-    assert str(err.value) == (f"{pairs}: dpo.online: true samples its own pairs from prompt records "
-                              '{"prompt": ...}, but this file holds preference pairs (chosen/rejected); '
-                              "train on it with dpo.online: false")
+    lines = [{"prompt": "red", "chosen": TARGET, "rejected": "no", "source": "a"},
+             {"prompt": "red", "chosen": "x", "rejected": "y"},
+             {"prompt": [{"role": "user", "content": "blue"}], "chosen": "x", "rejected": "y"}]
+    pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with caplog.at_level(logging.WARNING, logger="alignloop"):
+        stage = OnlineDPOStage(config(toy, f"data.train={pairs}", f"data.eval={toy['prompts']}", "train.batch_size=2",
+                                      "train.micro_batch_size=2", "train.max_steps=1"))
+        train(stage, tmp_path / "run")
+    prompts = [r["prompt"] for r in stage.train_records]
+    assert prompts == [[{"role": "user", "content": "red"}], [{"role": "user", "content": "blue"}]]
+    assert all("chosen" not in r and "rejected" not in r for r in stage.train_records)
+    assert stage.train_records[0]["source"] == "a"
+    assert (f"{pairs} holds preference pairs (chosen/rejected): online DPO samples its own pairs, so it uses only "
+            "their 2 distinct prompts (dpo.online: false trains on the pairs themselves)") in caplog.text
 
 
 def test_a_missing_reward_is_a_config_error(toy):
