@@ -14,7 +14,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from alignloop.eval.metrics import bootstrap_ci, distinct_n, self_bleu, sequence_kl_mc, win_rate
+from alignloop.eval.metrics import (
+    bootstrap_ci,
+    distinct_n,
+    paired_tests,
+    self_bleu,
+    sequence_kl_mc,
+    win_rate,
+)
 
 
 def prompt_text(prompt: Any) -> str:
@@ -96,6 +103,9 @@ def summarize_policy(
     entry["kl_method"] = method
     ours, theirs = _paired(records, reference)
     entry["win_rate_vs_ref"] = win_rate(ours, theirs) if ours else None
+    paired = paired_tests(ours, theirs) if ours and method != "zero" else None
+    entry["paired_vs_ref"] = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                              for k, v in paired.items()} if paired else None
     lengths = [r.get("length") for r in records]
     entry["mean_length"] = (
         float(np.mean(lengths)) if all(v is not None for v in lengths)

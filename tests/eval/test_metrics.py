@@ -14,6 +14,7 @@ from alignloop.eval.metrics import (
     expected_calibration_error,
     length_reward_correlation,
     mcnemar_exact,
+    paired_tests,
     self_bleu,
     sentence_bleu,
     sequence_kl_mc,
@@ -159,3 +160,29 @@ def test_mcnemar_exact_against_scipy():
     for gained, lost in [(17, 7), (30, 12), (2, 9)]:
         expected = stats.binomtest(min(gained, lost), gained + lost, 0.5).pvalue
         assert mcnemar_exact(gained, lost) == pytest.approx(expected)
+
+
+def test_paired_tests_by_hand():
+    # d = [1, 2, -0.5, 3, 0]: the zero is dropped; |d| ranks 0.5->1, 1->2, 2->3, 3->4, W+ = 2 + 3 + 4 = 9
+    # n = 4: mean n(n+1)/4 = 5, variance n(n+1)(2n+1)/24 = 7.5, z = 4 / sqrt(7.5) = 1.460593, p = erfc(z/sqrt 2)
+    result = paired_tests([1, 2, -0.5, 3, 7], [0, 0, 0, 0, 7])
+    assert result["gain_mean"] == pytest.approx(5.5 / 5)
+    assert (result["wins"], result["losses"], result["ties"]) == (3, 1, 1)
+    assert result["sign_p"] == pytest.approx(0.625)  # 2 * (1 + 4) / 16
+    assert result["wilcoxon_p"] == pytest.approx(0.144127, abs=1e-6)
+    # tied |d| = [0.5, 0.5, 0.5] share rank 2: W+ = 2, mean 3, variance 3.5 - (27 - 3)/48 = 3.0, z = -1/sqrt(3)
+    tied = paired_tests([0.5, -0.5, -0.5], [0, 0, 0])
+    assert tied["wilcoxon_p"] == pytest.approx(math.erfc(1 / math.sqrt(3) / math.sqrt(2)))
+    assert math.isnan(paired_tests([1, 2], [1, 2])["wilcoxon_p"])
+    with pytest.raises(ValueError):
+        paired_tests([1, 2], [1])
+
+
+def test_paired_tests_against_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    a = np.round(rng.normal(0.3, 1, size=80), 1)  # rounding makes zeros and tied |d|
+    b = np.round(rng.normal(0.0, 1, size=80), 1)
+    expected = stats.wilcoxon(a, b, zero_method="wilcox", correction=False, method="asymptotic").pvalue
+    assert paired_tests(a, b)["wilcoxon_p"] == pytest.approx(expected, rel=1e-9)
+

@@ -41,6 +41,12 @@ def test_summarize_policy_hand_computed():
     assert s["gold_reward_mean"] == pytest.approx(0.25)
     # win 1, loss 0, tie 0.5, loss 0 -> 1.5 / 4
     assert s["win_rate_vs_ref"] == pytest.approx(0.375)
+    # gold differences [0.5, -0.5, 0, -0.5]: 1 win, 2 losses, 1 tie; sign p = 2 * (1 + 3) / 8 = 1; Wilcoxon on
+    # three tied |d| (rank 2 each): W+ = 2, mean 3, variance 3.5 - 24/48 = 3, z = -1/sqrt(3)
+    paired = s["paired_vs_ref"]
+    assert (paired["wins"], paired["losses"], paired["ties"]) == (1, 2, 1)
+    assert paired["gain_mean"] == pytest.approx(-0.125) and paired["sign_p"] == 1.0
+    assert paired["wilcoxon_p"] == pytest.approx(math.erfc(1 / math.sqrt(6)))
     # log-ratio terms [1, 0.5, 0, 2]: mean 0.875, sample std sqrt(2.1875/3) = 0.853913, / sqrt(4)
     assert s["kl_to_ref"] == pytest.approx(0.875)
     assert s["kl_stderr"] == pytest.approx(0.426956, abs=1e-6)
@@ -58,7 +64,7 @@ def test_summarize_policy_hand_computed():
 def test_summarize_reference_and_best_of_n_kl_methods():
     ref = [_rec(0, 0.2, "same text here", proxy=1.0), _rec(1, 0.4, "other text there", proxy=3.0)]
     s = summarize_policy(ref, ref, {"method": "zero"}, n_boot=100)
-    assert (s["kl_to_ref"], s["kl_stderr"], s["win_rate_vs_ref"]) == (0.0, None, 0.5)
+    assert (s["kl_to_ref"], s["kl_stderr"], s["win_rate_vs_ref"], s["paired_vs_ref"]) == (0.0, None, 0.5, None)
     assert s["proxy_reward_mean"] == 2.0
     b = summarize_policy(ref, ref, {"method": "analytic_best_of_n", "n": 4}, n_boot=100)
     assert b["kl_to_ref"] == pytest.approx(best_of_n_kl(4)) and b["kl_method"] == "analytic_best_of_n"
