@@ -296,4 +296,3 @@ def paired_tests(scores: Any, reference_scores: Any) -> dict[str, float | int]:
         wilcoxon_p = math.erfc(abs(z) / math.sqrt(2))
     return {"gain_mean": float(diff.mean()), "wins": wins, "losses": losses, "ties": int(diff.size - wins - losses),
             "sign_p": mcnemar_exact(wins, losses), "wilcoxon_p": wilcoxon_p}
-
