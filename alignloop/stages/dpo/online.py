@@ -111,11 +111,11 @@ class OnlineDPOStage(DPOStage):
 
     def _load_prompts(self, path: str) -> list[dict]:
         records = list(load_records(path, "prompt", skip_invalid=self.config.data.skip_invalid))
-        kinds = [what for key, what in _PAIR_KEYS.items() if any(key in r for r in records)]
-        if kinds:  # the prompts of preference data (HH ships as pairs only), as PPO and GRPO read them
+        kind = next((what for key, what in _PAIR_KEYS.items() if any(key in r for r in records)), None)
+        if kind:  # the prompts of preference data (HH ships as pairs only), as PPO and GRPO read them
             records = distinct_prompts(records)
             log.warning("%s holds %s: online DPO samples its own pairs, so it uses only their %d distinct prompts "
-                        "(dpo.online: false trains on the pairs themselves)", path, kinds[0], len(records))
+                        "(dpo.online: false trains on the pairs themselves)", path, kind, len(records))
         limit = self.config.data.max_length - self.config.dpo.max_new_tokens
         return self.prompts.fitting(records, path, limit, "dpo.max_new_tokens")
 
