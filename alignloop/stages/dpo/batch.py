@@ -15,6 +15,11 @@ Several pairs share a row when they fit in the width of the micro-batch's longes
 which removes most of the padding without changing what the batch holds; the mask keeps pairs apart. A row
 puts all its pairs' prefixes first and all their branches last, and rows are LEFT padded, so every row ends
 with branch tokens only: ``logits_to_keep`` then skips the LM head for the prompts, usually most tokens.
+
+With ``share_prompts`` (``dpo.group_by_prompt``) the pairs of a micro-batch that share a prompt become ONE group:
+the prompt once, then each distinct completion once as its own branch (``prompt[-1] c1 | prompt[-1] c2 | ...``),
+and every pair reads its two completions' sums from the group. K samples of a prompt labelled in all K(K−1)/2
+pairs then cost K branches instead of K(K−1) (4 samples: 4 instead of 12, plus one prompt instead of six).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from alignloop.models.shared_prompt import (  # noqa: F401  (re-exported: DPO's 
 from alignloop.rollout.logprobs import accepts_logits_to_keep
 from alignloop.train.batches import EpochBatchSource
 
-CHOSEN_SEGMENT, REJECTED_SEGMENT = 1, 2  # branch numbers of a pair (segments: models/shared_prompt.py)
+CHOSEN_SEGMENT, REJECTED_SEGMENT = 1, 2  # branch numbers of an unshared pair (segments: models/shared_prompt.py)
 
 
 @dataclass
@@ -73,15 +78,59 @@ class PairLogps:
 Segment = tuple[list[int], list[int], list[int]]  # token ids, segment ids, position ids
 
 
-def _layout(example: PairExample) -> tuple[Segment, Segment]:
-    """The shared prefix and the two branches of one pair, each as (ids, segments, positions)."""
-    prompt, chosen, rejected = example.prompt_ids, example.chosen_ids, example.rejected_ids
+@dataclass
+class _Group:
+    """A prompt and the completions laid out after it: branch k holds ``completions[k - 1]``."""
+
+    prompt_ids: list[int]
+    images: tuple[EncodedImage, ...]
+    completions: list[list[int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        # the last prompt token opens every branch
+        return len(self.prompt_ids) - 1 + sum(len(c) + 1 for c in self.completions)
+
+    def branch(self, completion: list[int], share: bool) -> int:
+        if share and completion in self.completions:
+            return self.completions.index(completion) + 1
+        self.completions.append(completion)
+        return len(self.completions)
+
+
+def _groups(examples: list[PairExample], share_prompts: bool) -> tuple[list[_Group], list[tuple[int, int, int]]]:
+    """The groups to lay out and, per pair, ``(group, chosen branch, rejected branch)``.
+
+    Unshared, every pair is its own group with branches 1 (chosen) and 2 (rejected). Pairs with images are
+    never merged (their images are encoded per group).
+    """
+    groups: list[_Group] = []
+    by_prompt: dict[tuple[int, ...], int] = {}
+    where = []
+    for i, e in enumerate(examples):
+        g = by_prompt.get(tuple(e.prompt_ids), -1) if share_prompts and not e.images else -1
+        if g < 0:
+            g = len(groups)
+            groups.append(_Group(e.prompt_ids, e.images))
+            if share_prompts and not e.images:
+                by_prompt[tuple(e.prompt_ids)] = g
+        group = groups[g]
+        where.append((g, group.branch(e.chosen_ids, share_prompts), group.branch(e.rejected_ids, share_prompts)))
+    return groups, where
+
+
+def _layout(group: _Group) -> tuple[Segment, Segment]:
+    """The shared prefix and the branches of one group, each as (ids, segments, positions)."""
+    prompt = group.prompt_ids
     shared = len(prompt) - 1
     prefix = (prompt[:-1], [SHARED_SEGMENT] * shared, list(range(shared)))
-    branch_ids = prompt[-1:] + chosen + prompt[-1:] + rejected
-    segments = [CHOSEN_SEGMENT] * (len(chosen) + 1) + [REJECTED_SEGMENT] * (len(rejected) + 1)
-    positions = list(range(shared, shared + len(chosen) + 1)) + list(range(shared, shared + len(rejected) + 1))
-    return prefix, (branch_ids, segments, positions)
+    ids: list[int] = []
+    segments: list[int] = []
+    positions: list[int] = []
+    for k, completion in enumerate(group.completions, start=1):
+        ids += prompt[-1:] + completion
+        segments += [k] * (len(completion) + 1)
+        positions += range(shared, shared + len(completion) + 1)
+    return prefix, (ids, segments, positions)
 
 
 @dataclass
@@ -103,9 +152,9 @@ class _Row:
         return sum(1 for s in self.segments if s > SHARED_SEGMENT)
 
 
-def _packed_row(examples: list[PairExample], members: list[int]) -> _Row:
+def _packed_row(groups: list[_Group], members: list[int]) -> _Row:
     row = _Row()
-    layouts = [_layout(examples[i]) for i in members]
+    layouts = [_layout(groups[i]) for i in members]
     for i, (prefix, _) in zip(members, layouts):  # every prefix first ...
         row.add(prefix, owner=i)
     for i, (_, branches) in zip(members, layouts):  # ... then every branch, so the row ends with branch tokens
@@ -113,18 +162,21 @@ def _packed_row(examples: list[PairExample], members: list[int]) -> _Row:
     return row
 
 
-def collate_pairs(examples: list[PairExample], pad_id: int, mask_dtype: torch.dtype | None = None) -> dict:
+def collate_pairs(examples: list[PairExample], pad_id: int, mask_dtype: torch.dtype | None = None,
+                  share_prompts: bool = False) -> dict:
     """Packed, left-padded shared-prompt rows for ``examples``.
 
     Returns ``input_ids``, ``position_ids``, a 4D ``attention_mask`` ``[R, 1, L, L]`` (bool, True = may attend,
     for sdpa; or additive with ``mask_dtype`` for eager attention), ``labels`` (the token each position
-    predicts, -100 where none: next-token targets already shifted), ``segments``, ``pair`` (which example of
-    ``examples`` a token belongs to, -1 on padding), the number of final columns holding only branches
+    predicts, -100 where none: next-token targets already shifted), ``segments`` (branch numbers), ``pair``
+    (which group a token belongs to, -1 on padding; unshared, group i is pair i), ``branches`` ``[P, 3]`` (each
+    pair's group, chosen branch and rejected branch), the number of final columns holding only branches
     (``keep``), and ``index`` (the examples' data-set indices, in the order of ``examples``). Pairs with images
-    add ``images``: a list with one tuple per row, its pairs' prompt images in the order their prefixes sit.
+    add ``images``: a list with one tuple per row, its groups' prompt images in the order their prefixes sit.
     """
-    packing = pack_pairs([len(e) for e in examples])
-    rows = [_packed_row(examples, members) for members in packing]
+    groups, where = _groups(examples, share_prompts)
+    packing = pack_pairs([len(g) for g in groups])
+    rows = [_packed_row(groups, members) for members in packing]
     width = max(len(r.ids) for r in rows)
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -147,11 +199,12 @@ def collate_pairs(examples: list[PairExample], pad_id: int, mask_dtype: torch.dt
         "labels": labels,
         "segments": segments,
         "pair": pair,
+        "branches": torch.tensor(where, dtype=torch.long),
         "keep": max(r.branch_tokens for r in rows),
         "index": torch.tensor([e.index for e in examples], dtype=torch.long),
     }
-    if any(e.images for e in examples):  # a list, never stacked: each row keeps its own pairs' images
-        batch["images"] = [tuple(im for i in members for im in examples[i].images) for members in packing]
+    if any(e.images for e in examples):  # a list, never stacked: each row keeps its own groups' images
+        batch["images"] = [tuple(im for i in members for im in groups[i].images) for members in packing]
     return batch
 
 
@@ -174,18 +227,22 @@ def pair_logps(model: nn.Module, batch: dict) -> PairLogps:
     token_logps = token_logprobs(model, inputs, labels, logits_to_keep=keep if accepts_logits_to_keep(inner) else None)
     owner = batch["pair"][:, -keep:]
     scored = labels != IGNORE_INDEX
-    n_pairs = batch["index"].shape[0]
+    where = batch["branches"]
+    n_branches = int(segments.max()) + 1
+    # sums per (group, branch), then each pair reads its chosen and rejected branch
+    key = (owner * n_branches + segments)[scored]
+    size = (int(where[:, 0].max()) + 1) * n_branches
 
-    def per_pair(segment: int, values: torch.Tensor) -> torch.Tensor:
-        hit = scored & (segments == segment)
-        return torch.zeros(n_pairs, dtype=values.dtype, device=values.device).index_add(0, owner[hit], values[hit])
+    def per_branch(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(size, dtype=values.dtype, device=values.device).index_add(0, key, values)
 
-    ones = torch.ones_like(token_logps)
+    sums, counts = per_branch(token_logps[scored]), per_branch(torch.ones_like(token_logps[scored]))
+    chosen_key, rejected_key = where[:, 0] * n_branches + where[:, 1], where[:, 0] * n_branches + where[:, 2]
     return PairLogps(
-        chosen=per_pair(CHOSEN_SEGMENT, token_logps),
-        rejected=per_pair(REJECTED_SEGMENT, token_logps),
-        chosen_tokens=per_pair(CHOSEN_SEGMENT, ones).long(),
-        rejected_tokens=per_pair(REJECTED_SEGMENT, ones).long(),
+        chosen=sums[chosen_key],
+        rejected=sums[rejected_key],
+        chosen_tokens=counts[chosen_key].long(),
+        rejected_tokens=counts[rejected_key].long(),
     )
 
 
@@ -224,3 +281,30 @@ class LengthGroupedBatchSource(EpochBatchSource):
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch + 7)
         shuffled = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         return [i for batch in shuffled + tail for i in batch]
+
+
+class PromptGroupedBatchSource(EpochBatchSource):
+    """``EpochBatchSource`` that keeps the pairs of one prompt next to each other (``dpo.group_by_prompt``).
+
+    Micro-batches then hold whole prompts' pairs, so ``collate_pairs(share_prompts=True)`` encodes each prompt and
+    each distinct completion once. The prompts' order is a permutation seeded by ``(seed, epoch)`` (resuming needs
+    no extra state); with several ranks each takes one contiguous block, so a prompt is split only at a block edge.
+    A micro-batch that is a multiple of a prompt's pair count (6 for 4 samples in all pairs) splits no prompt.
+    """
+
+    def __init__(self, dataset, micro_batch_size: int, collate, prompts: list[tuple[int, ...]], **kwargs):
+        super().__init__(dataset, micro_batch_size, collate, **kwargs)
+        members: dict[tuple[int, ...], list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            members.setdefault(prompt, []).append(i)
+        self.blocks = list(members.values())
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        blocks = self.blocks
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            blocks = [blocks[i] for i in torch.randperm(len(blocks), generator=g).tolist()]
+        order = [i for block in blocks for i in block]
+        per_rank = -(-len(order) // self.world_size)
+        order = (order * 2)[: per_rank * self.world_size]
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank]

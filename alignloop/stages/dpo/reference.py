@@ -99,14 +99,19 @@ def compute_logps(
     batch_size: int,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager],
+    by_prompt: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed chosen / rejected log-probs ``[len(examples)]`` (fp32, CPU), in the examples' order.
 
-    Batches are formed from length-sorted examples, which keeps padding (and time) low.
+    Batches are formed from length-sorted examples, which keeps padding (and time) low; ``by_prompt`` sorts by
+    prompt first, so a collate that shares prompts finds a prompt's pairs in one batch.
     """
     chosen = torch.zeros(len(examples), dtype=torch.float32)
     rejected = torch.zeros(len(examples), dtype=torch.float32)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    if by_prompt:
+        order = sorted(range(len(examples)), key=lambda i: (len(examples[i].prompt_ids), examples[i].prompt_ids))
+    else:
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
     with torch.no_grad(), autocast():
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]

@@ -31,6 +31,7 @@ from alignloop.models.vision_tokenizer import VisionTokenizer
 from alignloop.stages.dpo.batch import (
     LengthGroupedBatchSource,
     PairExample,
+    PromptGroupedBatchSource,
     batch_to,
     collate_pairs,
     mask_dtype_for,
@@ -76,6 +77,11 @@ class DPOOptions(OnlineOptions):  # online DPO's keys (dpo.online: true): online
     group_by_length: bool = Field(
         False, description="Batch pairs of similar length together (less padding; batches are still shuffled)."
     )
+    group_by_prompt: bool = Field(
+        False, description="Batch a prompt's pairs together and encode the prompt and each distinct completion "
+        "once (K samples in all pairs: K branches, not K(K−1)); same loss. Pick a batch size that is a multiple of "
+        "a prompt's pair count.",
+    )
     record_format: Literal["auto", "pair", "ranking"] = Field(
         "auto", description="Record kind of data.train/eval; rankings are expanded into all (better, worse) pairs."
     )
@@ -102,6 +108,8 @@ class DPOStage(Stage):
         cfg, opts = self.config, self.options
         if opts.online:
             raise ConfigError("dpo.online: true runs OnlineDPOStage (alignloop.stages.dpo.online), not DPOStage")
+        if opts.group_by_prompt and opts.group_by_length:
+            raise ConfigError("dpo: group_by_prompt and group_by_length order the batches differently; set one")
         if opts.loss_type == "robust" and opts.label_smoothing == 0:
             log.info("dpo: robust loss with label_smoothing 0 is plain DPO")
         # a vision-language model tokenises through its processor (pairs carry images) and saves it with the weights
@@ -111,7 +119,8 @@ class DPOStage(Stage):
         policy = load_trainable_lm(cfg.model, cfg.lora, cfg.train.gradient_checkpointing, run.device)
         self.models["policy"] = policy
         self.collate = functools.partial(
-            collate_pairs, pad_id=self.tokenizer.pad_token_id, mask_dtype=mask_dtype_for(policy)
+            collate_pairs, pad_id=self.tokenizer.pad_token_id, mask_dtype=mask_dtype_for(policy),
+            share_prompts=opts.group_by_prompt,
         )
         self._load_data()
         self.uses_reference = not (opts.reference_free or opts.loss_type in REFERENCE_FREE_LOSSES)
@@ -161,7 +170,8 @@ class DPOStage(Stage):
                 with refcache.reference_view(policy) as reference:
                     for split, examples in self._splits():
                         chosen, rejected = refcache.compute_logps(
-                            reference, examples, self.collate, self._micro_batch(), run.device, run.autocast
+                            reference, examples, self.collate, self._micro_batch(), run.device, run.autocast,
+                            by_prompt=self.options.group_by_prompt,
                         )
                         tensors[f"{split}_chosen"], tensors[f"{split}_rejected"] = chosen, rejected
                 refcache.save_cache(path, tensors)
@@ -203,6 +213,9 @@ class DPOStage(Stage):
         if self.options.group_by_length:
             lengths = [len(e) for e in self.train_examples]
             return LengthGroupedBatchSource(self.train_examples, self._micro_batch(), self.collate, lengths, **common)
+        if self.options.group_by_prompt:
+            prompts = [tuple(e.prompt_ids) for e in self.train_examples]
+            return PromptGroupedBatchSource(self.train_examples, self._micro_batch(), self.collate, prompts, **common)
         return EpochBatchSource(self.train_examples, self._micro_batch(), self.collate, **common)
 
     def units(self, batch) -> float:

@@ -12,6 +12,7 @@ from alignloop.models import build_tiny_llama
 from alignloop.stages.dpo.batch import (
     LengthGroupedBatchSource,
     PairExample,
+    PromptGroupedBatchSource,
     branch_attention_mask,
     collate_pairs,
     pair_logps,
@@ -117,6 +118,85 @@ def test_pair_gradients_equal_separate_forwards():
     total.backward()
     for (name, a), (_, b) in zip(shared.named_parameters(), plain.named_parameters()):
         assert torch.allclose(a.grad, b.grad.float(), atol=1e-4, rtol=1e-3), name
+
+
+def all_pairs_of_samples() -> list[PairExample]:
+    """Two prompts with 4 samples each, labelled in all 6 pairs (as the collect stage writes them), plus a pair
+    whose prompt is shared with nothing."""
+    g = torch.Generator().manual_seed(1)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(3, 5000, (n,), generator=g).tolist()
+
+    out = []
+    for prompt_len, lengths in ((5, (4, 2, 6, 3)), (2, (1, 5, 2, 2))):
+        prompt, samples = ids(prompt_len), [ids(n) for n in lengths]
+        for a in range(4):
+            for b in range(a + 1, 4):
+                first, second = (a, b) if (a + b) % 2 else (b, a)  # chosen on either side
+                out.append(PairExample(prompt, samples[first], samples[second], index=len(out)))
+    out.append(PairExample(ids(3), ids(2), ids(3), index=len(out)))
+    return out
+
+
+def test_shared_prompt_layout_by_hand():
+    examples = [PairExample([10, 11, 12], [20, 21], [30], index=0), PairExample([10, 11, 12], [40], [20, 21], index=1)]
+    batch = collate_pairs(examples, pad_id=PAD, share_prompts=True)
+    # one group: prompt[:-1] | 12 A | 12 B | 12 C, each completion once
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 20, 21, 12, 30, 12, 40]]
+    assert batch["segments"].tolist() == [[0, 0, 1, 1, 1, 2, 2, 3, 3]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 2, 3, 2, 3]]
+    assert batch["labels"].tolist() == [[-100, -100, 20, 21, -100, 30, -100, 40, -100]]
+    assert batch["branches"].tolist() == [[0, 1, 2], [0, 3, 1]]  # (group, chosen branch, rejected branch)
+    assert batch["index"].tolist() == [0, 1]
+    unshared = collate_pairs(examples, pad_id=PAD)
+    assert unshared["branches"].tolist() == [[0, 1, 2], [1, 1, 2]] and unshared["input_ids"].shape == (2, 7)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_logps_equal_separate_forwards(attention):
+    model = build_tiny_llama()
+    model.config._attn_implementation = attention
+    examples = all_pairs_of_samples()
+    batch = collate_pairs(examples, PAD, None if attention == "sdpa" else torch.float32, share_prompts=True)
+    out = pair_logps(model, batch)
+    for i, e in enumerate(examples):
+        assert out.chosen[i].item() == pytest.approx(plain_logp(model, e.prompt_ids, e.chosen_ids).item(), abs=1e-4)
+        assert out.rejected[i].item() == pytest.approx(plain_logp(model, e.prompt_ids, e.rejected_ids).item(), abs=1e-4)
+        assert (out.chosen_tokens[i], out.rejected_tokens[i]) == (len(e.chosen_ids), len(e.rejected_ids))
+    # each prompt's prefix once and each sample once (+1: the prompt's last token opens every branch) ...
+    shared_tokens = int((batch["segments"] >= 0).sum())
+    assert shared_tokens == (4 + 5 + 3 + 7 + 4) + (1 + 2 + 6 + 3 + 3) + (2 + 3 + 4)
+    # ... where one pair per layout repeats the prefix 6 times and every sample 3 times
+    plain_tokens = int((collate_pairs(examples, PAD)["segments"] >= 0).sum())
+    assert plain_tokens == (6 * 4 + 3 * 19) + (6 * 1 + 3 * 14) + 9
+
+
+def test_shared_prompt_gradients_equal_unshared():
+    examples = all_pairs_of_samples()
+    grads = []
+    for share in (True, False):
+        model = build_tiny_llama()
+        out = pair_logps(model, collate_pairs(examples, PAD, share_prompts=share))
+        (out.chosen - 2 * out.rejected).sum().backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-4, rtol=1e-3), name
+
+
+def test_prompt_grouped_batches_keep_a_prompts_pairs_together():
+    prompts = [(i // 6,) for i in range(30)]  # 5 prompts × 6 pairs
+    source = PromptGroupedBatchSource(list(range(30)), 6, lambda xs: xs, prompts, seed=3)
+    epoch = [source.next_batch() for _ in range(5)]
+    assert all(len({prompts[i] for i in batch}) == 1 for batch in epoch)  # a batch of 6 is one prompt's pairs
+    assert sorted(i for batch in epoch for i in batch) == list(range(30))
+    assert [b[0] // 6 for b in epoch] != list(range(5))  # prompts are shuffled ...
+    again = PromptGroupedBatchSource(list(range(30)), 6, lambda xs: xs, prompts, seed=3)
+    assert [again.next_batch() for _ in range(5)] == epoch  # ... by (seed, epoch) only
+    ranks = [PromptGroupedBatchSource(list(range(30)), 6, lambda xs: xs, prompts, seed=3, rank=r, world_size=2)
+             for r in (0, 1)]
+    shares = [ranks[r]._epoch_order(0) for r in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == list(range(30)) and len(shares[0]) == len(shares[1]) == 15
 
 
 def write_jsonl(path, rows):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from alignloop.config import load_config
-from alignloop.errors import DataError
+from alignloop.errors import ConfigError, DataError
 from alignloop.stages.dpo.batch import pair_logps
 from alignloop.stages.dpo.reference import CACHE_PREFIX, reference_view
 from alignloop.stages.dpo.stage import DPOConfig, DPOStage
@@ -150,6 +150,46 @@ def test_first_step_losses_match_hand_values(data, tmp_path):
         nll = float(-(logps.chosen / logps.chosen_tokens).sum())
         assert m["loss/sft"] == pytest.approx(nll, rel=1e-5)
         assert loss.item() == pytest.approx(m["loss/dpo"] + 0.5 * nll, rel=1e-5)
+
+
+@pytest.fixture
+def sample_pairs(tmp_path):
+    """6 prompts × 4 sampled answers labelled in all 6 pairs, the collect stage's layout (fruits beat animals)."""
+    rng = random.Random(5)
+    rows = []
+    for p in range(6):
+        answers = [(" ".join(rng.choice(FRUITS if k < 2 else ANIMALS) for _ in range(rng.randint(2, 4))), k)
+                   for k in range(4)]
+        for a in range(4):
+            for b in range(a + 1, 4):
+                (good, _), (bad, _) = sorted((answers[a], answers[b]), key=lambda x: x[1])
+                rows.append({"prompt": f"Say a few words ({p}).", "chosen": good, "rejected": bad})
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"train": str(path), "eval": str(path)}
+
+
+def test_group_by_prompt_gives_the_same_log_probs_with_fewer_tokens(sample_pairs, tmp_path):
+    shared = CountingStage(config(sample_pairs, "dpo.group_by_prompt=true", "train.batch_size=12", "train.max_steps=2"))
+    summary = train(shared, tmp_path / "shared")
+    assert shared.per_step == [1, 1] and summary["pairs"] == 36
+    plain = set_up(config(sample_pairs, "train.batch_size=12"), tmp_path / "plain")
+    for split in ("train_chosen", "train_rejected", "eval_chosen", "eval_rejected"):  # reference caches agree
+        assert torch.allclose(shared.ref_logps[split], plain.ref_logps[split], atol=1e-4), split
+    # a batch of 12 is two prompts' pairs: 2 prompts + 8 answers instead of 12 prompts + 24 answers
+    batch = shared.batches().next_batch()
+    assert len({tuple(shared.train_examples[i].prompt_ids) for i in batch["index"].tolist()}) == 2
+    plain_batch = plain.collate([plain.train_examples[i] for i in batch["index"].tolist()])
+    assert int((plain_batch["segments"] >= 0).sum()) > 2.5 * int((batch["segments"] >= 0).sum())
+    with torch.no_grad():
+        fresh = set_up(config(sample_pairs, "dpo.group_by_prompt=true"), tmp_path / "fresh")
+        a, b = pair_logps(fresh.models["policy"], batch), pair_logps(fresh.models["policy"], plain_batch)
+    assert torch.allclose(a.chosen, b.chosen, atol=1e-4) and torch.allclose(a.rejected, b.rejected, atol=1e-4)
+
+
+def test_group_by_prompt_and_by_length_together_is_a_clear_error(sample_pairs, tmp_path):
+    with pytest.raises(ConfigError, match="group_by_prompt and group_by_length"):
+        set_up(config(sample_pairs, "dpo.group_by_prompt=true", "dpo.group_by_length=true"), tmp_path / "run")
 
 
 def test_lora_reference_is_the_adapter_disabled_base(data, tmp_path):
