@@ -189,14 +189,20 @@ def run(
 
 @app.command()
 def quickstart(
-    fast: bool = typer.Option(False, "--fast", help="Smaller numbers."), out: Optional[Path] = OUT_OPT
+    fast: bool = typer.Option(False, "--fast", help="Smaller numbers."), out: Optional[Path] = OUT_OPT,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every stage (default: the pipeline's, 0)."),
+    set: list[str] = typer.Option([], "--set", "-s", metavar="STAGE.KEY=VALUE", help="Override a stage's key."),
 ) -> None:
     """The whole RLHF loop on the bundled model, offline: SFT, preferences, RM, PPO, DPO, best-of-N, report."""
     from alignloop.pipeline.commands import quickstart as run_quickstart
 
     _setup_logging()
+    overrides = list(set)
+    if seed is not None:  # its own default folder: a finished stage of another seed would be skipped, not rerun
+        overrides.append(f"defaults.train.seed={seed}")
+        out = out or Path("runs") / f"quickstart{'-fast' if fast else ''}-seed{seed}"
     try:
-        run_quickstart(fast, out, console=out_console())
+        run_quickstart(fast, out, overrides, console=out_console())
     except AlignloopError as e:
         _fail(e)
 

@@ -6,6 +6,8 @@ Outputs in alignloop/resources/data/:
   sft_demo_train.jsonl / sft_demo_eval.jsonl   short, warm, helpful answers in the `messages` format
   prompts_train.jsonl / prompts_eval.jsonl     open-ended prompts whose answers can be upbeat or gloomy (for RLHF)
 SFT train and eval use disjoint topics, so they never share a prompt; the two prompt files share no prompt either.
+prompts_eval.jsonl's first 64 prompts share templates and topics with the training prompts; the 64 after them use
+the same templates on topics no training prompt has (added later, so the first 64 and every other file are unchanged).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 SEED = 1234
 OUT_DIR = Path(__file__).resolve().parents[1] / "alignloop" / "resources" / "data"
 SFT_TRAIN, SFT_EVAL, PROMPTS_TRAIN, PROMPTS_EVAL = 300, 40, 200, 64
+PROMPTS_EVAL_EXTRA = 64  # appended to prompts_eval.jsonl: new topics, so 96+ held-out prompts exist (issue 20)
 EVAL_TOPIC_FRACTION = 0.15
 MULTI_TURN_FRACTION = 0.2
 SYSTEM_FRACTION = 0.1
@@ -203,6 +206,17 @@ RL_FAMILIES = [
       "a rain jacket", "a secondhand bicycle", "a smartwatch", "a blender"]),
 ]
 
+# Topics for the extra held-out prompts only (none appears in RL_FAMILIES), one list per family above.
+RL_EXTRA_TOPICS = [
+    ["a sushi bar", "a climbing wall", "a bike shop", "a flower shop", "a yoga studio", "an aquarium",
+     "a botanical garden", "a karaoke bar", "a water park", "a pet shop", "a toy shop", "a noodle bar"],
+    ["your last birthday", "a trip to the mountains", "learning to swim", "a school reunion", "a snowy weekend",
+     "a picnic in the park", "your first marathon", "a cooking class"],
+    ["podcasts", "spring", "city parks", "e-books", "food delivery apps", "gardening", "jigsaw puzzles",
+     "long train journeys"],
+    ["a robot vacuum", "an e-reader", "a camping tent", "a standing desk", "a portable speaker", "a slow cooker"],
+]
+
 
 def parse_topics(block: str) -> list[tuple[str, str, str]]:
     return [tuple(part.strip() for part in line.split("|")) for line in block.strip().splitlines()]
@@ -276,6 +290,17 @@ def prompt_splits(rng: random.Random) -> tuple[list[dict], list[dict]]:
     return chosen[PROMPTS_EVAL:], chosen[:PROMPTS_EVAL]
 
 
+def extra_eval_prompts(rng: random.Random) -> list[dict]:
+    """Held-out prompts on new topics with the same templates; their own RNG leaves every other output as it was."""
+    known = {template.format(x=x) for templates, slots in RL_FAMILIES for template in templates for x in slots}
+    prompts = sorted({template.format(x=x) for (templates, _), topics in zip(RL_FAMILIES, RL_EXTRA_TOPICS)
+                      for template in templates for x in topics})
+    if known & set(prompts) or len(prompts) < PROMPTS_EVAL_EXTRA:
+        raise SystemExit("extra held-out prompts must be new and number at least PROMPTS_EVAL_EXTRA")
+    rng.shuffle(prompts)
+    return [{"prompt": p} for p in prompts[:PROMPTS_EVAL_EXTRA]]
+
+
 def write_jsonl(path: Path, records: list[dict]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for record in records:
@@ -286,6 +311,7 @@ def main() -> None:
     rng = random.Random(SEED)
     sft_train, sft_eval = sft_splits(rng)
     prompts_train, prompts_eval = prompt_splits(rng)
+    prompts_eval += extra_eval_prompts(random.Random(SEED + 1))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     outputs = {"sft_demo_train.jsonl": sft_train, "sft_demo_eval.jsonl": sft_eval,
                "prompts_train.jsonl": prompts_train, "prompts_eval.jsonl": prompts_eval}

@@ -269,9 +269,14 @@ def test_bundled_demo_data_is_valid_and_disjoint():
     assert not {first_user_turn(r) for r in train} & {first_user_turn(r) for r in evaluation}
     prompts_train = load_records("bundled:prompts_train.jsonl", "prompt")
     prompts_eval = load_records("bundled:prompts_eval.jsonl", "prompt")
-    assert (len(prompts_train), len(prompts_eval)) == (200, 64)
+    assert (len(prompts_train), len(prompts_eval)) == (200, 128)
     texts_train = {r["prompt"][0]["content"] for r in prompts_train}
-    assert len(texts_train) == 200 and not texts_train & {r["prompt"][0]["content"] for r in prompts_eval}
+    texts_eval = [r["prompt"][0]["content"] for r in prompts_eval]
+    assert len(texts_train) == 200 and len(set(texts_eval)) == 128 and not texts_train & set(texts_eval)
+    # the last 64 (added for 96+ prompt evaluations) use topics no training prompt mentions
+    train_words = " ".join(texts_train)
+    assert not any(topic in train_words for topic in ("a sushi bar", "a robot vacuum", "podcasts", "a snowy weekend"))
+    assert sum(topic in " ".join(texts_eval[64:]) for topic in ("a sushi bar", "a robot vacuum", "podcasts")) >= 2
 
 
 def test_rankings_to_pairs_skips_ties():
