@@ -50,10 +50,12 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
         None, gt=0, description="Early stop: skip the rest of a rollout's updates "
         "once policy/approxkl_avg exceeds this."
     )
-    truncation: Literal["keep", "penalty", "score", "exclude"] = Field(
+    truncation: Literal["keep", "penalty", "penalty_gap", "score", "exclude"] = Field(
         "keep",
         description="Responses with no EOS (hit max_new_tokens): keep as scored; penalty: subtract truncation_value; "
-        "score: replace the score by truncation_value; exclude: leave them out of the losses.",
+        "penalty_gap: subtract truncation_value × the running gap between the mean score of cut and of finished "
+        "responses (1.0: running long earns nothing on average); score: replace the score by truncation_value; "
+        "exclude: leave them out of the losses.",
     )
     truncation_value: float = Field(1.0, description="Penalty or replacement score for truncated responses.")
     reward_norm: Literal["none", "batch", "running"] = Field(

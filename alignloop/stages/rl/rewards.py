@@ -11,8 +11,8 @@ import torch
 from alignloop.models import last_token_index
 from alignloop.rewards.base import has_uncertainty
 
-__all__ = ["RunningMoments", "batch_moments", "ScoredRollout", "prompt_text", "score_rollout", "apply_truncation",
-           "normalise_scores", "token_rewards"]
+__all__ = ["RunningMoments", "LengthGap", "batch_moments", "ScoredRollout", "prompt_text", "score_rollout",
+           "apply_truncation", "normalise_scores", "token_rewards"]
 
 
 def prompt_text(prompt: Any) -> str:
@@ -47,16 +47,18 @@ def score_rollout(
 
 
 def apply_truncation(
-    scores: torch.Tensor, finished: torch.Tensor, policy: str, value: float
+    scores: torch.Tensor, finished: torch.Tensor, policy: str, value: float, gap: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores after the no-EOS policy, and a [N] bool of rows that stay in the losses.
 
-    keep: unchanged; penalty: ``score − value``; score: ``value``; exclude: unchanged but dropped from the losses.
+    keep: unchanged; penalty: ``score − value``; penalty_gap: ``score − value·gap`` (``gap``: ``LengthGap.gap``);
+    score: ``value``; exclude: unchanged but dropped from the losses.
     """
     truncated = ~finished.bool().cpu()
     keep_rows = torch.ones_like(truncated)
-    if policy == "penalty":
-        scores = torch.where(truncated, scores - value, scores)
+    if policy in ("penalty", "penalty_gap"):
+        penalty = value * gap if policy == "penalty_gap" else value
+        scores = torch.where(truncated, scores - penalty, scores)
     elif policy == "score":
         scores = torch.where(truncated, torch.full_like(scores, value), scores)
     elif policy == "exclude":
@@ -94,6 +96,35 @@ class RunningMoments:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.count, self.mean, self.m2 = float(state["count"]), float(state["mean"]), float(state["m2"])
+
+
+class LengthGap:
+    """How much more the reward pays, on average, for an answer cut at the token limit than for a finished one:
+    running mean score of cut answers minus that of finished ones over every rollout so far, never negative.
+    ``truncation: penalty_gap`` subtracts it from cut answers, so running to the limit earns nothing on average
+    whatever the reward model's scale (it differs from seed to seed)."""
+
+    def __init__(self) -> None:
+        self.cut = RunningMoments()
+        self.finished = RunningMoments()
+
+    def update(self, scores: torch.Tensor, finished: torch.Tensor, reduce=None) -> None:
+        done = finished.bool().cpu()
+        self.cut.update(scores[~done], reduce)
+        self.finished.update(scores[done], reduce)
+
+    @property
+    def gap(self) -> float:
+        if self.cut.count == 0 or self.finished.count == 0:
+            return 0.0
+        return max(0.0, self.cut.mean - self.finished.mean)
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        return {"cut": self.cut.state_dict(), "finished": self.finished.state_dict()}
+
+    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
+        self.cut.load_state_dict(state["cut"])
+        self.finished.load_state_dict(state["finished"])
 
 
 def batch_moments(values: torch.Tensor, reduce=None) -> tuple[float, float, float]:

@@ -125,6 +125,23 @@ def test_truncated_responses_can_be_excluded(tmp_path, toy, monkeypatch):
     assert torch.equal(exp.loss_mask[~truncated], data.response_mask[~truncated])
 
 
+def test_penalty_gap_takes_the_running_score_gap_off_cut_answers(tmp_path, toy, monkeypatch):
+    seen = experiences(monkeypatch)
+    cfg = config(toy, "ppo.truncation=penalty_gap", "ppo.truncation_value=1.0", "ppo.max_new_tokens=2",
+                 "ppo.prompts_per_rollout=8", "train.batch_size=8")
+    train(PPOStage(cfg), tmp_path)
+    cut_all, done_all = [], []
+    logged = [m["objective/truncation_penalty"] for m in metrics(tmp_path) if "objective/truncation_penalty" in m]
+    for k, (data, _) in enumerate(seen):
+        raw, cut = data.raw_scores, ~data.rollout.finished.cpu()
+        cut_all += raw[cut].tolist()
+        done_all += raw[~cut].tolist()
+        gap = max(0.0, sum(cut_all) / len(cut_all) - sum(done_all) / len(done_all)) if cut_all and done_all else 0.0
+        assert torch.allclose(data.scores[cut], raw[cut] - gap) and torch.equal(data.scores[~cut], raw[~cut]), k
+        assert gap in [pytest.approx(v) for v in logged]
+    assert len(seen) == 2 and cut_all and done_all and max(logged) > 0  # both kinds occurred, a real penalty
+
+
 def test_approx_kl_early_stop_skips_the_rest_of_the_rollout(tmp_path, toy):
     # 2 epochs × 2 mini-batches = 4 planned updates; the first has approx-KL ≈ 0, the second exceeds 1e-12
     cfg = config(toy, "ppo.epochs=2", "ppo.target_kl=1e-12", "ppo.rollouts=1", "train.batch_size=2")
