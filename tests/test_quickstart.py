@@ -1,6 +1,7 @@
-"""The bundled quickstart pipeline: it validates as shipped (both variants), and — slow — it runs and meets
-the acceptance bar: PPO, DPO and best-of-16 beat the SFT reference on gold reward with non-overlapping 95%
-intervals, PPO and DPO win ≥ 65% against it, and every policy reports a KL."""
+"""The bundled quickstart pipeline: it validates as shipped (both variants), and — acceptance, three seeds — it
+runs and meets the bar: on each seed PPO and DPO beat the SFT reference on gold reward with non-overlapping 95%
+intervals on at least 96 held-out prompts, each wins ≥ 75% against it, PPO's no-EOS rate stays within 0.15 of the
+reference's, every policy reports a KL, and the stages take at most 15 minutes."""
 
 from __future__ import annotations
 
@@ -33,17 +34,15 @@ def test_bundled_quickstart_validates(tmp_path, variant, budget):
     assert sum(e.estimate_seconds for e, _ in configs.values()) <= budget  # what the screen promises
 
 
-def quickstart_command(out: Path, fast: bool) -> list[str]:
-    from alignloop.cli import app
-
-    names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    base = [sys.executable, "-m", "alignloop"] if "quickstart" in names else [sys.executable, "-m", "alignloop.pipeline"]
-    return base + ["quickstart", "--out", str(out)] + (["--fast"] if fast else [])
+def quickstart_command(out: Path, fast: bool, seed: int | None = None) -> list[str]:
+    return ([sys.executable, "-m", "alignloop", "quickstart", "--out", str(out)] + (["--fast"] if fast else [])
+            + (["--seed", str(seed)] if seed is not None else []))
 
 
-def run_quickstart(out: Path, fast: bool) -> dict:
+def run_quickstart(out: Path, fast: bool, seed: int | None = None) -> dict:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(quickstart_command(out, fast), env=env, capture_output=True, text=True, timeout=3 * 3600)
+    done = subprocess.run(quickstart_command(out, fast, seed), env=env, capture_output=True, text=True,
+                          timeout=3 * 3600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "policies on held-out prompts" in done.stdout and "stages" in done.stdout
     return json.loads((out / "report.json").read_text())
@@ -84,16 +83,19 @@ def assert_models_load_anywhere(out: Path) -> None:
         assert (plain_scalar_values(folder, ids) - ours).abs().max() <= 1e-5, folder
 
 
+# Three seeds, ~15 min each: `pytest -m acceptance tests/test_quickstart.py`.
 @pytest.mark.slow
 @pytest.mark.acceptance
-def test_quickstart_default_meets_the_acceptance_bar(tmp_path):
-    report = run_quickstart(tmp_path / "q", fast=False)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_quickstart_default_meets_the_acceptance_bar(tmp_path, seed):
+    report = run_quickstart(tmp_path / "q", fast=False, seed=seed)
+    assert report["n_prompts"] >= 96
     policies = report["policies"]
-    ref_hi = policies["sft"]["gold_reward_ci95"][1]
-    for name in ("ppo", "dpo", "bon16"):
-        assert policies[name]["gold_reward_ci95"][0] > ref_hi, (name, policies[name], policies["sft"])
+    ref = policies["sft"]
     for name in ("ppo", "dpo"):
-        assert policies[name]["win_rate_vs_ref"] >= 0.65, (name, policies[name])
+        assert policies[name]["gold_reward_ci95"][0] > ref["gold_reward_ci95"][1], (seed, name, policies[name], ref)
+        assert policies[name]["win_rate_vs_ref"] >= 0.75, (seed, name, policies[name])
+    assert abs(policies["ppo"]["no_eos_fraction"] - ref["no_eos_fraction"]) <= 0.15, (seed, policies["ppo"], ref)
     assert all(isinstance(p["kl_to_ref"], float) for p in policies.values())
     # the issue's time budget, on an idle 2-core CPU (stage times as the pipeline measured them)
     assert sum(s["seconds"] for s in report["stages"].values()) <= 15 * 60, report["stages"]
