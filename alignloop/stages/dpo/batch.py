@@ -43,8 +43,6 @@ from alignloop.models.shared_prompt import (  # noqa: F401  (re-exported: DPO's 
 from alignloop.rollout.logprobs import accepts_logits_to_keep
 from alignloop.train.batches import EpochBatchSource
 
-CHOSEN_SEGMENT, REJECTED_SEGMENT = 1, 2  # branch numbers of an unshared pair (segments: models/shared_prompt.py)
-
 
 @dataclass
 class PairExample:
