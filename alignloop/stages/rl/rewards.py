@@ -122,9 +122,10 @@ class LengthGap:
     def state_dict(self) -> dict[str, dict[str, float]]:
         return {"cut": self.cut.state_dict(), "finished": self.finished.state_dict()}
 
-    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
-        self.cut.load_state_dict(state["cut"])
-        self.finished.load_state_dict(state["finished"])
+    def load_state_dict(self, state: dict[str, dict[str, float]] | None) -> None:
+        if state is not None:  # None: nothing saved (a checkpoint written before this existed)
+            self.cut.load_state_dict(state["cut"])
+            self.finished.load_state_dict(state["finished"])
 
 
 def batch_moments(values: torch.Tensor, reduce=None) -> tuple[float, float, float]:

@@ -32,9 +32,8 @@ from alignloop.stages.rl.kl import KLPenalty
 from alignloop.stages.rl.monitors import SampleLog, rollout_monitors
 from alignloop.stages.rl.off_policy import correct_off_policy
 from alignloop.stages.rl.prompts import RLPrompts
-from alignloop.stages.rl.rewards import (
-    LengthGap, RunningMoments, apply_truncation, normalise_scores, prompt_text, score_rollout,
-)
+from alignloop.stages.rl.rewards import (LengthGap, RunningMoments, apply_truncation, normalise_scores,
+                                         prompt_text, score_rollout)
 from alignloop.stages.rl.roles import LocalReference, RLRoles, SyncsWeights, local_roles
 from alignloop.stages.rl.sampling import sample_and_score
 from alignloop.stages.rl.shared_prompt import shared_prompt_logprobs
@@ -184,8 +183,7 @@ class RLStage(Stage):
         started = time.perf_counter()
         # sample and score, with DAPO's dynamic sampling / overlong shaping when the options ask (sampling.py)
         rollout, scored, sampling_stats = sample_and_score(self, records, index)
-        if opts.truncation == "penalty_gap":
-            self.length_gap.update(scored.scores, rollout.finished, self.run.reduce_sum)
+        self.length_gap.update(scored.scores, rollout.finished, self.run.reduce_sum)  # used by penalty_gap
         scores, keep_rows = apply_truncation(scored.scores, rollout.finished, opts.truncation, opts.truncation_value,
                                              self.length_gap.gap)
         scores = normalise_scores(scores, opts.reward_norm, self.running, opts.reward_clip, self.run.reduce_sum)
@@ -328,8 +326,7 @@ class RLStage(Stage):
     def load_state_dict(self, state: dict) -> None:
         self.kl.load_state_dict(state["kl_ctl"])
         self.running.load_state_dict(state["running"])
-        if state.get("length_gap") is not None:  # absent from checkpoints written before penalty_gap existed
-            self.length_gap.load_state_dict(state["length_gap"])
+        self.length_gap.load_state_dict(state.get("length_gap"))  # None in checkpoints from before penalty_gap
         self.global_step = int(state["global_step"])
         self.eval_before = state["eval_before"]
         self.early_stops = int(state["early_stops"])
