@@ -197,12 +197,8 @@ def quickstart(
     from alignloop.pipeline.commands import quickstart as run_quickstart
 
     _setup_logging()
-    overrides = list(set)
-    if seed is not None:  # its own default folder: a finished stage of another seed would be skipped, not rerun
-        overrides.append(f"defaults.train.seed={seed}")
-        out = out or Path("runs") / f"quickstart{'-fast' if fast else ''}-seed{seed}"
     try:
-        run_quickstart(fast, out, overrides, console=out_console())
+        run_quickstart(fast, out, list(set), console=out_console(), seed=seed)
     except AlignloopError as e:
         _fail(e)
 

@@ -31,10 +31,13 @@ def run_command(pipeline: str | Path, overrides: list[str] | None = None, out: s
 
 
 def quickstart(fast: bool = False, out: str | Path | None = None, overrides: list[str] | None = None,
-               console: Any = None) -> dict:
-    """``alignloop quickstart [--fast] [--out DIR]``: the whole loop on the bundled model, then the report."""
+               console: Any = None, seed: int | None = None) -> dict:
+    """``alignloop quickstart [--fast] [--out DIR] [--seed N]``: the whole loop on the bundled model, then the report.
+
+    A seed gets its own default folder: a finished stage of another seed would be skipped, not rerun."""
     console = console or Console()
-    default_out = Path("runs") / ("quickstart-fast" if fast else "quickstart")
+    default_out = Path("runs") / f"quickstart{'-fast' if fast else ''}{f'-seed{seed}' if seed is not None else ''}"
+    overrides = list(overrides or []) + ([f"defaults.train.seed={seed}"] if seed is not None else [])
     console.print(
         "[bold]alignloop quickstart[/]: SFT → preferences from a simulated annotator (VADER sentiment as the hidden "
         "gold) → reward model → PPO, DPO, best-of-N → evaluation against the gold scorer."
