@@ -50,14 +50,20 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
         None, gt=0, description="Early stop: skip the rest of a rollout's updates "
         "once policy/approxkl_avg exceeds this."
     )
-    truncation: Literal["keep", "penalty", "penalty_gap", "score", "exclude"] = Field(
+    truncation: Literal["keep", "penalty", "penalty_gap", "adaptive", "score", "exclude"] = Field(
         "keep",
         description="Responses with no EOS (hit max_new_tokens): keep as scored; penalty: subtract truncation_value; "
         "penalty_gap: subtract truncation_value × the running gap between the mean score of cut and of finished "
-        "responses (1.0: running long earns nothing on average); score: replace the score by truncation_value; "
-        "exclude: leave them out of the losses.",
+        "responses (1.0: running long earns nothing on average); adaptive: subtract coef × the running score std, "
+        "coef starting at truncation_value and moved by truncation_gain × (cut rate − truncation_target) after "
+        "each rollout; score: replace the score by truncation_value; exclude: leave them out of the losses.",
     )
-    truncation_value: float = Field(1.0, description="Penalty or replacement score for truncated responses.")
+    truncation_value: float = Field(1.0, description="Penalty or replacement score for truncated responses "
+                                    "(adaptive: the starting coefficient, in score std units).")
+    truncation_gain: float = Field(2.0, ge=0, description="adaptive: coefficient change per unit of cut-rate error.")
+    truncation_target: float | None = Field(
+        None, ge=0, le=1, description="adaptive: the cut rate to hold (None: the first rollout's, i.e. the starting "
+        "policy's before any update).")
     reward_norm: Literal["none", "batch", "running"] = Field(
         "none", description="Normalise scores to mean 0 / std 1 per rollout (batch) or with running statistics."
     )

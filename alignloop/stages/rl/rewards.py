@@ -11,7 +11,7 @@ import torch
 from alignloop.models import last_token_index
 from alignloop.rewards.base import has_uncertainty
 
-__all__ = ["RunningMoments", "LengthGap", "batch_moments", "ScoredRollout", "prompt_text", "score_rollout",
+__all__ = ["RunningMoments", "batch_moments", "ScoredRollout", "prompt_text", "score_rollout",
            "apply_truncation", "normalise_scores", "token_rewards"]
 
 
@@ -96,36 +96,6 @@ class RunningMoments:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.count, self.mean, self.m2 = float(state["count"]), float(state["mean"]), float(state["m2"])
-
-
-class LengthGap:
-    """How much more the reward pays, on average, for an answer cut at the token limit than for a finished one:
-    running mean score of cut answers minus that of finished ones over every rollout so far, never negative.
-    ``truncation: penalty_gap`` subtracts it from cut answers, so running to the limit earns nothing on average
-    whatever the reward model's scale (it differs from seed to seed)."""
-
-    def __init__(self) -> None:
-        self.cut = RunningMoments()
-        self.finished = RunningMoments()
-
-    def update(self, scores: torch.Tensor, finished: torch.Tensor, reduce=None) -> None:
-        done = finished.bool().cpu()
-        self.cut.update(scores[~done], reduce)
-        self.finished.update(scores[done], reduce)
-
-    @property
-    def gap(self) -> float:
-        if self.cut.count == 0 or self.finished.count == 0:
-            return 0.0
-        return max(0.0, self.cut.mean - self.finished.mean)
-
-    def state_dict(self) -> dict[str, dict[str, float]]:
-        return {"cut": self.cut.state_dict(), "finished": self.finished.state_dict()}
-
-    def load_state_dict(self, state: dict[str, dict[str, float]] | None) -> None:
-        if state is not None:  # None: nothing saved (a checkpoint written before this existed)
-            self.cut.load_state_dict(state["cut"])
-            self.finished.load_state_dict(state["finished"])
 
 
 def batch_moments(values: torch.Tensor, reduce=None) -> tuple[float, float, float]:

@@ -32,12 +32,12 @@ from alignloop.stages.rl.kl import KLPenalty
 from alignloop.stages.rl.monitors import SampleLog, rollout_monitors
 from alignloop.stages.rl.off_policy import correct_off_policy
 from alignloop.stages.rl.prompts import RLPrompts
-from alignloop.stages.rl.rewards import (LengthGap, RunningMoments, apply_truncation, normalise_scores,
-                                         prompt_text, score_rollout)
+from alignloop.stages.rl.rewards import RunningMoments, normalise_scores, prompt_text, score_rollout
 from alignloop.stages.rl.roles import LocalReference, RLRoles, SyncsWeights, local_roles
 from alignloop.stages.rl.sampling import sample_and_score
 from alignloop.stages.rl.shared_prompt import shared_prompt_logprobs
 from alignloop.stages.rl.source import RolloutBatchSource
+from alignloop.stages.rl.truncation import NoEosControl
 from alignloop.train.batches import EpochBatchSource
 from alignloop.train.stage import Stage, StepOutput
 
@@ -92,7 +92,8 @@ class RLStage(Stage):
             raise ConfigError(f"{self.section}.kl_controller: 'uncertainty' needs a reward source "
                               "with an uncertainty() (a reward-model ensemble)")
         self.running = RunningMoments()
-        self.length_gap = LengthGap()
+        self.truncation = NoEosControl(opts.truncation, opts.truncation_value, opts.truncation_gain,
+                                       opts.truncation_target)
         self.samples = SampleLog(run.out_dir / "samples.jsonl", enabled=run.is_main)
         self.global_step = 0
         self.rollout_stats: dict[str, float] = {}
@@ -183,9 +184,7 @@ class RLStage(Stage):
         started = time.perf_counter()
         # sample and score, with DAPO's dynamic sampling / overlong shaping when the options ask (sampling.py)
         rollout, scored, sampling_stats = sample_and_score(self, records, index)
-        self.length_gap.update(scored.scores, rollout.finished, self.run.reduce_sum)  # used by penalty_gap
-        scores, keep_rows = apply_truncation(scored.scores, rollout.finished, opts.truncation, opts.truncation_value,
-                                             self.length_gap.gap)
+        scores, keep_rows = self.truncation.apply(scored.scores, rollout.finished, self.run.reduce_sum)
         scores = normalise_scores(scores, opts.reward_norm, self.running, opts.reward_clip, self.run.reduce_sum)
         input_ids, attention = rollout.input_ids(), rollout.attention_mask()
         start, response_mask, temperature = rollout.response_start, rollout.trained_mask.float(), opts.temperature
@@ -225,8 +224,7 @@ class RLStage(Stage):
         stats.update(rollout_monitors(scored.scores, rollout.response_lengths(), rollout.finished, gold))
         stats.update(sampling_stats)
         stats["objective/scores"] = float(scored.scores.mean())
-        if opts.truncation == "penalty_gap":
-            stats["objective/truncation_penalty"] = opts.truncation_value * self.length_gap.gap
+        stats.update(self.truncation.stats())
         stats["rollout/generation_seconds"] = time.perf_counter() - started
         self.rollout_stats = stats
         if opts.samples_every and index % opts.samples_every == 0:
@@ -316,7 +314,7 @@ class RLStage(Stage):
         online = isinstance(self.reward, HasOnlineState) and not isinstance(self.reward, torch.nn.Module)
         return {
             "kl_ctl": self.kl.state_dict(), "running": self.running.state_dict(), "global_step": self.global_step,
-            "length_gap": self.length_gap.state_dict(),
+            "truncation": self.truncation.state_dict(),
             "experience": self.source.experience_state(), "eval_before": self.eval_before,
             "early_stops": self.early_stops, "rollout_stats": self.rollout_stats,
             "reward": self.reward.state_dict() if online else None,
@@ -326,7 +324,7 @@ class RLStage(Stage):
     def load_state_dict(self, state: dict) -> None:
         self.kl.load_state_dict(state["kl_ctl"])
         self.running.load_state_dict(state["running"])
-        self.length_gap.load_state_dict(state.get("length_gap"))  # None in checkpoints from before penalty_gap
+        self.truncation.load_state_dict(state.get("truncation") or {"length_gap": state.get("length_gap")})  # older
         self.global_step = int(state["global_step"])
         self.eval_before = state["eval_before"]
         self.early_stops = int(state["early_stops"])

@@ -12,7 +12,6 @@ from alignloop.algos import ADVANTAGE_ESTIMATORS, aggregate_loss, value_loss, wh
 from alignloop.stages.rl.experience import Experience, minibatch_schedule
 from alignloop.stages.rl.monitors import pearson, rollout_monitors
 from alignloop.stages.rl.rewards import (
-    LengthGap,
     RunningMoments,
     apply_truncation,
     normalise_scores,
@@ -54,27 +53,6 @@ def test_truncation_policies():
     assert apply_truncation(scores, finished, "score", -1.0)[0].tolist() == [1.0, -1.0, 3.0]
     kept, rows = apply_truncation(scores, finished, "exclude", 5.0)
     assert kept.tolist() == [1.0, 2.0, 3.0] and rows.tolist() == [True, False, True]
-
-
-def test_penalty_gap_is_the_running_gap_between_cut_and_finished_scores():
-    gap = LengthGap()
-    assert gap.gap == 0.0  # nothing seen: no penalty
-    # rollout 1: cut answers score 3 and 2 (mean 2.5), finished 1 and 0 (mean 0.5): gap 2.0
-    scores, finished = torch.tensor([3.0, 1.0, 2.0, 0.0]), torch.tensor([False, True, False, True])
-    gap.update(scores, finished)
-    assert gap.gap == pytest.approx(2.0)
-    assert apply_truncation(scores, finished, "penalty_gap", 1.0, gap.gap)[0].tolist() == [1.0, 1.0, 0.0, 0.0]
-    assert apply_truncation(scores, finished, "penalty_gap", 0.5, gap.gap)[0].tolist() == [2.0, 1.0, 1.0, 0.0]
-    # rollout 2 joins the running means: cut (3 + 2 + 4) / 3 = 3, finished (1 + 0 + 2 + 2) / 4 = 1.25
-    gap.update(torch.tensor([4.0, 2.0, 2.0]), torch.tensor([False, True, True]))
-    assert gap.gap == pytest.approx(3.0 - 1.25)
-    # a reward that pays less for cut answers gets no negative penalty (no bonus for running long)
-    other = LengthGap()
-    other.update(torch.tensor([0.0, 1.0]), torch.tensor([False, True]))
-    assert other.gap == 0.0
-    restored = LengthGap()
-    restored.load_state_dict(gap.state_dict())
-    assert restored.gap == gap.gap
 
 
 def test_running_moments_match_all_values_seen():
