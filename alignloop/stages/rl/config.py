@@ -64,6 +64,11 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
     truncation_target: float | None = Field(
         None, ge=0, le=1, description="adaptive: the cut rate to hold (None: the first rollout's, i.e. the starting "
         "policy's before any update).")
+    overlong_buffer: int | None = Field(
+        None, gt=0, description="DAPO soft overlong punishment: L_cache in tokens, added to the reward as 0 up to "
+        "max_new_tokens − L_cache, then falling linearly to −overlong_penalty at max_new_tokens (null: off).",
+    )
+    overlong_penalty: float = Field(1.0, ge=0, description="Scale of the overlong punishment (1 in DAPO).")
     reward_norm: Literal["none", "batch", "running"] = Field(
         "none", description="Normalise scores to mean 0 / std 1 per rollout (batch) or with running statistics."
     )
@@ -190,6 +195,9 @@ def check_rollout_shape(cfg: StageConfig, opts: RLOptions, section: str) -> None
         raise ValueError("rollout.backend: 'vllm' runs in Ray rollout workers; set rollout.workers ≥ 1")
     if rollout is not None:
         check_sampler_logprobs(rollout, opts, section)
+    if opts.overlong_buffer is not None and opts.overlong_buffer > opts.max_new_tokens:
+        raise ValueError(f"{section}.overlong_buffer ({opts.overlong_buffer}) must be at most {section}.max_new_tokens "
+                         f"({opts.max_new_tokens})")
     if opts.loss_agg not in AGGREGATIONS or opts.kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"{section}: unknown loss_agg or kl_estimator")
 

@@ -91,11 +91,6 @@ class GRPOOptions(RLOptions):
         3, ge=0, description="Dynamic sampling: extra sampling rounds per rollout at most; a rollout still short is "
         "topped up with all-equal groups (logged as dynamic_sampling/topped_up_groups).",
     )
-    overlong_buffer: int | None = Field(
-        None, gt=0, description="DAPO soft overlong punishment: L_cache in tokens, added to the reward as 0 up to "
-        "max_new_tokens − L_cache, then falling linearly to −overlong_penalty at max_new_tokens (null: off).",
-    )
-    overlong_penalty: float = Field(1.0, ge=0, description="Scale of the overlong punishment (1 in DAPO).")
     max_new_tokens: int = SamplingSettings.field("max_new_tokens", _MAX_NEW_TOKENS)
     env: Literal["calculator"] | None = Field(
         None, description="Multi-turn rollouts with a tool environment (docs/tools.md): calculator = arithmetic with a "
@@ -149,10 +144,6 @@ class GRPOConfig(StageConfig):
     @model_validator(mode="after")
     def _rollout_shape(self) -> "GRPOConfig":
         check_rollout_shape(self, self.grpo, "grpo")
-        opts = self.grpo
-        if opts.overlong_buffer is not None and opts.overlong_buffer > opts.max_new_tokens:
-            raise ValueError(f"grpo.overlong_buffer ({opts.overlong_buffer}) must be at most grpo.max_new_tokens "
-                             f"({opts.max_new_tokens})")
         return self
 
 

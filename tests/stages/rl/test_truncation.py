@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from alignloop.errors import ConfigError
 from alignloop.stages.rl.ppo import PPOStage
 from alignloop.stages.rl.rewards import apply_truncation
 from alignloop.stages.rl.truncation import CutRateController, LengthGap, NoEosControl
@@ -114,3 +115,18 @@ def test_ppo_with_adaptive_truncation_penalises_cut_answers_and_logs_it(tmp_path
         assert torch.equal(data.scores[~cut], raw[~cut])
     assert len(seen) == 2 and coef > 1.0
     assert logged and logged[-1]["objective/truncation_coef"] == pytest.approx(coef)
+
+
+def test_ppo_takes_the_soft_overlong_punishment_too(tmp_path, toy, monkeypatch):  # noqa: F811
+    with pytest.raises(ConfigError, match=r"ppo.overlong_buffer \(9\) must be at most ppo.max_new_tokens \(6\)"):
+        config(toy, "ppo.overlong_buffer=9")
+    seen = experiences(monkeypatch)
+    # limit 6, buffer 4: lengths ≤ 2 keep their score, 3..6 lose (L − 2)/4 × 0.5
+    train(PPOStage(config(toy, "ppo.overlong_buffer=4", "ppo.overlong_penalty=0.5", "ppo.rollouts=1")), tmp_path)
+    data, _ = seen[0]
+    lengths = data.rollout.response_lengths().cpu().float()
+    expected = torch.where(lengths <= 2, torch.zeros_like(lengths), -(lengths - 2) / 4 * 0.5)
+    reward_only = data.components["tests.conftest:target_fraction"]
+    assert torch.equal(data.components["overlong"], expected)
+    assert torch.allclose(data.raw_scores, reward_only + expected)
+    assert (lengths > 2).any()  # the punishment applied to some answer
