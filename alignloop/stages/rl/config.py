@@ -56,10 +56,11 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
         "penalty_gap: subtract truncation_value × the running gap between the mean score of cut and of finished "
         "responses (1.0: running long earns nothing on average); adaptive: subtract coef × the running score std, "
         "coef starting at truncation_value and moved by truncation_gain × (cut rate − truncation_target) after "
-        "each rollout; score: replace the score by truncation_value; exclude: leave them out of the losses.",
+        "each rollout, never below its start; score: replace the score by truncation_value; exclude: leave them "
+        "out of the losses.",
     )
     truncation_value: float = Field(1.0, description="Penalty or replacement score for truncated responses "
-                                    "(adaptive: the starting coefficient, in score std units).")
+                                    "(adaptive: the starting and smallest coefficient, in score std units).")
     truncation_gain: float = Field(2.0, ge=0, description="adaptive: coefficient change per unit of cut-rate error.")
     truncation_target: float | None = Field(
         None, ge=0, le=1, description="adaptive: the cut rate to hold (None: the first rollout's, i.e. the starting "
