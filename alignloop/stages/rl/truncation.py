@@ -69,7 +69,7 @@ class CutRateController:
 
     @property
     def penalty(self) -> float:
-        return self.coef * (self.scale.std if self.scale.count > 1 else 1.0)
+        return self.coef * self.scale.std  # RunningMoments.std is 1.0 until two scores are seen
 
     def state_dict(self) -> dict[str, Any]:
         return {"coef": self.coef, "target": self.target, "rate": self.rate, "scale": self.scale.state_dict()}
@@ -84,7 +84,7 @@ class NoEosControl:
 
     def __init__(self, policy: str, value: float, gain: float = 2.0, target: float | None = None) -> None:
         self.policy, self.value = policy, value
-        self.gap = LengthGap()  # tracked under every policy: a logged diagnostic, and penalty_gap's penalty
+        self.gap = LengthGap()  # penalty_gap's penalty; tracked (and checkpointed) under every policy
         self.controller = CutRateController(value, gain, target) if policy == "adaptive" else None
 
     def apply(self, scores: torch.Tensor, finished: torch.Tensor, reduce=None) -> tuple[torch.Tensor, torch.Tensor]:
