@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from alignloop.errors import ConfigError
 from alignloop.utils.io import atomic_write_text
@@ -91,12 +91,23 @@ class TrainConfig(Section):
     resume: Literal["auto", "never"] = Field("auto", description="auto: continue from the run dir's last checkpoint.")
     max_bad_steps: int = Field(5, gt=0, description="Stop after this many consecutive NaN/inf steps.")
     gradient_checkpointing: bool = False
+    compile: Literal["off", "blocks"] = Field(
+        "off",
+        description="blocks (or true): torch.compile each layer's attention, MLP and norms (inductor; on CPU it needs "
+        "g++ or clang++). The first steps pay the compile; docs/benchmarks.md has the measured gain.",
+    )
     frozen_bf16: bool = Field(
         True,
         description="With precision bf16 on bf16-native hardware: store frozen linear weights (a LoRA base, reward and "
         "reference models) in bf16, the dtype autocast computes them in (same results, half their memory). "
         "Not applied under FSDP/DeepSpeed.",
     )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value):
+        # YAML reads a bare `off` as false (and `on` as true)
+        return {False: "off", True: "blocks"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":

@@ -34,6 +34,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,6 +50,7 @@ from common import (  # noqa: E402
     print_spread,
     run_isolated,
 )
+from utilisation import linear_weights, step_flops  # noqa: E402
 
 TRL_REQUIREMENT = "trl==1.16.0"
 DEFAULT_DATA = "bundled:sft_demo_train.jsonl"
@@ -74,29 +76,70 @@ def _rates(clock: StepClock, tokens_per_step: list[int], warmup: int) -> dict:
 
 
 def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, max_length: int, lr: float,
-                  precision: str, packing: bool, out_dir: str, gradient_checkpointing: bool | None = None) -> dict:
+                  precision: str, packing: bool, out_dir: str, gradient_checkpointing: bool | None = None,
+                  profile_steps: int = 0, compile_layers: str = "") -> dict:
+    """alignloop's SFT stage, timed per step; ``profile_steps`` > 0 also profiles the last steps by op class.
+
+    ``compile_layers`` (for ``benchmarks/compile_train.py``): ``layers`` compiles each decoder layer whole
+    (regional compilation: the layers share one compiled graph; the checkpoint's replay skips forward side
+    effects, transformers' context variable); ``blocks`` compiles each layer's attention, MLP and norms
+    inside the checkpointed region instead.
+    """
+    import torch
+
     from alignloop.config import load_config
     from alignloop.data.packing import example_fields
     from alignloop.train.loop import train
     from alignloop.stages.sft import SFTConfig, SFTStage
+    from utilisation import profile_by_class
 
     clock = StepClock()
     tokens_per_step: list[int] = []
+    work_per_step: list[dict] = []  # what the FLOP count needs (benchmarks/utilisation.py)
     training_rss = [0.0]
+    profile: dict = {}
 
     class TimedSFT(SFTStage):
         pending_tokens = 0
+        pending_work = {"scored": 0, "rows_by_length_sq": 0}
+
+        def setup(self, run) -> None:
+            super().setup(run)
+            if compile_layers == "layers":
+                torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
+            for module in self.models["policy"].modules():
+                kind = type(module).__name__
+                if compile_layers == "layers" and kind.endswith("DecoderLayer"):
+                    module.compile()
+                elif compile_layers == "blocks" and kind.endswith(("Attention", "MLP", "RMSNorm")):
+                    module.compile()
+            profile["setup_done"] = time.perf_counter()
 
         def _collate(self, rows: list) -> dict:
             # real tokens only: a packed row's length, or an example's own length before padding
             self.pending_tokens += sum(len(r) if packing else len(example_fields(r)[0]) for r in rows)
-            return super()._collate(rows)
+            batch = super()._collate(rows)
+            labels = batch["labels"]
+            self.pending_work["scored"] += int((labels[:, 1:] != -100).sum())  # sft.token_nll_sum's count
+            self.pending_work["rows_by_length_sq"] += int(labels.shape[0] * labels.shape[1] ** 2)
+            return batch
 
         def on_step_end(self, step: int, metrics: dict) -> None:
             clock.tick()
             training_rss[0] = _peak_rss_so_far_mb()
             tokens_per_step.append(self.pending_tokens)
+            work_per_step.append(dict(self.pending_work))
             self.pending_tokens = 0
+            self.pending_work = {"scored": 0, "rows_by_length_sq": 0}
+            if profile_steps and len(tokens_per_step) == steps - profile_steps:
+                profile["profiler"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                profile["profiler"].start()
+                profile["started"] = time.perf_counter()
+            elif profile_steps and len(tokens_per_step) == steps:
+                profile["profiler"].stop()
+                wall = time.perf_counter() - profile["started"]
+                profile["table"] = profile_by_class(profile["profiler"].key_averages(), wall)
+                profile["seconds"] = round(wall, 3)
             super().on_step_end(step, metrics)
 
         def save(self, out_dir: Path) -> None:  # TRL saves nothing either (save_strategy="no")
@@ -113,7 +156,10 @@ def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, ma
     cfg = load_config(SFTConfig, None, overrides)
     summary = train(TimedSFT(cfg), out_dir)
     return {**_rates(clock, tokens_per_step, warmup), "final_loss": summary["loss"],
-            "peak_rss_training_mb": training_rss[0],
+            "peak_rss_training_mb": training_rss[0], "work_per_step": work_per_step,
+            "first_step_seconds": round(clock.times[0] - profile["setup_done"], 3),
+            **({"profile": {"steps": profile_steps, "seconds": profile["seconds"], "by_class": profile["table"]}}
+               if profile_steps else {}),
             "settings": {"precision": cfg.train.precision, "packing": packing,
                          "gradient_checkpointing": cfg.train.gradient_checkpointing,
                          "lr_schedule": cfg.train.lr_schedule}}
@@ -170,7 +216,7 @@ def run_trl(model: str, data: str, steps: int, warmup: int, batch: int, max_leng
 
 def _side(result: dict) -> dict:
     keys = ("throughput", "cpu_throughput", "peak_rss_mb", "peak_rss_training_mb", "final_loss", "wall_seconds",
-            "settings", "tokens_per_step")
+            "settings", "tokens_per_step", "work_per_step")
     return {k: result[k] for k in keys if k in result}
 
 
@@ -203,6 +249,48 @@ def _compare(label: str, common: dict, trl_python: str, work: Path, packing: boo
     return payload
 
 
+def _utilisation(common: dict, defaults: dict, work: Path, threads: int) -> dict:
+    """Achieved FLOP/s of alignloop's side against the GEMM peak measured now, and a profile by op class."""
+    from alignloop.models import resolve_model
+
+    ours = defaults["alignloop"]
+    warmup = common["warmup"]
+    weights = linear_weights(str(resolve_model(common["model"])))
+    checkpointing = bool(ours["settings"]["gradient_checkpointing"])
+    timed_tokens = ours["tokens_per_step"][warmup:]
+    counted = [step_flops(weights, tokens=t, checkpointing=checkpointing, **w)
+               for t, w in zip(timed_tokens, ours["work_per_step"][warmup:])]
+    per_token = {kind: sum(c[kind] for c in counted) / sum(timed_tokens) for kind in ("hardware", "model")}
+    peaks = {}
+    for precision in ("bf16", "fp32"):
+        print(f"--- utilisation: GEMM peak at the model's shapes, {precision}", flush=True)
+        peaks[precision] = run_isolated(f"{Path(__file__).parent / 'utilisation.py'}:gemm_peak",
+                                        {"trunk": weights["trunk"], "head": weights["head"],
+                                         "rows": common["batch"] * common["max_length"], "head_rows": 512,
+                                         "precision": precision}, threads=threads, echo=False)
+    print("--- utilisation: alignloop, 2 profiled steps", flush=True)
+    profiled = run_isolated(f"{__file__}:run_alignloop",
+                            {**common, "steps": warmup + 3, "packing": True, "out_dir": str(work / "profiled"),
+                             "profile_steps": 2}, threads=threads)
+    peak = peaks[common["precision"]]["model_shapes_gflops"]
+    achieved = {kind: ours["throughput"] * per_token[kind] / 1e9 for kind in per_token}
+    report = {
+        "flops_per_token": {k: round(v) for k, v in per_token.items()},
+        "achieved_gflops": {k: round(v, 1) for k, v in achieved.items()},
+        "peak_gflops": {p: {k: v for k, v in r.items() if k.endswith("gflops")} for p, r in peaks.items()},
+        "peak_per_shape": {p: r["per_shape"] for p, r in peaks.items()},
+        "fraction_of_peak": round(achieved["hardware"] / peak, 3),
+        "mfu": round(achieved["model"] / peak, 3),
+        "profile": profiled["profile"],
+    }
+    print(f"utilisation: {achieved['hardware']:.1f} GFLOP/s achieved (hardware FLOPs, recompute counted; "
+          f"{achieved['model']:.1f} model FLOPs) against {peak:.1f} GFLOP/s measured {common['precision']} GEMM peak "
+          f"at the model's shapes: {report['fraction_of_peak']:.1%} of peak (MFU {report['mfu']:.1%})")
+    for cls, row in profiled["profile"]["by_class"].items():
+        print(f"  {cls:>32}: {row['share']:6.1%} of profiled wall time  {', '.join(row['top_ops'])}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -213,6 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--no-matched", action="store_true", help="skip the matched-settings comparison")
+    parser.add_argument("--no-utilisation", action="store_true",
+                        help="skip the FLOP/s against the measured GEMM peak and the profile by op class")
     add_common_flags(parser, trl_venv=TRL_VENV, precision="bf16",
                      precision_help="both sides, in both comparisons: bf16 autocast (both tools' default) or fp32")
     args = parser.parse_args(argv)
@@ -230,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         defaults = _compare("defaults", common, trl_python, work, packing=True, gradient_checkpointing=None,
                             runs=args.runs, threads=args.threads)
+        utilisation = None if args.no_utilisation else _utilisation(common, defaults, work, args.threads)
         matched = None
         if not args.no_matched:
             matched = _compare("matched", common, trl_python, work, packing=False, gradient_checkpointing=False,
@@ -240,6 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
     if matched is not None:
         extra["matched"] = {k: matched[k] for k in ("alignloop", "trl", "throughput_ratio", "rss_ratio",
                                                      "cpu_throughput_ratio", "spread", "per_run") if k in matched}
+    if utilisation is not None:
+        extra["utilisation"] = utilisation
     payload = {**defaults, **extra}
     final_json_line(payload)
     return payload

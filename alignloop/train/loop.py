@@ -22,6 +22,7 @@ import torch
 
 from alignloop.config import StageConfig
 from alignloop.errors import AlignloopError
+from alignloop.models.compile import compile_blocks
 from alignloop.models.precision import cast_frozen_linears, native_bf16
 from alignloop.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from alignloop.train.engine import (
@@ -121,6 +122,10 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
 
     stage.setup(run)
     _store_frozen_in_bf16(run, stage)
+    if tc.compile == "blocks":
+        compiled = sum(compile_blocks(m, run.device.type) for m in stage.models.values())
+        if run.is_main:
+            log.info("train.compile: %d attention/MLP/norm modules compiled (the first steps compile them)", compiled)
     micro = tc.micro_batch_size or tc.batch_size
     if tc.batch_size % (micro * run.world_size):
         raise AlignloopError(
