@@ -123,6 +123,9 @@ def train(stage: Stage, out_dir: str | Path) -> dict[str, Any]:
     stage.setup(run)
     _store_frozen_in_bf16(run, stage)
     if tc.compile == "blocks":
+        if shards_model(run):
+            raise AlignloopError("train.compile: blocks is not supported with FSDP or DeepSpeed yet (untested); "
+                                 "set train.compile: off")
         compiled = sum(compile_blocks(m, run.device.type) for m in stage.models.values())
         if run.is_main:
             log.info("train.compile: %d attention/MLP/norm modules compiled (the first steps compile them)", compiled)

@@ -85,3 +85,27 @@ def test_sft_stage_trains_with_compile_on(tmp_path):
     eager, compiled = run("eager", "off"), run("compiled", "blocks")
     assert len(compiled) == 3
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_compile_under_fsdp_or_deepspeed_is_refused_with_a_clear_error(tmp_path, monkeypatch):
+    from alignloop.config import SFTConfig, load_config
+    from alignloop.stages.sft import SFTStage
+    from alignloop.train.loop import train
+
+    path = tmp_path / "sft.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi."},
+                                             {"role": "assistant", "content": "Hello."}]}) + "\n")
+    monkeypatch.setattr("alignloop.train.loop.shards_model", lambda run: True)
+    cfg = load_config(SFTConfig, None, ["model=tiny-llama", f"data.train={path}", "train.max_steps=1",
+                                        "train.compile=blocks"])
+    with pytest.raises(AlignloopError, match="not supported with FSDP or DeepSpeed"):
+        train(SFTStage(cfg), tmp_path / "run")
+
+
+def test_yaml_off_and_on_read_as_the_modes():
+    from alignloop.config import TrainConfig
+
+    assert TrainConfig(compile=False).compile == "off"  # YAML 1.1 reads a bare `off` as false
+    assert TrainConfig(compile=True).compile == "blocks"
+    with pytest.raises(ValueError):
+        TrainConfig(compile="everything")
