@@ -14,20 +14,26 @@
 * ``op_class(name)`` and ``profile_by_class(profiler)``: a torch.profiler table grouped by op class.
 
     python benchmarks/utilisation.py --precision bf16    # the GEMM peak alone, as JSON
+    python benchmarks/utilisation.py --profile-sft       # and 2 profiled steps of sft.py's alignloop side
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 # Op classes of a profile, tried in order; the first whose fragment is in the op name wins.
 OP_CLASSES: list[tuple[str, tuple[str, ...]]] = [
-    ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention", "softmax")),
+    ("attention", ("scaled_dot_product", "scaleddotproduct", "flash_attention", "_efficient_attention")),
     ("optimizer", ("adam", "optimizer", "_foreach")),
     ("matmul", ("mm", "linear", "matmul", "mkldnn", "onednn")),
     ("copy / cast / layout", ("copy", "_to_copy", "clone", "contiguous", "cat", "stack", "transpose", "view",
@@ -40,11 +46,16 @@ OP_CLASSES: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+_AUTOGRAD_NODE = re.compile(r"_?[A-Z][A-Za-z0-9]*Backward\d*")
+
+
 def op_class(name: str) -> str:
     """The class of a profiler op name (``aten::addmm`` → ``matmul``); ``other`` when nothing matches."""
-    if name.startswith("autograd::"):
-        return "autograd engine"
+    if name.startswith("autograd::") or _AUTOGRAD_NODE.fullmatch(name):
+        return "autograd engine"  # a node's own time; the ATen ops it runs are counted under their classes
     short = name.split("::")[-1].lower()
+    if name.startswith("aten::") and short.lstrip("_").startswith("softmax"):
+        return "attention"  # the eager attention path's softmax (the chunked LM head uses logsumexp)
     for label, fragments in OP_CLASSES:
         if label == "copy / cast / layout":
             if short in ("t", "to") or any(f in short for f in fragments if f != "t"):
@@ -165,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--head-rows", type=int, default=512, help="rows per LM-head chunk")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--profile-sft", action="store_true",
+                        help="also profile 2 steps of benchmarks/sft.py's alignloop side (its defaults) by op class")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,6 +186,20 @@ def main(argv: list[str] | None = None) -> dict:
     weights = linear_weights(str(resolve_model(args.model)))
     result = gemm_peak(weights["trunk"], weights["head"], rows=args.rows, head_rows=args.head_rows,
                        precision=args.precision)
+    if args.profile_sft:
+        import tempfile
+
+        from common import run_isolated
+
+        sft = Path(__file__).resolve().parent / "sft.py"
+        with tempfile.TemporaryDirectory(prefix="bench-profile-") as work:
+            profiled = run_isolated(f"{sft}:run_alignloop", {
+                "model": args.model, "data": "bundled:sft_demo_train.jsonl", "steps": 4, "warmup": 1, "batch": 8,
+                "max_length": 256, "lr": 2e-5, "precision": args.precision, "packing": True, "out_dir": work,
+                "profile_steps": 2}, threads=args.threads)
+        result["profile"] = profiled["profile"]
+        for cls, row in profiled["profile"]["by_class"].items():
+            print(f"  {cls:>32}: {row['share']:6.1%} of profiled wall time  {', '.join(row['top_ops'])}")
     print(json.dumps(result))
     return result
 

@@ -36,6 +36,10 @@ def test_step_flops_by_hand():
     ("aten::mul", "elementwise / norm / activation"), ("aten::rsqrt", "elementwise / norm / activation"),
     ("aten::silu_backward", "elementwise / norm / activation"),
     ("autograd::engine::evaluate_function: MmBackward0", "autograd engine"),
+    ("aten::_softmax", "attention"), ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
+    # autograd nodes' own time (the ATen ops they run count under their own classes)
+    ("_LinearLogSoftmaxBackward", "autograd engine"), ("MmBackward0", "autograd engine"),
+    ("ScaledDotProductFlashAttentionForCpuBackward0", "autograd engine"),
     ("aten::arange", "other"),
 ])
 def test_op_classes(name, cls):
