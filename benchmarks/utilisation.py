@@ -46,13 +46,14 @@ OP_CLASSES: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
-_AUTOGRAD_NODE = re.compile(r"_?[A-Z][A-Za-z0-9]*Backward\d*")
+# autograd nodes (MmBackward0) and custom autograd functions (_LinearLogSoftmax): their own Python-side time
+_AUTOGRAD_NODE = re.compile(r"_?[A-Z][A-Za-z0-9]*")
 
 
 def op_class(name: str) -> str:
     """The class of a profiler op name (``aten::addmm`` → ``matmul``); ``other`` when nothing matches."""
     if name.startswith("autograd::") or _AUTOGRAD_NODE.fullmatch(name):
-        return "autograd engine"  # a node's own time; the ATen ops it runs are counted under their classes
+        return "autograd engine"  # the node's own time; the ATen ops it runs count under their classes
     short = name.split("::")[-1].lower()
     if name.startswith("aten::") and short.lstrip("_").startswith("softmax"):
         return "attention"  # the eager attention path's softmax (the chunked LM head uses logsumexp)

@@ -39,6 +39,7 @@ def test_step_flops_by_hand():
     ("aten::_softmax", "attention"), ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention"),
     # autograd nodes' own time (the ATen ops they run count under their own classes)
     ("_LinearLogSoftmaxBackward", "autograd engine"), ("MmBackward0", "autograd engine"),
+    ("_LinearLogSoftmax", "autograd engine"),
     ("ScaledDotProductFlashAttentionForCpuBackward0", "autograd engine"),
     ("aten::arange", "other"),
 ])
