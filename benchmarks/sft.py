@@ -80,10 +80,9 @@ def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, ma
                   profile_steps: int = 0, compile_layers: str = "") -> dict:
     """alignloop's SFT stage, timed per step; ``profile_steps`` > 0 also profiles the last steps by op class.
 
-    ``compile_layers`` (for ``benchmarks/compile_train.py``): ``layers`` compiles each decoder layer whole
-    (regional compilation: the layers share one compiled graph; the checkpoint's replay skips forward side
-    effects, transformers' context variable); ``blocks`` compiles each layer's attention, MLP and norms
-    inside the checkpointed region instead.
+    ``compile_layers`` (for ``benchmarks/compile_train.py``): ``blocks`` is the shipped ``train.compile:
+    blocks``; ``layers`` compiles each decoder layer whole (regional compilation: the layers share one compiled
+    graph; the checkpoint's replay skips forward side effects, transformers' context variable).
     """
     import torch
 
@@ -107,12 +106,9 @@ def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, ma
             super().setup(run)
             if compile_layers == "layers":
                 torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
-            for module in self.models["policy"].modules():
-                kind = type(module).__name__
-                if compile_layers == "layers" and kind.endswith("DecoderLayer"):
-                    module.compile()
-                elif compile_layers == "blocks" and kind.endswith(("Attention", "MLP", "RMSNorm")):
-                    module.compile()
+                for module in self.models["policy"].modules():
+                    if type(module).__name__.endswith("DecoderLayer"):
+                        module.compile()
             profile["setup_done"] = time.perf_counter()
 
         def _collate(self, rows: list) -> dict:
@@ -153,6 +149,8 @@ def run_alignloop(model: str, data: str, steps: int, warmup: int, batch: int, ma
     ]
     if gradient_checkpointing is not None:
         overrides.append(f"train.gradient_checkpointing={str(gradient_checkpointing).lower()}")
+    if compile_layers == "blocks":
+        overrides.append("train.compile=blocks")
     cfg = load_config(SFTConfig, None, overrides)
     summary = train(TimedSFT(cfg), out_dir)
     return {**_rates(clock, tokens_per_step, warmup), "final_loss": summary["loss"],
