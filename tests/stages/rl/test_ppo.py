@@ -221,3 +221,19 @@ def test_ppo_micro_batch_defaults_to_at_most_four_responses(tmp_path, toy, batch
     stage = PPOStage(config(toy, *overrides))
     train(stage, tmp_path)
     assert stage.config.train.micro_batch_size == expected
+
+
+def test_resume_at_rollout_boundary_restores_the_adaptive_truncation_controller(tmp_path, toy):
+    # 6-token answers to a word-level toy are often cut, so the controller has a rate to act on
+    common = ("ppo.truncation=adaptive", "ppo.truncation_value=0.5", "ppo.truncation_gain=2.0")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    a = PPOStage(config(toy, "ppo.rollouts=3", *common))
+    train(a, straight)
+    train(PPOStage(config(toy, "ppo.rollouts=2", *common)), resumed)
+    b = PPOStage(config(toy, "ppo.rollouts=3", *common))
+    train(b, resumed)
+    samples = lambda out: [json.loads(x)["response"] for x in (out / "samples.jsonl").read_text().splitlines()]  # noqa: E731
+    assert samples(straight) == samples(resumed)
+    state_a, state_b = a.truncation.state_dict(), b.truncation.state_dict()
+    assert state_a["controller"]["target"] is not None  # set by the first rollout, so a restart would differ
+    assert state_a == state_b  # the running score scale counts all three rollouts' scores on both paths
