@@ -21,7 +21,7 @@ from common import add_common_flags, check_common_flags, final_json_line, run_is
 SFT = str(Path(__file__).resolve().parent / "sft.py")
 
 
-def _one(compiled: bool, args, out: Path) -> dict:  # noqa: FBT001
+def _one(compiled: bool, args, out: Path) -> dict:
     result = run_isolated(f"{SFT}:run_alignloop", {
         "model": args.model, "data": args.data, "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
         "max_length": args.max_length, "lr": 2e-5, "precision": args.precision, "packing": True,

@@ -39,7 +39,7 @@ OP_CLASSES: list[tuple[str, tuple[str, ...]]] = [
     ("copy / cast / layout", ("copy", "_to_copy", "clone", "contiguous", "cat", "stack", "transpose", "view",
                               "reshape", "permute", "expand", "slice", "select", "index", "gather", "scatter",
                               "fill", "zero", "empty", "_unsafe", "as_strided", "split", "chunk", "pad",
-                              "t", "masked", "squeeze", "detach", "alias", "resize", "ones")),
+                              "masked", "squeeze", "detach", "alias", "resize", "ones")),
     ("elementwise / norm / activation", ("add", "sub", "mul", "div", "pow", "rsqrt", "sqrt", "mean", "sum",
                                          "silu", "sigmoid", "exp", "log", "neg", "where", "max", "min",
                                          "embedding", "norm", "cos", "sin", "clamp", "threshold", "gelu")),
@@ -57,11 +57,10 @@ def op_class(name: str) -> str:
     short = name.split("::")[-1].lower()
     if name.startswith("aten::") and short.lstrip("_").startswith("softmax"):
         return "attention"  # the eager attention path's softmax (the chunked LM head uses logsumexp)
+    if short in ("t", "to"):  # too short to match as fragments
+        return "copy / cast / layout"
     for label, fragments in OP_CLASSES:
-        if label == "copy / cast / layout":
-            if short in ("t", "to") or any(f in short for f in fragments if f != "t"):
-                return label
-        elif any(f in short for f in fragments):
+        if any(f in short for f in fragments):
             return label
     return "other"
 

@@ -150,8 +150,8 @@ def test_approx_kl_early_stop_skips_the_rest_of_the_rollout(tmp_path, toy):
     assert metrics(tmp_path)[-1]["policy/early_stopped"] == 2.0  # two updates dropped
 
 
-def test_resume_at_rollout_boundary_restores_policy_critic_and_adaptive_beta(tmp_path, toy):
-    common = ("ppo.kl_controller=adaptive", "ppo.kl_coef=0.1", "ppo.kl_target=0.01", "ppo.kl_horizon=10", "ppo.reward_norm=running")
+def straight_and_resumed(tmp_path, toy, *common: str) -> tuple[PPOStage, PPOStage, object, object]:
+    """3 rollouts straight, and 2 then resumed to 3 in another folder; asserts both sampled the same answers."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     a = PPOStage(config(toy, "ppo.rollouts=3", *common))
     train(a, straight)
@@ -160,6 +160,12 @@ def test_resume_at_rollout_boundary_restores_policy_critic_and_adaptive_beta(tmp
     train(b, resumed)
     samples = lambda out: [json.loads(x)["response"] for x in (out / "samples.jsonl").read_text().splitlines()]  # noqa: E731
     assert samples(straight) == samples(resumed)
+    return a, b, straight, resumed
+
+
+def test_resume_at_rollout_boundary_restores_policy_critic_and_adaptive_beta(tmp_path, toy):
+    common = ("ppo.kl_controller=adaptive", "ppo.kl_coef=0.1", "ppo.kl_target=0.01", "ppo.kl_horizon=10", "ppo.reward_norm=running")
+    a, b, straight, resumed = straight_and_resumed(tmp_path, toy, *common)
     assert a.kl_ctl.value == b.kl_ctl.value != 0.1
     assert a.running.state_dict() == b.running.state_dict()
     for name in ("policy", "critic"):
@@ -226,14 +232,7 @@ def test_ppo_micro_batch_defaults_to_at_most_four_responses(tmp_path, toy, batch
 def test_resume_at_rollout_boundary_restores_the_adaptive_truncation_controller(tmp_path, toy):
     # 6-token answers to a word-level toy are often cut, so the controller has a rate to act on
     common = ("ppo.truncation=adaptive", "ppo.truncation_value=0.5", "ppo.truncation_gain=2.0")
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    a = PPOStage(config(toy, "ppo.rollouts=3", *common))
-    train(a, straight)
-    train(PPOStage(config(toy, "ppo.rollouts=2", *common)), resumed)
-    b = PPOStage(config(toy, "ppo.rollouts=3", *common))
-    train(b, resumed)
-    samples = lambda out: [json.loads(x)["response"] for x in (out / "samples.jsonl").read_text().splitlines()]  # noqa: E731
-    assert samples(straight) == samples(resumed)
+    a, b, _, _ = straight_and_resumed(tmp_path, toy, *common)
     state_a, state_b = a.truncation.state_dict(), b.truncation.state_dict()
     assert state_a["controller"]["target"] is not None  # set by the first rollout, so a restart would differ
     assert state_a == state_b  # the running score scale counts all three rollouts' scores on both paths
