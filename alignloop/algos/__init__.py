@@ -41,7 +41,15 @@ from .kl import (
     kl_k3,
     kl_penalty,
 )
-from .length_debias import head_orthogonality_loss, odin_length_loss, pearson_correlation
+from .length_debias import (
+    head_orthogonality_loss,
+    length_coefficients,
+    length_features,
+    length_residual,
+    odin_length_loss,
+    pearson_correlation,
+    regression_sums,
+)
 from .logprobs import DEFAULT_CHUNK_SIZE, entropy_from_logits, selective_log_softmax, sequence_logprob, shift_labels
 from .masked import masked_count, masked_mean, masked_sum, masked_var, masked_whiten
 from .off_policy import IS_LEVELS, IS_MODES, logprob_gap_stats, tis_weights
@@ -72,8 +80,12 @@ from .shaping import soft_overlong_penalty
 
 __all__ = [
     "head_orthogonality_loss",
+    "length_coefficients",
+    "length_features",
+    "length_residual",
     "odin_length_loss",
     "pearson_correlation",
+    "regression_sums",
     "ADVANTAGE_ESTIMATORS",
     "AGGREGATIONS",
     "AdaptiveKLController",

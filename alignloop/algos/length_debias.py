@@ -1,4 +1,5 @@
-"""Length-disentangled reward heads: the extra loss terms of ODIN.
+"""Taking length out of a reward: ODIN's loss terms for the reward model, and a least-squares length residual
+for the scores an RL stage trains on.
 
 ODIN (Chen, Zhu, Soselia, Chen, Zhou, Goldstein, Huang, Shoeybi, Catanzaro 2024, "ODIN: Disentangled Reward
 Mitigates Hacking in RLHF", ICML 2024, arXiv:2402.07319, Sec. 4) puts two linear heads on the reward model's
@@ -20,7 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["pearson_correlation", "odin_length_loss", "head_orthogonality_loss"]
+__all__ = ["pearson_correlation", "odin_length_loss", "head_orthogonality_loss", "length_features",
+           "regression_sums", "length_coefficients", "length_residual"]
 
 
 def pearson_correlation(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
@@ -57,3 +59,37 @@ def head_orthogonality_loss(w_quality: Tensor, w_length: Tensor, eps: float = 1e
                          f"{tuple(w_quality.shape)} and {tuple(w_length.shape)}")
     norms = (w_quality.norm() * w_length.norm()).clamp_min(eps)
     return ((w_quality * w_length).sum() / norms).abs()
+
+
+def length_features(lengths: Tensor, finished: Tensor) -> Tensor:
+    """[N, 2] float64 regressors of a score on length: the answer's length in tokens and 1 where it was cut at
+    the token limit (no EOS), so a reward that pays a jump for running into the limit is fitted as well."""
+    return torch.stack([lengths.double().cpu(), (~finished.bool()).double().cpu()], dim=1)
+
+
+def regression_sums(features: Tensor, scores: Tensor) -> Tensor:
+    """The sufficient statistics of a least-squares fit, flat so that they add over rollouts and ranks:
+    ``[n, Σx (k), Σy, Σxxᵀ (k·k), Σxy (k)]`` for ``features`` [N, k] and ``scores`` [N]."""
+    x, y = features.double(), scores.double().cpu()
+    return torch.cat([x.new_tensor([len(y)]), x.sum(0), y.sum().reshape(1), (x.T @ x).flatten(), x.T @ y])
+
+
+def length_coefficients(sums: Tensor, k: int, ridge: float = 1e-3) -> tuple[Tensor, Tensor]:
+    """Slopes of score on the ``k`` features (intercept fitted too) and the features' means, from
+    ``regression_sums``. ``ridge`` shrinks each slope by that share of its feature's variance, so a feature that
+    does not vary (every answer cut) gets slope 0 instead of a singular solve."""
+    n = sums[0].clamp_min(1.0)
+    sx, sy = sums[1 : 1 + k], sums[1 + k]
+    sxx, sxy = sums[2 + k : 2 + k + k * k].reshape(k, k), sums[2 + k + k * k :]
+    mean_x = sx / n
+    cov_xx = sxx - n * torch.outer(mean_x, mean_x)
+    cov_xy = sxy - n * mean_x * (sy / n)
+    shrink = torch.diag(ridge * cov_xx.diagonal().clamp_min(0.0) + 1e-12)
+    return torch.linalg.solve(cov_xx + shrink, cov_xy), mean_x
+
+
+def length_residual(scores: Tensor, features: Tensor, slopes: Tensor, mean_x: Tensor) -> Tensor:
+    """``score − slopes · (x − x̄)``: the score with the part that length predicts taken out, so that in the
+    fitted data longer answers earn nothing on average and the mean score is unchanged."""
+    shift = (features.double() - mean_x) @ slopes
+    return scores - shift.to(scores)

@@ -1,4 +1,5 @@
-"""ODIN's loss terms (Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF", Sec. 4) by hand."""
+"""ODIN's loss terms (Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF", Sec. 4) and the
+least-squares length residual, by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import math
 import pytest
 import torch
 
-from alignloop.algos import head_orthogonality_loss, odin_length_loss, pearson_correlation
+from alignloop.algos import (
+    head_orthogonality_loss,
+    length_coefficients,
+    length_features,
+    length_residual,
+    odin_length_loss,
+    pearson_correlation,
+    regression_sums,
+)
 
 X = [1.0, 2.0, 3.0, 4.0]  # centred: (−1.5, −0.5, 0.5, 1.5), squared norm 5
 
@@ -72,3 +81,40 @@ def test_head_orthogonality_by_hand():
     assert head_orthogonality_loss(torch.zeros(2), torch.tensor([1.0, 0.0])).item() == 0.0  # no NaN
     with pytest.raises(ValueError, match="1-D weight vectors"):
         head_orthogonality_loss(torch.zeros(2), torch.zeros(3))
+
+
+def test_length_residual_by_hand():
+    # score = length + 2·cut exactly: lengths 1, 2, 3, 3 (the last cut), scores 1, 2, 3, 5
+    lengths, finished = torch.tensor([1, 2, 3, 3]), torch.tensor([True, True, True, False])
+    scores = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    x = length_features(lengths, finished)
+    assert x.tolist() == [[1, 0], [2, 0], [3, 0], [3, 1]]
+    # sums: n 4, Σx (9, 1), Σy 11, Σxxᵀ ((23, 3), (3, 1)), Σxy (1 + 4 + 9 + 15 = 29, 5)
+    sums = regression_sums(x, scores)
+    assert sums.tolist() == [4, 9, 1, 11, 23, 3, 3, 1, 29, 5]
+    slopes, mean_x = length_coefficients(sums, 2, ridge=0.0)
+    assert slopes.tolist() == pytest.approx([1.0, 2.0]) and mean_x.tolist() == [2.25, 0.25]
+    # 1 − 1·(1 − 2.25) − 2·(0 − 0.25) = 2.75, and so on: every answer the mean score 11/4
+    assert length_residual(scores, x, slopes, mean_x).tolist() == pytest.approx([2.75] * 4)
+    # the ridge shrinks each slope by its share of that feature's variance (length alone: 2/1.1 with ridge 0.1)
+    alone = regression_sums(length_features(torch.tensor([1, 2, 3, 4]), torch.ones(4, dtype=torch.bool)),
+                            torch.tensor([2.0, 4.0, 6.0, 8.0]))
+    assert length_coefficients(alone, 2, ridge=0.1)[0].tolist() == pytest.approx([2.0 / 1.1, 0.0])
+
+
+def test_length_coefficients_match_least_squares_and_add_over_batches():
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 33, (40,), generator=gen)
+    finished = torch.rand(40, generator=gen) > 0.4
+    scores = torch.randn(40, generator=gen) + 0.05 * lengths
+    x = length_features(lengths, finished)
+    design = torch.cat([torch.ones(40, 1, dtype=torch.float64), x], dim=1)  # an independent solve, intercept included
+    expected = torch.linalg.lstsq(design, scores.double().unsqueeze(1)).solution.squeeze(1)[1:]
+    whole = regression_sums(x, scores)
+    assert length_coefficients(whole, 2, ridge=0.0)[0] == pytest.approx(expected, abs=1e-9)
+    parts = regression_sums(x[:15], scores[:15]) + regression_sums(x[15:], scores[15:])
+    assert torch.allclose(parts, whole)
+    # a feature that never varies (every answer cut) gets slope 0, not a singular solve
+    all_cut = regression_sums(length_features(lengths, torch.zeros(40, dtype=torch.bool)), scores)
+    slopes, _ = length_coefficients(all_cut, 2)
+    assert torch.isfinite(slopes).all() and slopes[1] == 0.0

@@ -50,14 +50,15 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
         None, gt=0, description="Early stop: skip the rest of a rollout's updates "
         "once policy/approxkl_avg exceeds this."
     )
-    truncation: Literal["keep", "penalty", "penalty_gap", "adaptive", "score", "exclude"] = Field(
+    truncation: Literal["keep", "penalty", "penalty_gap", "adaptive", "residual", "score", "exclude"] = Field(
         "keep",
         description="Responses with no EOS (hit max_new_tokens): keep as scored; penalty: subtract truncation_value; "
         "penalty_gap: subtract truncation_value × the running gap between the mean score of cut and of finished "
         "responses (1.0: running long earns nothing on average); adaptive: subtract coef × the running score std, "
         "coef starting at truncation_value and moved by truncation_gain × (cut rate − truncation_target) after "
-        "each rollout, never below its start; score: replace the score by truncation_value; exclude: leave them "
-        "out of the losses.",
+        "each rollout, never below its start; residual: subtract what a least-squares fit of the score on the "
+        "answer's length and on being cut (over every rollout so far) predicts beyond the mean, so length earns "
+        "nothing either way; score: replace the score by truncation_value; exclude: leave them out of the losses.",
     )
     truncation_value: float = Field(1.0, description="Penalty or replacement score for truncated responses "
                                     "(adaptive: the starting and smallest coefficient, in score std units).")

@@ -184,7 +184,8 @@ class RLStage(Stage):
         started = time.perf_counter()
         # sample and score, with DAPO's dynamic sampling / overlong shaping when the options ask (sampling.py)
         rollout, scored, sampling_stats = sample_and_score(self, records, index)
-        scores, keep_rows = self.truncation.apply(scored.scores, rollout.finished, self.run.reduce_sum)
+        scores, keep_rows = self.truncation.apply(scored.scores, rollout.finished, self.run.reduce_sum,
+                                                  rollout.response_lengths())
         scores = normalise_scores(scores, opts.reward_norm, self.running, opts.reward_clip, self.run.reduce_sum)
         input_ids, attention = rollout.input_ids(), rollout.attention_mask()
         start, response_mask, temperature = rollout.response_start, rollout.trained_mask.float(), opts.temperature

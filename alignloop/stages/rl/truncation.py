@@ -1,5 +1,6 @@
-"""The no-EOS policies that learn from the rollouts: ``penalty_gap`` (the reward's running premium for cut answers)
-and ``adaptive`` (a penalty that a controller raises while the policy's cut rate is above a target)."""
+"""The no-EOS policies that learn from the rollouts: ``penalty_gap`` (the reward's running premium for cut answers),
+``adaptive`` (a penalty that a controller raises while the policy's cut rate is above a target) and ``residual``
+(the part of the score that length predicts, fitted on every rollout so far, taken out)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 
 import torch
 
+from alignloop.algos import length_coefficients, length_features, length_residual, regression_sums
 from alignloop.stages.rl.rewards import RunningMoments, apply_truncation
 
-__all__ = ["LengthGap", "CutRateController", "NoEosControl"]
+__all__ = ["LengthGap", "CutRateController", "LengthResidual", "NoEosControl"]
 
 
 class LengthGap:
@@ -79,6 +81,35 @@ class CutRateController:
         self.scale.load_state_dict(state["scale"])
 
 
+class LengthResidual:
+    """A least-squares fit of the raw score on the answer's length and on whether it was cut, over every rollout so
+    far (this one included); ``adjust`` subtracts what the fit predicts beyond the mean. The reward model's
+    premium for length, gradual or a jump at the limit, then earns nothing on average, in either direction,
+    without a penalty to size: a fixed penalty's right size differs between reward models, and a controller on
+    the cut rate flips it (docs/ppo.md, Holding the no-EOS rate)."""
+
+    features = 2  # length in tokens, cut at the limit
+
+    def __init__(self) -> None:
+        self.sums = torch.zeros(2 + self.features + self.features**2 + self.features, dtype=torch.float64)
+
+    def adjust(self, scores: torch.Tensor, lengths: torch.Tensor, finished: torch.Tensor, reduce=None) -> torch.Tensor:
+        x = length_features(lengths, finished)
+        local = regression_sums(x, scores)
+        self.sums += torch.tensor(reduce(local.tolist()), dtype=torch.float64) if reduce is not None else local
+        slopes, mean_x = self.coefficients()
+        return length_residual(scores, x.to(scores.device), slopes.to(scores.device), mean_x.to(scores.device))
+
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return length_coefficients(self.sums, self.features)
+
+    def state_dict(self) -> list[float]:
+        return self.sums.tolist()
+
+    def load_state_dict(self, state: list[float]) -> None:
+        self.sums = torch.tensor(state, dtype=torch.float64)
+
+
 class NoEosControl:
     """The RL stage's ``truncation`` option with whatever state it keeps across rollouts (checkpointed)."""
 
@@ -86,10 +117,18 @@ class NoEosControl:
         self.policy, self.value = policy, value
         self.gap = LengthGap()  # penalty_gap's penalty; tracked (and checkpointed) under every policy
         self.controller = CutRateController(value, gain, target) if policy == "adaptive" else None
+        self.residual = LengthResidual() if policy == "residual" else None
 
-    def apply(self, scores: torch.Tensor, finished: torch.Tensor, reduce=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores after the policy (the penalty learned from this rollout included) and the rows kept in the losses."""
+    def apply(
+        self, scores: torch.Tensor, finished: torch.Tensor, reduce=None, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores after the policy (what it learned from this rollout included) and the rows kept in the losses.
+        ``lengths`` (tokens per answer) is needed by ``residual`` only."""
         self.gap.update(scores, finished, reduce)
+        if self.residual is not None:
+            if lengths is None:
+                raise ValueError("truncation: residual needs the answers' lengths")
+            return self.residual.adjust(scores, lengths, finished, reduce), torch.ones_like(finished.bool().cpu())
         if self.controller is not None:
             self.controller.update(scores, finished, reduce)
             return apply_truncation(scores, finished, "penalty", self.controller.penalty)
@@ -102,11 +141,15 @@ class NoEosControl:
                     "objective/truncation_target": float(self.controller.target or 0.0)}
         if self.policy == "penalty_gap":
             return {"objective/truncation_penalty": self.value * self.gap.gap}
+        if self.residual is not None:
+            slopes, _ = self.residual.coefficients()
+            return {"objective/length_slope": float(slopes[0]), "objective/cut_premium": float(slopes[1])}
         return {}
 
     def state_dict(self) -> dict[str, Any]:
         controller = self.controller.state_dict() if self.controller is not None else None
-        return {"length_gap": self.gap.state_dict(), "controller": controller}
+        residual = self.residual.state_dict() if self.residual is not None else None
+        return {"length_gap": self.gap.state_dict(), "controller": controller, "residual": residual}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """``state`` None or without a controller: a checkpoint from before this option (it starts afresh)."""
@@ -115,3 +158,5 @@ class NoEosControl:
         self.gap.load_state_dict(state.get("length_gap"))
         if self.controller is not None and state.get("controller") is not None:
             self.controller.load_state_dict(state["controller"])
+        if self.residual is not None and state.get("residual") is not None:
+            self.residual.load_state_dict(state["residual"])

@@ -130,3 +130,48 @@ def test_ppo_takes_the_soft_overlong_punishment_too(tmp_path, toy, monkeypatch):
     assert torch.equal(data.components["overlong"], expected)
     assert torch.allclose(data.raw_scores, reward_only + expected)
     assert (lengths > 2).any()  # the punishment applied to some answer
+
+
+def test_no_eos_control_residual_fits_length_over_every_rollout_so_far():
+    control = NoEosControl("residual", value=0.6)  # the value plays no part
+    # rollout 1: score = length + 2·cut exactly (test_length_debias has the sums): every answer gets the mean 2.75
+    out, keep = control.apply(torch.tensor([1.0, 2.0, 3.0, 5.0]), torch.tensor([True, True, True, False]),
+                              lengths=torch.tensor([1, 2, 3, 3]))
+    assert out.tolist() == pytest.approx([2.75] * 4, abs=2e-3) and keep.all()  # the default ridge: slopes −0.1 %
+    assert control.stats() == pytest.approx({"objective/length_slope": 1.0, "objective/cut_premium": 2.0}, rel=1e-2)
+    # rollout 2 joins the fit: two finished answers of length 2 scoring 0 and 4, checked against a least-squares
+    # solve (intercept, length, cut) on all six answers
+    out2, _ = control.apply(torch.tensor([0.0, 4.0]), torch.tensor([True, True]), lengths=torch.tensor([2, 2]))
+    x = torch.tensor([[1, 1, 0], [1, 2, 0], [1, 3, 0], [1, 3, 1], [1, 2, 0], [1, 2, 0]], dtype=torch.float64)
+    y = torch.tensor([1.0, 2.0, 3.0, 5.0, 0.0, 4.0], dtype=torch.float64)
+    beta = torch.linalg.lstsq(x, y.unsqueeze(1)).solution.squeeze(1)
+    mean_length, mean_cut = x[:, 1].mean(), x[:, 2].mean()
+    expected = y[4:] - beta[1] * (2 - mean_length) - beta[2] * (0 - mean_cut)
+    assert out2.tolist() == pytest.approx(expected.tolist(), abs=2e-3)
+    fresh = NoEosControl("residual", value=0.6)
+    fresh.load_state_dict(control.state_dict())
+    assert fresh.state_dict() == control.state_dict()
+    with pytest.raises(ValueError, match="needs the answers' lengths"):
+        fresh.apply(torch.tensor([1.0]), torch.tensor([True]))
+
+
+def test_ppo_with_residual_truncation_trains_on_length_residuals(tmp_path, toy, monkeypatch):  # noqa: F811
+    seen = experiences(monkeypatch)
+    cfg = config(toy, "ppo.truncation=residual", "ppo.max_new_tokens=4", "ppo.prompts_per_rollout=8",
+                 "train.batch_size=8")
+    train(PPOStage(cfg), tmp_path)
+    rows, targets = [], []
+    for data, _ in seen:  # refit by an independent least-squares solve on every rollout so far
+        lengths = data.rollout.response_lengths().cpu().double()
+        cut = (~data.rollout.finished.cpu()).double()
+        rows.append(torch.stack([torch.ones_like(lengths), lengths, cut], dim=1))
+        targets.append(data.raw_scores.double())
+        x, y = torch.cat(rows), torch.cat(targets)
+        usable = [0] + [j for j in (1, 2) if x[:, j].std() > 0]  # a feature that never varied gets slope 0
+        beta = torch.zeros(3, dtype=torch.float64)
+        beta[usable] = torch.linalg.lstsq(x[:, usable], y.unsqueeze(1)).solution.squeeze(1)
+        shift = (rows[-1][:, 1:] - x[:, 1:].mean(0)) @ beta[1:]
+        assert torch.allclose(data.scores.double(), data.raw_scores.double() - shift, atol=1e-2)
+    assert len(seen) == 2
+    logged = [m for m in metrics(tmp_path) if "objective/length_slope" in m]
+    assert len(logged) == 2 and logged[-1]["objective/length_slope"] == pytest.approx(float(beta[1]), abs=1e-2)
