@@ -8,15 +8,8 @@ import math
 import pytest
 import torch
 
-from alignloop.algos import (
-    head_orthogonality_loss,
-    length_coefficients,
-    length_features,
-    length_residual,
-    odin_length_loss,
-    pearson_correlation,
-    regression_sums,
-)
+from alignloop.algos import head_orthogonality_loss, odin_length_loss, pearson_correlation
+from alignloop.algos import length_coefficients, length_features, length_residual, regression_sums
 
 X = [1.0, 2.0, 3.0, 4.0]  # centred: (−1.5, −0.5, 0.5, 1.5), squared norm 5
 
