@@ -32,6 +32,11 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
     rollouts: int = Field(20, gt=0, description="Rollout batches to generate; the run ends after the last one.")
     prompts_per_rollout: int = Field(8, gt=0, description="Prompts sampled per rollout (all processes together).")
     num_generations: int = Field(1, gt=0, description="Responses sampled per prompt (G).")
+    share_prompt: bool = Field(
+        True, description="With G > 1: a prompt's G responses share one copy of it in the policy and reference "
+        "forwards (same log-probs up to summation order, fewer tokens; each mini-batch's rows are ordered by group; "
+        "PPO's critic keeps plain rows). docs/grpo.md.",
+    )
     generation_batch_size: int = Field(32, gt=0, description="Sequences decoded together.")
     epochs: int = Field(1, gt=0, description="Passes over each rollout (PPO epochs, μ in GRPO).")
     clip_eps: float = Field(0.2, gt=0, description="ε of the clipped surrogate (Schulman et al. 2017).")

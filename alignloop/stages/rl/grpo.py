@@ -97,10 +97,6 @@ class GRPOOptions(RLOptions):
         "calculator tool; tool outputs are in the context but out of the loss and KL. null: one turn.",
     )
     max_turns: int = Field(4, ge=1, description="With env: assistant turns per episode at most.")
-    share_prompt: bool = Field(
-        True, description="A prompt's G responses share one copy of it in the policy and reference forwards (same "
-        "log-probs, fewer tokens; each mini-batch's rows are ordered by group). docs/grpo.md.",
-    )
 
     @model_validator(mode="before")
     @classmethod

@@ -154,9 +154,9 @@ class RLStage(Stage):
         return torch.cat([fn(slice(i, i + chunk)) for i in range(0, n_rows, chunk)])
 
     def shares_prompt(self) -> bool:
-        """Forward a group's prompt once (shared_prompt.py): a stage option (GRPO's ``share_prompt``), G > 1
-        and an attention that takes 4D masks. PPO keeps plain rows (its critic forward would not share)."""
-        return bool(getattr(self.opts, "share_prompt", False) and self.opts.num_generations > 1
+        """Forward a group's prompt once (shared_prompt.py): ``share_prompt``, G > 1 and an attention that takes
+        4D masks. The policy and reference forwards only: PPO's critic keeps plain rows."""
+        return bool(self.opts.share_prompt and self.opts.num_generations > 1
                     and takes_4d_mask(self.unwrap("policy")))
 
     def logprobs(self, model, input_ids, attention_mask, response_start: int, temperature: float,

@@ -11,6 +11,7 @@ from alignloop.models import load_causal_lm
 from alignloop.rollout import forward_logprobs
 from alignloop.stages.rl.experience import minibatch_schedule
 from alignloop.stages.rl.grpo import GRPOConfig, GRPOStage
+from alignloop.stages.rl.ppo import PPOConfig, PPOStage
 from alignloop.stages.rl.shared_prompt import (
     shared_prompt_batch,
     shared_prompt_logprobs,
@@ -136,23 +137,22 @@ def test_group_schedule_keeps_minibatches_and_orders_their_rows_by_group():
     assert grouped != plain
 
 
-def test_grpo_trains_the_same_with_and_without_shared_prompts(tmp_path, word_model_dir):
-    """One optimizer step per rollout on every row: the shared-prompt forwards give the same adapters."""
-    model = word_model_dir
+def _train_with_and_without_shared_prompts(tmp_path, model, config_cls, stage_cls, section, *extra):
+    """The same run with ``share_prompt`` false then true: (shared_prompt_logprobs calls, saved adapters) each."""
+    import alignloop.stages.rl.stage as rl_stage
+
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     adapters, calls = [], []
     for flag in ("false", "true"):
-        cfg = load_config(GRPOConfig, None, [
-            f"model={model}", f"data.train={prompts}", "data.eval=null", "grpo.eval_prompts=0",
-            "grpo.reward=tests.conftest:target_fraction", "grpo.rollouts=3", "grpo.prompts_per_rollout=4",
-            "grpo.num_generations=3", "grpo.max_new_tokens=6", "train.batch_size=12", "train.micro_batch_size=6",
-            "train.precision=fp32", "train.save_every=0", "train.lr=1e-2", "lora.r=4", "lora.alpha=8",
-            f"grpo.share_prompt={flag}",
+        cfg = load_config(config_cls, None, [
+            f"model={model}", f"data.train={prompts}", "data.eval=null", f"{section}.eval_prompts=0",
+            f"{section}.reward=tests.conftest:target_fraction", f"{section}.rollouts=3",
+            f"{section}.prompts_per_rollout=4", f"{section}.num_generations=3", f"{section}.max_new_tokens=6",
+            "train.batch_size=12", "train.micro_batch_size=6", "train.precision=fp32", "train.save_every=0",
+            "train.lr=1e-2", "lora.r=4", "lora.alpha=8", f"{section}.share_prompt={flag}", *extra,
         ])
         torch.manual_seed(0)
-        stage = GRPOStage(cfg)
-        import alignloop.stages.rl.stage as rl_stage
-
+        stage = stage_cls(cfg)
         original = rl_stage.shared_prompt_logprobs
         counted = []
         rl_stage.shared_prompt_logprobs = lambda *a, **k: counted.append(1) or original(*a, **k)
@@ -162,10 +162,27 @@ def test_grpo_trains_the_same_with_and_without_shared_prompts(tmp_path, word_mod
             rl_stage.shared_prompt_logprobs = original
         calls.append(len(counted))
         adapters.append(load_file(str(tmp_path / flag / "model" / "adapter_model.safetensors")))
-    # shared: per rollout one reference forward + 2 micro-batches of policy forwards, 3 rollouts
-    assert calls == [0, 3 * (1 + 2)]
     assert adapters[0].keys() == adapters[1].keys()
     moved = max(float(v.abs().max()) for k, v in adapters[0].items() if "lora_B" in k)
-    assert moved > 1e-4  # the adapters did train, so the comparison below means something
+    assert moved > 1e-4  # the adapters did train, so comparing them means something
+    return calls, adapters
+
+
+def test_grpo_trains_the_same_with_and_without_shared_prompts(tmp_path, word_model_dir):
+    """One optimizer step per rollout on every row: the shared-prompt forwards give the same adapters."""
+    calls, adapters = _train_with_and_without_shared_prompts(tmp_path, word_model_dir, GRPOConfig, GRPOStage, "grpo")
+    # shared: per rollout one reference forward + 2 micro-batches of policy forwards, 3 rollouts
+    assert calls == [0, 3 * (1 + 2)]
+    for key in adapters[0]:
+        torch.testing.assert_close(adapters[1][key], adapters[0][key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+def test_ppo_with_several_answers_per_prompt_shares_prompts_too(tmp_path, word_model_dir):
+    """PPO with G = 3: the policy's old and training forwards and the reference's share the prompt (the critic
+    keeps plain rows), and training ends at the same adapters."""
+    calls, adapters = _train_with_and_without_shared_prompts(tmp_path, word_model_dir, PPOConfig, PPOStage, "ppo",
+                                                             "ppo.reuse_sampler_logprobs=false")
+    # shared: per rollout the old-policy forward, the reference forward and 2 training micro-batches
+    assert calls == [0, 3 * (1 + 1 + 2)]
     for key in adapters[0]:
         torch.testing.assert_close(adapters[1][key], adapters[0][key], rtol=1e-3, atol=1e-5, msg=key)
