@@ -90,6 +90,6 @@ def length_coefficients(sums: Tensor, k: int, ridge: float = 1e-3) -> tuple[Tens
 
 def length_residual(scores: Tensor, features: Tensor, slopes: Tensor, mean_x: Tensor) -> Tensor:
     """``score − slopes · (x − x̄)``: the score with the part that length predicts taken out, so that in the
-    fitted data longer answers earn nothing on average and the mean score is unchanged."""
+    fitted data longer answers earn nothing on average and the data's mean score is unchanged."""
     shift = (features.double() - mean_x) @ slopes
     return scores - shift.to(scores)
