@@ -11,8 +11,10 @@ falls below the eager run's (compile cost ÷ saving per step). Same workload as 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,20 +49,21 @@ def main(argv: list[str] | None = None) -> dict:
     add_common_flags(parser, trl_venv=None)
     args = parser.parse_args(argv)
     check_common_flags(parser, args)
-    import tempfile
-
     work = Path(tempfile.mkdtemp(prefix="bench-compile-"))
     runs = []
-    for i in range(args.runs):
-        order = (False, True) if i % 2 == 0 else (True, False)
-        got = {}
-        for compiled in order:
-            got["compiled" if compiled else "eager"] = _one(compiled, args, work / f"{i}-{compiled}")
-            r = got["compiled" if compiled else "eager"]
-            print(f"run {i + 1} {'compiled' if compiled else 'eager':>8}: first step {r['first_step_s']} s, "
-                  f"steady {r['steady_step_s']} s/step, loss {r['final_loss']:.4f}, RSS {r['peak_rss_mb']:.0f} MB",
-                  flush=True)
-        runs.append(got)
+    try:  # each run saves a full checkpoint: gigabytes
+        for i in range(args.runs):
+            order = (False, True) if i % 2 == 0 else (True, False)
+            got = {}
+            for compiled in order:
+                got["compiled" if compiled else "eager"] = _one(compiled, args, work / f"{i}-{compiled}")
+                r = got["compiled" if compiled else "eager"]
+                print(f"run {i + 1} {'compiled' if compiled else 'eager':>8}: first step {r['first_step_s']} s, "
+                      f"steady {r['steady_step_s']} s/step, loss {r['final_loss']:.4f}, "
+                      f"RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            runs.append(got)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     gains = [r["eager"]["steady_step_s"] / r["compiled"]["steady_step_s"] for r in runs]
     cost = [r["compiled"]["first_step_s"] - r["eager"]["first_step_s"] for r in runs]
     saving = [r["eager"]["steady_step_s"] - r["compiled"]["steady_step_s"] for r in runs]

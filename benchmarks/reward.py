@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -175,7 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
                               python=trl_python, threads=args.threads)
         return {**{k: result[k] for k in keep}, "version": result.get("trl_version")}
 
-    pairs = paired_runs(args.runs, ours, theirs)
+    try:  # each side's run folder holds a full checkpoint
+        pairs = paired_runs(args.runs, ours, theirs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     payload = paired_comparison(
         "rm", pairs, unit="pairs/s",
         workload={**{k: v for k, v in common.items() if k != "data"}, "data": args.data, "threads": args.threads,
