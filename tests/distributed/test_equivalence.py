@@ -137,8 +137,9 @@ def rl_overrides(stage: str) -> list[str]:
     return [f"{stage}.reward={Path(__file__).resolve()}:distinct_chars", f"{stage}.rollouts=2",
             f"{stage}.prompts_per_rollout=4", f"{stage}.num_generations=2", f"{stage}.max_new_tokens=8",
             f"{stage}.top_k=1", f"{stage}.eval_prompts=0", f"{stage}.samples_every=0", "train.batch_size=8",
-            # the shared-prefix prefill's log-probs depend (by float rounding) on which rows share a decode batch
-            "rollout.share_prefix=false"]
+            # the shared-prefix prefill's log-probs depend (by float rounding) on which rows share a decode batch,
+            # and so do shared-prompt forwards on which rows share a micro-batch (1e-4 relative in the loss)
+            "rollout.share_prefix=false", f"{stage}.share_prompt=false"]
 
 
 def stage_cases() -> list:
