@@ -98,7 +98,7 @@ class LengthResidual:
         local = regression_sums(x, scores)
         self.sums += torch.tensor(reduce(local.tolist()), dtype=torch.float64) if reduce is not None else local
         slopes, mean_x = self.coefficients()
-        return length_residual(scores, x.to(scores.device), slopes.to(scores.device), mean_x.to(scores.device))
+        return length_residual(scores, x, slopes, mean_x)  # the shift is formed on the CPU, then cast to scores
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
         return length_coefficients(self.sums, self.features)
