@@ -26,7 +26,7 @@ DOC_BLOCKS = {
     "multi-objective.md": ["ppo", "ppo"],
     "orpo.md": ["orpo"],
     "pipeline.md": ["pipeline"],
-    "ppo.md": ["ppo"],
+    "ppo.md": ["ppo", "ppo"],
     "reward-models.md": ["rm", "rm"],
     "rewards.md": [None, None],  # reward entries inside a stage section (tests/rewards/test_base.py)
     "sft.md": ["sft"],

@@ -55,6 +55,11 @@ class RLOptions(SamplingSettings.defaults(max_new_tokens=48)):
         None, gt=0, description="Early stop: skip the rest of a rollout's updates "
         "once policy/approxkl_avg exceeds this."
     )
+    ptx_coef: float = Field(
+        0.0, ge=0, description="PPO-ptx (InstructGPT): add ptx_coef × the mean next-token loss of ptx_batch_size "
+        "ptx_data demonstrations to every policy loss (0: off; docs/ppo.md).")
+    ptx_data: str | None = Field(None, description="Demonstrations for ptx_coef: SFT records, e.g. the SFT data.")
+    ptx_batch_size: int = Field(4, gt=0, description="Demonstrations per policy forward (ptx_coef > 0).")
     truncation: Literal["keep", "penalty", "penalty_gap", "adaptive", "residual", "score", "exclude"] = Field(
         "keep",
         description="Responses with no EOS (hit max_new_tokens): keep as scored; penalty: subtract truncation_value; "
@@ -205,6 +210,8 @@ def check_rollout_shape(cfg: StageConfig, opts: RLOptions, section: str) -> None
     if opts.overlong_buffer is not None and opts.overlong_buffer > opts.max_new_tokens:
         raise ValueError(f"{section}.overlong_buffer ({opts.overlong_buffer}) must be at most {section}.max_new_tokens "
                          f"({opts.max_new_tokens})")
+    if opts.ptx_coef > 0 and not opts.ptx_data:
+        raise ValueError(f"{section}.ptx_data: {section}.ptx_coef > 0 needs demonstrations (SFT records)")
     if opts.loss_agg not in AGGREGATIONS or opts.kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"{section}: unknown loss_agg or kl_estimator")
 

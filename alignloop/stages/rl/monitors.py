@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from alignloop.stages.rl.rewards import prompt_text
+from alignloop.stages.rl.rewards import prompt_text, score_rollout
 
-__all__ = ["pearson", "rollout_monitors", "SampleLog"]
+__all__ = ["greedy_evaluation", "pearson", "rollout_monitors", "SampleLog"]
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -76,3 +76,23 @@ class SampleLog:
         keep = [line for line in self.path.read_text().splitlines()
                 if line and json.loads(line).get("rollout", 0) < rollout]
         self.path.write_text("".join(line + "\n" for line in keep))
+
+
+def greedy_evaluation(stage: Any) -> dict[str, float]:
+    """Greedy responses to the RL stage's first ``eval_prompts`` eval prompts, scored by its reward (and gold)."""
+    opts = stage.opts
+    records = stage.eval_records[: opts.eval_prompts]
+    if not records:
+        return {}
+    rollout = stage.sampler.generate(stage.prompts.for_sampler(records), n=1, max_new_tokens=opts.max_new_tokens,
+                                     temperature=0.0, stop=opts.stop)
+    fields = {k: [r.get(k) for r in records] for k in sorted({k for r in records for k in r if k != "prompt"})}
+    with torch.no_grad(), stage.run.autocast():  # as in training (and needed with train.frozen_bf16)
+        scored = score_rollout(stage.reward, rollout.prompts, rollout.responses, fields)
+    out = {"eval/reward": float(scored.scores.mean()),
+           "eval/completions/mean_length": float(rollout.response_lengths().float().mean())}
+    out.update({f"eval/rewards/{k}/mean": float(v.mean()) for k, v in scored.components.items()})
+    if stage.gold is not None:
+        golds = stage.gold.score([prompt_text(p) for p in rollout.prompts], rollout.responses)
+        out["eval/gold_scores"] = float(torch.tensor(golds).mean())
+    return out

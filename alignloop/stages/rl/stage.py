@@ -29,10 +29,11 @@ from alignloop.stages.rl.config import steps_per_rollout
 from alignloop.stages.rl.env_rollouts import with_environment
 from alignloop.stages.rl.experience import Experience, RolloutData, loss_sum_factor
 from alignloop.stages.rl.kl import KLPenalty
-from alignloop.stages.rl.monitors import SampleLog, rollout_monitors
+from alignloop.stages.rl.monitors import SampleLog, greedy_evaluation, rollout_monitors
 from alignloop.stages.rl.off_policy import correct_off_policy
 from alignloop.stages.rl.prompts import RLPrompts
-from alignloop.stages.rl.rewards import RunningMoments, normalise_scores, prompt_text, score_rollout
+from alignloop.stages.rl.ptx import make_ptx
+from alignloop.stages.rl.rewards import RunningMoments, normalise_scores, prompt_text
 from alignloop.stages.rl.roles import LocalReference, RLRoles, SyncsWeights, local_roles
 from alignloop.stages.rl.sampling import sample_and_score
 from alignloop.stages.rl.shared_prompt import shared_prompt_logprobs
@@ -94,6 +95,7 @@ class RLStage(Stage):
         self.running = RunningMoments()
         self.truncation = NoEosControl(opts.truncation, opts.truncation_value, opts.truncation_gain,
                                        opts.truncation_target)
+        self.ptx = make_ptx(self)  # PPO-ptx's demonstrations, or None
         self.samples = SampleLog(run.out_dir / "samples.jsonl", enabled=run.is_main)
         self.global_step = 0
         self.rollout_stats: dict[str, float] = {}
@@ -257,6 +259,9 @@ class RLStage(Stage):
         if kl_term is not None:
             loss = loss + kl_term
             stats.update(kl_stats)
+        if self.ptx is not None:
+            ptx_loss, stats["policy/ptx_loss"] = self.ptx.loss(self.models["policy"], self.run.device)
+            loss = loss + ptx_loss
         if entropy is not None:
             loss = loss + entropy_bonus(entropy, mask, opts.entropy_coef, opts.loss_agg, opts.max_new_tokens)
             stats["policy/entropy_avg"] = float(masked_mean(entropy.detach(), mask))
@@ -292,30 +297,14 @@ class RLStage(Stage):
         return self.source.rollouts_done >= self.opts.rollouts and self.source.exhausted
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy responses to the first ``eval_prompts`` eval prompts, scored by the reward (and gold scorer)."""
-        opts = self.opts
-        records = self.eval_records[: opts.eval_prompts]
-        if not records:
-            return {}
-        rollout = self.sampler.generate(self.prompts.for_sampler(records), n=1, max_new_tokens=opts.max_new_tokens,
-                                        temperature=0.0, stop=opts.stop)
-        fields = {k: [r.get(k) for r in records] for k in sorted({k for r in records for k in r if k != "prompt"})}
-        with torch.no_grad(), self.run.autocast():  # as in training (and needed with train.frozen_bf16)
-            scored = score_rollout(self.reward, rollout.prompts, rollout.responses, fields)
-        out = {"eval/reward": float(scored.scores.mean()),
-               "eval/completions/mean_length": float(rollout.response_lengths().float().mean())}
-        out.update({f"eval/rewards/{k}/mean": float(v.mean()) for k, v in scored.components.items()})
-        if self.gold is not None:
-            golds = self.gold.score([prompt_text(p) for p in rollout.prompts], rollout.responses)
-            out["eval/gold_scores"] = float(torch.tensor(golds).mean())
-        return out
+        return greedy_evaluation(self)
 
     def state_dict(self) -> dict:
         # online state of the reward (Lagrange multipliers), never a reward model's weights
         online = isinstance(self.reward, HasOnlineState) and not isinstance(self.reward, torch.nn.Module)
         return {
             "kl_ctl": self.kl.state_dict(), "running": self.running.state_dict(), "global_step": self.global_step,
-            "truncation": self.truncation.state_dict(),
+            "truncation": self.truncation.state_dict(), "ptx": self.ptx.state_dict() if self.ptx else None,
             "experience": self.source.experience_state(), "eval_before": self.eval_before,
             "early_stops": self.early_stops, "rollout_stats": self.rollout_stats,
             "reward": self.reward.state_dict() if online else None,
@@ -326,6 +315,8 @@ class RLStage(Stage):
         self.kl.load_state_dict(state["kl_ctl"])
         self.running.load_state_dict(state["running"])
         self.truncation.load_state_dict(state.get("truncation") or {"length_gap": state.get("length_gap")})  # older
+        if self.ptx is not None:
+            self.ptx.load_state_dict(state.get("ptx"))
         self.global_step = int(state["global_step"])
         self.eval_before = state["eval_before"]
         self.early_stops = int(state["early_stops"])

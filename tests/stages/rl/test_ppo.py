@@ -236,3 +236,81 @@ def test_resume_at_rollout_boundary_restores_the_adaptive_truncation_controller(
     state_a, state_b = a.truncation.state_dict(), b.truncation.state_dict()
     assert state_a["controller"]["target"] is not None  # set by the first rollout, so a restart would differ
     assert state_a == state_b  # the running score scale counts all three rollouts' scores on both paths
+
+
+# ---- PPO-ptx: demonstrations' next-token loss added to the policy loss --------------------------------------
+
+
+def write_demos(path, n: int = 8) -> str:
+    """Demonstrations answering every prompt with "down up down up" (words the toy's reward ignores)."""
+    rows = [{"messages": [{"role": "user", "content": " ".join(["red", "cat", "two"][: 1 + i % 3])},
+                          {"role": "assistant", "content": "down up down up"}]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_ptx_term_is_coef_times_the_mean_nll_of_the_assistant_tokens(tmp_path, toy):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignloop.data import load_records, tokenize_conversation
+    from alignloop.stages.rl.ptx import PtxTerm
+
+    tokenizer = AutoTokenizer.from_pretrained(toy["model"])
+    model = AutoModelForCausalLM.from_pretrained(toy["model"]).eval()
+    records = list(load_records(write_demos(tmp_path / "demos.jsonl", n=3), "sft"))
+    rows = [tokenize_conversation(tokenizer, r["messages"]) for r in records]
+    term = PtxTerm(rows, coef=0.5, batch_size=3, pad_id=tokenizer.pad_token_id)  # one batch: all three rows
+    loss, nll = term.loss(model, "cpu")
+    # independently: cross-entropy of every assistant token given the tokens before it, one row at a time
+    total, count = 0.0, 0
+    for row in rows:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([row.input_ids])).logits[0, :-1].float(), dim=-1)
+        for t in range(1, len(row.input_ids)):
+            if row.loss_mask[t]:  # the SFT stage's targets: the answer's words (and here the toy's last prompt word)
+                total -= float(logp[t - 1, row.input_ids[t]])
+                count += 1
+    assert count >= 12  # at least "down up down up" in each of the three rows
+    assert nll == pytest.approx(total / count, rel=1e-5)
+    assert float(loss) == pytest.approx(0.5 * total / count, rel=1e-5)
+
+
+def demo_nll(folder, demos: str) -> float:
+    from transformers import AutoTokenizer
+
+    from alignloop.data import load_records, tokenize_conversation
+    from alignloop.models import load_trainable_lm
+    from alignloop.stages.rl.ptx import PtxTerm
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = [tokenize_conversation(tokenizer, r["messages"]) for r in load_records(demos, "sft")]
+    model = load_trainable_lm(str(folder), None, False, "cpu").eval()
+    with torch.no_grad():
+        return PtxTerm(rows, 1.0, len(rows), tokenizer.pad_token_id).loss(model, "cpu")[1]
+
+
+def test_ppo_ptx_trains_the_policy_on_the_demonstrations(tmp_path, toy):
+    with pytest.raises(ConfigError, match="ppo.ptx_data: ppo.ptx_coef > 0 needs demonstrations"):
+        config(toy, "ppo.ptx_coef=1.0")
+    demos = write_demos(tmp_path / "demos.jsonl")
+    runs = {}
+    for coef in (0.0, 2.0):
+        torch.manual_seed(0)
+        out = tmp_path / f"ptx{coef}"
+        train(PPOStage(config(toy, "ppo.rollouts=3", f"ppo.ptx_coef={coef}", f"ppo.ptx_data={demos}")), out)
+        runs[coef] = (metrics(out), demo_nll(out / "model", demos))
+    assert all("policy/ptx_loss" in row for row in runs[2.0][0]) and "policy/ptx_loss" not in runs[0.0][0][0]
+    start = demo_nll(toy["model"], demos)
+    # PPO alone leaves the demonstrations about as likely as before; with ptx their loss falls well below
+    assert runs[2.0][1] < start - 0.3 and runs[2.0][1] < runs[0.0][1] - 0.3, (start, runs[0.0][1], runs[2.0][1])
+
+
+def test_resume_restores_the_ptx_demonstration_order(tmp_path, toy):
+    demos = write_demos(tmp_path / "demos.jsonl", n=3)  # batches of 2, 1, then the second epoch
+    common = ("ppo.ptx_coef=1.0", f"ppo.ptx_data={demos}", "ppo.ptx_batch_size=2")
+    a, b, straight, resumed = straight_and_resumed(tmp_path, toy, *common)
+    assert a.ptx.state_dict() == b.ptx.state_dict() and a.ptx.state_dict()["epoch"] > 0
+    for name in ("policy", "critic"):
+        x = load_file(str(straight / "checkpoints" / "step-0000003" / f"{name}.safetensors"))
+        y = load_file(str(resumed / "checkpoints" / "step-0000003" / f"{name}.safetensors"))
+        assert all(torch.equal(x[k], y[k]) for k in x), name
