@@ -110,3 +110,15 @@ def test_grpo_raises_the_target_word(tmp_path, toy):
     reward = [r["reward"] for r in metrics(tmp_path)]
     first, last = sum(reward[:4]) / 4, sum(reward[-4:]) / 4
     assert last > first + 0.3, (first, last)  # measured: 0.09 → 0.9 within 12 updates
+
+
+def test_grpo_takes_the_ptx_term_too(tmp_path, toy):
+    from tests.stages.rl.test_ppo import demo_nll, write_demos
+
+    demos = write_demos(tmp_path / "demos.jsonl")
+    with pytest.raises(ConfigError, match="grpo.ptx_data: grpo.ptx_coef > 0 needs demonstrations"):
+        config(toy, "grpo.ptx_coef=1.0")
+    torch.manual_seed(0)
+    train(GRPOStage(config(toy, "grpo.rollouts=3", "grpo.ptx_coef=2.0", f"grpo.ptx_data={demos}")), tmp_path / "run")
+    assert all("policy/ptx_loss" in row for row in metrics(tmp_path / "run"))
+    assert demo_nll(tmp_path / "run" / "model", demos) < demo_nll(toy["model"], demos) - 0.3
