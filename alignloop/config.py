@@ -65,6 +65,8 @@ class DataConfig(Section):
     train: str | None = Field(None, description="Training records (JSONL, Parquet, HF datasets dir, or bundled:NAME).")
     eval: str | None = Field(None, description="Held-out records; if absent, `eval_fraction` of train is held out.")
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of train held out when `eval` is absent.")
+    split_by: Literal["record", "prompt"] = Field(
+        "record", description="What `eval_fraction` holds out: records, or whole prompts (no prompt on both sides).")
     max_length: int = Field(512, gt=8, description="Maximum tokens per sequence (prompt + completion).")
     skip_invalid: bool = Field(False, description="Drop bad records (counted and logged) instead of failing.")
 

@@ -294,15 +294,39 @@ def rankings_to_pairs(record: dict) -> list[dict]:
     return pairs
 
 
-def split_records(records: list[dict], eval_fraction: float, seed: int) -> tuple[Records, Records]:
-    """Deterministically hold out ``eval_fraction`` of the records; both parts keep the original order."""
+def split_records(records: list[dict], eval_fraction: float, seed: int,
+                  by: str = "record") -> tuple[Records, Records]:
+    """Deterministically hold out ``eval_fraction`` of the records; both parts keep the original order.
+
+    ``by="prompt"`` holds out whole prompts (records with equal ``prompt`` fields stay on one side), so no
+    held-out answer shares its question with a training one; with every prompt distinct the split is the
+    same as ``by="record"``'s. Records without a ``prompt`` field count as prompts of their own.
+    """
     if not 0.0 <= eval_fraction < 1.0:
         raise DataError(f"eval_fraction: must be in [0, 1) (got {eval_fraction})")
-    n_eval = round(len(records) * eval_fraction)
-    if eval_fraction > 0 and n_eval == 0 and len(records) > 1:
+    if by not in ("record", "prompt"):
+        raise DataError(f"split_by: must be 'record' or 'prompt' (got {by!r})")
+    groups = _prompt_groups(records) if by == "prompt" else [[i] for i in range(len(records))]
+    n_eval = round(len(groups) * eval_fraction)
+    if eval_fraction > 0 and n_eval == 0 and len(groups) > 1:
         n_eval = 1  # a requested eval split is never silently empty
-    held_out = set(random.Random(seed).sample(range(len(records)), n_eval))
+    held_out = {i for g in random.Random(seed).sample(range(len(groups)), n_eval) for i in groups[g]}
     source = getattr(records, "source", "")
     train = Records([r for i, r in enumerate(records) if i not in held_out], source=source)
     evaluation = Records([r for i, r in enumerate(records) if i in held_out], source=source)
     return train, evaluation
+
+
+def prompt_key(record: dict, index: int) -> str:
+    """What makes two records "the same prompt" for a split: equal ``prompt`` fields (and ``images``, if any)."""
+    if "prompt" not in record:
+        return f"#record {index}"
+    return json.dumps([record["prompt"], record.get("images")], sort_keys=True, default=str)
+
+
+def _prompt_groups(records: list[dict]) -> list[list[int]]:
+    """Record indices grouped by prompt, groups in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        groups.setdefault(prompt_key(record, i), []).append(i)
+    return list(groups.values())

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, TypeVar
 
-from alignloop.data.records import split_records
+from alignloop.data.records import prompt_key, split_records
 from alignloop.errors import DataError
 
-__all__ = ["load_splits"]
+__all__ = ["load_splits", "split_by_config"]
+
+logger = logging.getLogger("alignloop")
 
 R = TypeVar("R")
 
@@ -23,5 +26,20 @@ def load_splits(data: Any, seed: int, load: Callable[[str], R], missing: str = "
     if data.eval:
         return train, load(data.eval)
     if data.eval_fraction > 0 and len(train) >= min_records_to_split:
-        return split_records(train, data.eval_fraction, seed)
+        return split_by_config(train, data, seed)
     return train, []
+
+
+def split_by_config(records: Any, data: Any, seed: int) -> tuple[Any, Any]:
+    """``split_records`` with ``data.eval_fraction`` and ``data.split_by``; warns when the default per-record
+    split holds out answers to prompts that training also has (their accuracy then measures seen questions)."""
+    by = getattr(data, "split_by", "record")
+    train, evaluation = split_records(records, data.eval_fraction, seed, by=by)
+    if by == "record" and "split_by" not in getattr(data, "model_fields_set", {"split_by"}):
+        seen = {prompt_key(r, -1) for r in train if "prompt" in r}
+        shared = sum(1 for r in evaluation if "prompt" in r and prompt_key(r, -1) in seen)
+        if shared:
+            logger.warning(
+                "data.eval_fraction: %d of %d held-out records share their prompt with training records; "
+                "set data.split_by: prompt to hold out whole prompts", shared, len(evaluation))
+    return train, evaluation

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignloop.algos.reward_losses import normalize_ranking
-from alignloop.data import load_records, split_records, tokenize_prompt_completion
+from alignloop.data import load_records, tokenize_prompt_completion
 from alignloop.data.records import first_record_keys, truncate_pair
+from alignloop.data.splits import split_by_config
 from alignloop.errors import DataError
 from alignloop.models.images import EncodedImage
 from alignloop.models.scalar_head import pack_image_groups
@@ -195,7 +196,7 @@ def load_rm_examples(
         skipped += eval_skipped
     elif cfg.data.eval_fraction > 0:
         # the split depends on train.seed only, so every ensemble member holds out the same records
-        train_records, eval_records = split_records(train_records, cfg.data.eval_fraction, cfg.train.seed)
+        train_records, eval_records = split_by_config(train_records, cfg.data, cfg.train.seed)
     else:
         eval_records = []
     if vision is None and any(r.get("images") for r in [*train_records, *eval_records]):

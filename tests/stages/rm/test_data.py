@@ -104,3 +104,14 @@ def test_criteria_labels_keep_only_plus_and_minus_one(tokenizer):
     record["rejected"] = [{"role": "assistant", "content": "Bye."}]
     examples, report = tokenize_preferences([record], tokenizer, 64, 32, ["helpful", "harmless", "honest"])
     assert examples[0].criteria == {"helpful": 1, "honest": -1} and report.kept == 1
+
+
+def test_split_by_prompt_keeps_each_prompts_pairs_on_one_side(tmp_path, tokenizer):
+    records = [{"prompt": f"Question {q}?", "chosen": f"Good answer {k}.", "rejected": f"Bad {k}."}
+               for q in range(8) for k in range(3)]
+    path = _write(tmp_path / "pairs.jsonl", records)
+    train, evals, _ = load_rm_examples(_config(path, "data.eval_fraction=0.25", "data.split_by=prompt"), tokenizer)
+    assert len(evals) == 6 and len(train) == 18  # 2 of 8 prompts, with their 3 pairs each
+    assert not {tuple(ex.prompt_ids) for ex in train} & {tuple(ex.prompt_ids) for ex in evals}
+    train, evals, _ = load_rm_examples(_config(path, "data.eval_fraction=0.25"), tokenizer)  # per record
+    assert {tuple(ex.prompt_ids) for ex in train} & {tuple(ex.prompt_ids) for ex in evals}
