@@ -317,16 +317,18 @@ def split_records(records: list[dict], eval_fraction: float, seed: int,
     return train, evaluation
 
 
-def prompt_key(record: dict, index: int) -> str:
-    """What makes two records "the same prompt" for a split: equal ``prompt`` fields (and ``images``, if any)."""
+def prompt_key(record: dict) -> str | None:
+    """What makes two records "the same prompt" for a split: equal ``prompt`` fields (and ``images``, if any);
+    None for a record without a prompt."""
     if "prompt" not in record:
-        return f"#record {index}"
+        return None
     return json.dumps([record["prompt"], record.get("images")], sort_keys=True, default=str)
 
 
 def _prompt_groups(records: list[dict]) -> list[list[int]]:
-    """Record indices grouped by prompt, groups in order of first appearance."""
-    groups: dict[str, list[int]] = {}
+    """Record indices grouped by prompt (a record without one is its own group), in order of first appearance."""
+    groups: dict[object, list[int]] = {}
     for i, record in enumerate(records):
-        groups.setdefault(prompt_key(record, i), []).append(i)
+        key = prompt_key(record)
+        groups.setdefault(i if key is None else key, []).append(i)
     return list(groups.values())

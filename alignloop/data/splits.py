@@ -33,11 +33,10 @@ def load_splits(data: Any, seed: int, load: Callable[[str], R], missing: str = "
 def split_by_config(records: Any, data: Any, seed: int) -> tuple[Any, Any]:
     """``split_records`` with ``data.eval_fraction`` and ``data.split_by``; warns when the default per-record
     split holds out answers to prompts that training also has (their accuracy then measures seen questions)."""
-    by = getattr(data, "split_by", "record")
-    train, evaluation = split_records(records, data.eval_fraction, seed, by=by)
-    if by == "record" and "split_by" not in getattr(data, "model_fields_set", {"split_by"}):
-        seen = {prompt_key(r, -1) for r in train if "prompt" in r}
-        shared = sum(1 for r in evaluation if "prompt" in r and prompt_key(r, -1) in seen)
+    train, evaluation = split_records(records, data.eval_fraction, seed, by=data.split_by)
+    if data.split_by == "record" and "split_by" not in data.model_fields_set:
+        seen = {prompt_key(r) for r in train} - {None}
+        shared = sum(1 for r in evaluation if prompt_key(r) in seen)
         if shared:
             logger.warning(
                 "data.eval_fraction: %d of %d held-out records share their prompt with training records; "

@@ -63,7 +63,7 @@ def test_split_by_prompt_holds_out_whole_prompts():
                                            pairs_by_prompt)[1])  # deterministic
 
 
-def test_the_record_split_shares_prompts_and_the_prompt_split_does_not():
+def test_the_record_split_holds_out_prompts_that_training_has():
     train, evals = split_records(pairs_by_prompt("a"), 0.2, seed=0)
     assert {r["prompt"][0]["content"] for r in evals} & {r["prompt"][0]["content"] for r in train}
 
