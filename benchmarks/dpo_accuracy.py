@@ -32,14 +32,14 @@ from alignloop.models import load_tokenizer
 from alignloop.models.loading import load_causal_lm
 from alignloop.pipeline.runner import wilson_interval
 from alignloop.stages.dpo import reference as refcache
-from alignloop.stages.dpo.batch import collate_pairs, mask_dtype_for, pair_logps
+from alignloop.stages.dpo.batch import collate_pairs, mask_dtype_for
 from alignloop.stages.dpo.data import load_pairs, tokenize_pairs
 
 
 def averaged_policy(folders: list[str]) -> torch.nn.Module:
-    model = load_causal_lm(folders[0], trainable=False)
+    model = load_causal_lm(folders[0], trainable=False)  # frozen, in eval mode
     if len(folders) == 1:
-        return model.eval()
+        return model
     files = [Path(f) / "model.safetensors" for f in folders]
     for file in files:
         if not file.is_file():
@@ -54,7 +54,7 @@ def averaged_policy(folders: list[str]) -> torch.nn.Module:
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         sys.exit(f"{folders[0]}: weights missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
-    return model.eval()
+    return model
 
 
 def main(argv=None) -> dict:
@@ -75,20 +75,15 @@ def main(argv=None) -> dict:
     tokenizer = load_tokenizer(args.reference)
     examples, dropped = tokenize_pairs(tokenizer, load_pairs(args.data), args.max_length, args.max_prompt_length)
     policy = averaged_policy(args.policy)
-    reference = load_causal_lm(args.reference, trainable=False).eval()
+    reference = load_causal_lm(args.reference, trainable=False)
     collate = functools.partial(collate_pairs, pad_id=tokenizer.pad_token_id, mask_dtype=mask_dtype_for(policy))
     autocast = ((lambda: torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False))
                 if args.precision == "bf16" else contextlib.nullcontext)
     device = torch.device("cpu")
     ref_chosen, ref_rejected = refcache.compute_logps(reference, examples, collate, args.batch_size, device, autocast)
-    correct = 0
-    with torch.no_grad(), autocast():
-        for start in range(0, len(examples), args.batch_size):
-            batch = collate(examples[start : start + args.batch_size])
-            out, index = pair_logps(policy, batch), batch["index"]
-            _, chosen, rejected = dpo_loss(out.chosen, out.rejected, ref_chosen[index], ref_rejected[index],
-                                           beta=args.beta, loss_type="sigmoid")
-            correct += int((chosen > rejected).sum())
+    chosen, rejected = refcache.compute_logps(policy, examples, collate, args.batch_size, device, autocast, sort=False)
+    _, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=args.beta)
+    correct = int((chosen_rewards > rejected_rewards).sum())
     n = len(examples)
     result = {"policy": args.policy, "reference": args.reference, "data": args.data, "precision": args.precision,
               "pairs": n, "dropped": dropped, "correct": correct, "accuracy": correct / max(n, 1),

@@ -100,15 +100,19 @@ def compute_logps(
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager],
     by_prompt: bool = False,
+    sort: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed chosen / rejected log-probs ``[len(examples)]`` (fp32, CPU), in the examples' order.
 
     Batches are formed from length-sorted examples, which keeps padding (and time) low; ``by_prompt`` sorts by
-    prompt first, so a collate that shares prompts finds a prompt's pairs in one batch.
+    prompt first, so a collate that shares prompts finds a prompt's pairs in one batch. ``sort=False`` batches
+    the examples in their own order (as the stage's evaluation does, whose bf16 sums depend on the batch).
     """
     chosen = torch.zeros(len(examples), dtype=torch.float32)
     rejected = torch.zeros(len(examples), dtype=torch.float32)
-    if by_prompt:
+    if not sort:
+        order = list(range(len(examples)))
+    elif by_prompt:
         order = sorted(range(len(examples)), key=lambda i: (len(examples[i].prompt_ids), examples[i].prompt_ids))
     else:
         order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
